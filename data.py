@@ -1,0 +1,635 @@
+"""Offline multi-agent datasets and the episode matrix of Eq. 4 (paper §3.1, §4.3).
+
+Datasets. The paper trains on OG-MARL's SMAC datasets, which cannot be
+downloaded here, so we make our own the same way in spirit: a behaviour
+policy of a given quality plays the simulator (`env.py`) and every step is
+recorded. The behaviour policy is SMAX's built-in heuristic (keep attacking
+the enemy you attacked last, else the closest enemy in range, else advance)
+mixed, per agent and step, with a uniformly random *legal* action with
+probability epsilon. Epsilon is fixed per map and quality (`EPSILON`),
+calibrated so that mean returns come close to OG-MARL's (`OG_MARL`) where the
+heuristic can reach them. The paper's "original" dataset is a 3 % random
+subset of whole episodes (`subsample`); since episodes are i.i.d., generating
+only that many episodes is equivalent.
+
+One HDF5 file per scenario x quality x seed, episodes padded to the longest
+episode T (E episodes, N agents, O observation features, A actions):
+
+    attrs    scenario, quality, backend, n_agents, obs_dim, n_actions, behaviour,
+             epsilon, seed, return_mean, return_std, win_rate, length_mean,
+             synthetic, format_version
+    obs      float32 (E, T+1, N, O)   includes the observation after the last step
+    avail    bool    (E, T+1, N, A)   legal actions (all False on padded steps)
+    actions  int64   (E, T, N)
+    rewards  float32 (E, T)           team reward, SMAC scale (episode return <= 20)
+    dones    bool    (E, T)           True at the terminal step only
+    lengths  int32   (E,)
+
+The episode matrix (Eq. 4). The diffusion model sees a dataset as one float
+tensor tau0 of shape (E, F, T): time runs along the last axis and the feature
+rows are, for each agent n, its O observation rows, its A one-hot action rows
+and (our one documented extension) its A legal-action rows, so that
+synthetic episodes carry what the learners need for a max over legal
+actions; then the global reward row, the Q_tot row (reward-to-go, §3.2) and
+the done row: F = N (O + 2A) + 3. Steps after an episode's end are zeros, as
+in the paper. `Normalizer` maps every row to [-1, 1] with statistics of
+D_real, and `matrix_to_episodes` is the inverse of `episodes_to_matrix`.
+The observation after the last step is not part of Eq. 4: decoded episodes
+hold zeros (and no legal action) there, which no learner reads, because the
+done flag stops bootstrapping.
+"""
+import argparse
+import dataclasses
+import os
+import time
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+import env as envlib
+
+FORMAT_VERSION = 1
+QUALITIES = ("good", "medium", "poor")
+
+# OG-MARL's SMAC v1 datasets, the paper's source (QMIX behaviour policies):
+# (mean return, std return, episode count) per map and quality.
+OG_MARL = {
+    ("3m", "poor"): (4.69, 2.14, 48779), ("3m", "medium"): (9.96, 6.06, 41619),
+    ("3m", "good"): (16.49, 5.92, 43559),
+    ("8m", "poor"): (5.28, 0.56, 20629), ("8m", "medium"): (10.14, 3.34, 39208),
+    ("8m", "good"): (16.86, 4.33, 30638),
+    ("5m_vs_6m", "poor"): (7.45, 1.48, 45501), ("5m_vs_6m", "medium"): (12.62, 5.06, 39284),
+    ("5m_vs_6m", "good"): (16.58, 4.69, 36311),
+    ("2s3z", "poor"): (6.88, 2.06, 9942), ("2s3z", "medium"): (12.57, 3.14, 18605),
+    ("2s3z", "good"): (18.32, 2.95, 18616),
+    ("3s5z_vs_3s6z", "poor"): (5.90, 2.22, 17807), ("3s5z_vs_3s6z", "medium"): (10.69, 1.49, 18866),
+    ("3s5z_vs_3s6z", "good"): (16.56, 3.72, 7315),
+}
+DEFAULT_EPISODES = 20000  # full-dataset size for maps OG-MARL does not cover
+
+# Probability of a uniformly random legal action per agent and step, per map
+# and quality. Calibrated with `python bench/datasets.py --calibrate` (mean
+# return for epsilon in 0, 0.1, ..., 1; README "Datasets"): where OG-MARL's
+# mean return is within the heuristic's reach, epsilon is interpolated to
+# match it; 'good' is out of reach on every map (heuristic best ~13.8), so it
+# is the heuristic itself (epsilon 0). On 5m_vs_6m and 3s5z_vs_3s6z the
+# heuristic never wins (best ~5.8 and ~6.2), so no band is reachable; there
+# medium and poor keep OG-MARL's ratio of their return to 'good' instead.
+# Maps not listed use DEFAULT_EPSILON.
+DEFAULT_EPSILON = {"good": 0.0, "medium": 0.1, "poor": 0.4}
+EPSILON = {
+    ("3m", "good"): 0.0, ("3m", "medium"): 0.13, ("3m", "poor"): 0.5,
+    ("8m", "good"): 0.0, ("8m", "medium"): 0.09, ("8m", "poor"): 0.35,
+    ("2s3z", "good"): 0.0, ("2s3z", "medium"): 0.05, ("2s3z", "poor"): 0.37,
+    ("5m_vs_6m", "good"): 0.0, ("5m_vs_6m", "medium"): 0.2, ("5m_vs_6m", "poor"): 0.6,
+    ("3s5z_vs_3s6z", "good"): 0.0, ("3s5z_vs_3s6z", "medium"): 0.6, ("3s5z_vs_3s6z", "poor"): 0.85,
+}
+BEHAVIOUR = "smax-heuristic+epsilon-random-legal"
+
+
+def behaviour_epsilon(scenario, quality):
+    """Epsilon of the behaviour policy for a map and quality (see EPSILON)."""
+    if quality not in QUALITIES:
+        raise ValueError(f"unknown quality {quality!r}; choose one of: {', '.join(QUALITIES)}")
+    return EPSILON.get((scenario, quality), DEFAULT_EPSILON[quality])
+
+
+def full_dataset_size(scenario, quality):
+    """OG-MARL's episode count for the map and quality (the paper's full dataset)."""
+    return OG_MARL.get((scenario, quality), (None, None, DEFAULT_EPISODES))[2]
+
+
+# ---------------------------------------------------------------------------
+# Episodes
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Episodes:
+    """A batch of padded episodes, the arrays of the HDF5 schema (module docstring)."""
+
+    obs: np.ndarray      # (E, T+1, N, O) float32
+    avail: np.ndarray    # (E, T+1, N, A) bool
+    actions: np.ndarray  # (E, T, N) int64
+    rewards: np.ndarray  # (E, T) float32
+    dones: np.ndarray    # (E, T) bool
+    lengths: np.ndarray  # (E,) int32
+    attrs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_episodes(self):
+        return self.actions.shape[0]
+
+    @property
+    def n_agents(self):
+        return self.obs.shape[2]
+
+    @property
+    def obs_dim(self):
+        return self.obs.shape[3]
+
+    @property
+    def n_actions(self):
+        return self.avail.shape[3]
+
+    def returns(self):
+        """Undiscounted episode returns, (E,)."""
+        return self.rewards.sum(axis=1)
+
+    def select(self, index):
+        """The episodes at `index` (an index array), with the same attrs."""
+        arrays = {f.name: getattr(self, f.name)[index]
+                  for f in dataclasses.fields(self) if f.name != "attrs"}
+        return Episodes(**arrays, attrs=dict(self.attrs))
+
+
+def return_stats(episodes):
+    """The return statistics stored in a dataset's attrs."""
+    returns = episodes.returns()
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "length_mean": float(episodes.lengths.mean())}
+
+
+def subsample(episodes, fraction, seed):
+    """A random subset of whole episodes, round(fraction * E) of them (at least one).
+
+    The paper's "original" dataset is the 3 % subset (fraction = 0.03).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = max(1, int(round(fraction * episodes.n_episodes)))
+    index = np.sort(np.random.default_rng(seed).choice(episodes.n_episodes, n, replace=False))
+    subset = episodes.select(index)
+    subset.attrs.update(return_stats(subset), fraction=fraction, subsample_seed=seed)
+    return subset
+
+
+# ---------------------------------------------------------------------------
+# Behaviour policy and collection (§4.3)
+# ---------------------------------------------------------------------------
+class BehaviourPolicy:
+    """SMAX's heuristic for the allies, mixed with random legal actions (prob epsilon).
+
+    One jitted call acts for all B x N agents. The heuristic keeps a small
+    state per agent (its target, the enemy it attacked last), reset with
+    every episode. If the heuristic picks an illegal action (a dead agent,
+    which may only stop), a random legal action is taken instead.
+    """
+
+    def __init__(self, env, epsilon, seed):
+        import jax
+        import jax.numpy as jnp
+        if env.backend != "smax":
+            raise ValueError("dataset generation uses SMAX's heuristic; use --backend smax")
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        with envlib._quiet_stdout():
+            from jaxmarl.environments.smax import heuristic_enemy
+        self.epsilon = float(epsilon)
+        self.n_envs, self.n_agents = env.n_envs, env.n_agents
+        heuristic = heuristic_enemy.create_heuristic_policy(env.smax._env, 0, shoot=True,
+                                                             attack_mode="closest")
+        self._initial = heuristic_enemy.get_heuristic_policy_initial_state()
+        self._heuristic = jax.vmap(jax.vmap(heuristic))  # over (B, N)
+        self._act = jax.jit(self._act_batch)
+        self._key = jax.random.PRNGKey(seed)
+        self._jnp = jnp
+        self._state = None
+
+    def _act_batch(self, key, policy_state, obs, avail, epsilon):
+        import jax
+        jnp = self._jnp
+        B, N = avail.shape[:2]
+        k_heuristic, k_random, k_explore = jax.random.split(key, 3)
+        keys = jax.random.split(k_heuristic, B * N).reshape(B, N, -1)
+        heuristic_action, policy_state = self._heuristic(keys, policy_state, obs)    # (B, N)
+        random_action = jax.random.categorical(k_random, jnp.where(avail, 0.0, -jnp.inf))
+        legal = jnp.take_along_axis(avail, heuristic_action[..., None], axis=-1)[..., 0]
+        explore = jax.random.uniform(k_explore, (B, N)) < epsilon
+        return jnp.where(explore | ~legal, random_action, heuristic_action), policy_state
+
+    def reset(self):
+        """Fresh heuristic state for B new episodes."""
+        import jax
+        shape = (self.n_envs, self.n_agents)
+        self._state = jax.tree.map(
+            lambda x: self._jnp.broadcast_to(self._jnp.asarray(x), shape + self._jnp.shape(x)),
+            self._initial)
+
+    def __call__(self, obs, avail):
+        """Actions (B, N) int64 for observations (B, N, O) and legal actions (B, N, A)."""
+        import jax
+        self._key, key = jax.random.split(self._key)
+        action, self._state = self._act(key, self._state, obs, avail, self.epsilon)
+        return np.asarray(action, dtype=np.int64)
+
+
+def collect_batch(env, policy):
+    """Play one batch of B episodes to the end; returns Episodes padded to the episode limit."""
+    B, N, L = env.n_envs, env.n_agents, env.episode_limit
+    obs_buf = np.zeros((B, L + 1, N, env.obs_dim), dtype=np.float32)
+    avail_buf = np.zeros((B, L + 1, N, env.n_actions), dtype=bool)
+    actions = np.zeros((B, L, N), dtype=np.int64)
+    rewards = np.zeros((B, L), dtype=np.float32)
+    dones = np.zeros((B, L), dtype=bool)
+    won = np.zeros(B, dtype=bool)
+    obs, avail = env.reset()
+    policy.reset()
+    obs_buf[:, 0], avail_buf[:, 0] = obs, avail
+    finished = np.zeros(B, dtype=bool)
+    for t in range(L):
+        action = policy(obs, avail)                            # (B, N)
+        obs, avail, reward, done, won = env.step(action)
+        active = ~finished                                     # (B,) still playing at step t
+        actions[active, t] = action[active]
+        rewards[active, t] = reward[active]
+        dones[active, t] = done[active]
+        obs_buf[active, t + 1], avail_buf[active, t + 1] = obs[active], avail[active]
+        finished = done
+        if finished.all():
+            break
+    lengths = actions.shape[1] - np.argmax(dones[:, ::-1], axis=1)  # terminal step + 1
+    episodes = Episodes(obs_buf, avail_buf, actions, rewards, dones, lengths.astype(np.int32))
+    return episodes, won
+
+
+def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
+                     n_envs=256, progress=True):
+    """Play `n_episodes` with the behaviour policy of `quality` and write them to `path`.
+
+    Episodes are collected in batches of `n_envs` and streamed into the HDF5
+    file, which is written under a temporary name and renamed at the end.
+    Deterministic for a given (seed, n_envs). Returns the file's attrs.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be at least 1, got {n_episodes}")
+    epsilon = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    n_envs = min(n_envs, n_episodes)
+    env = envlib.make_env(scenario, "smax", n_envs=n_envs, seed=seed)
+    policy = BehaviourPolicy(env, epsilon, seed=seed + 1)
+    attrs = {"scenario": scenario, "quality": quality, "backend": env.backend,
+             "n_agents": env.n_agents, "obs_dim": env.obs_dim, "n_actions": env.n_actions,
+             "behaviour": BEHAVIOUR, "epsilon": epsilon, "seed": seed, "synthetic": False,
+             "format_version": FORMAT_VERSION}
+    returns, lengths, wins = [], [], []
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            writer = _EpisodeWriter(f, env.episode_limit, env.n_agents, env.obs_dim, env.n_actions)
+            with tqdm(total=n_episodes, desc=f"{scenario}-{quality}", unit="ep",
+                      disable=not progress) as bar:
+                while writer.count < n_episodes:
+                    batch, won = collect_batch(env, policy)
+                    keep = min(n_envs, n_episodes - writer.count)
+                    batch = batch.select(np.arange(keep))
+                    writer.append(batch)
+                    returns.append(batch.returns())
+                    lengths.append(batch.lengths)
+                    wins.append(won[:keep])
+                    bar.update(keep)
+            returns, lengths = np.concatenate(returns), np.concatenate(lengths)
+            writer.finish(int(lengths.max()))
+            attrs.update(return_mean=float(returns.mean()), return_std=float(returns.std()),
+                         win_rate=float(np.concatenate(wins).mean()),
+                         length_mean=float(lengths.mean()))
+            f.attrs.update(attrs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return attrs
+
+
+class _EpisodeWriter:
+    """Appends padded episode batches to resizable, compressed HDF5 datasets."""
+
+    def __init__(self, f, limit, n_agents, obs_dim, n_actions):
+        self.count = 0
+        shapes = {"obs": ((limit + 1, n_agents, obs_dim), np.float32),
+                  "avail": ((limit + 1, n_agents, n_actions), bool),
+                  "actions": ((limit, n_agents), np.int64),
+                  "rewards": ((limit,), np.float32),
+                  "dones": ((limit,), bool),
+                  "lengths": ((), np.int32)}
+        self.sets = {}
+        for name, (shape, dtype) in shapes.items():
+            per_episode = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            chunk = (int(np.clip(2 ** 18 // per_episode, 1, 1024)),) + shape  # ~256 KiB chunks
+            self.sets[name] = f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape,
+                                               dtype=dtype, chunks=chunk, compression="gzip",
+                                               compression_opts=1)
+
+    def append(self, episodes):
+        n = episodes.n_episodes
+        for name, ds in self.sets.items():
+            ds.resize(self.count + n, axis=0)
+            ds[self.count:self.count + n] = getattr(episodes, name)
+        self.count += n
+
+    def finish(self, T):
+        """Trim the time axis to the longest episode T."""
+        for name, ds in self.sets.items():
+            if ds.ndim > 1:
+                ds.resize(T + 1 if name in ("obs", "avail") else T, axis=1)
+
+
+def save_dataset(episodes, path):
+    """Write Episodes to `path` in the HDF5 schema (temporary name, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for field in ("obs", "avail", "actions", "rewards", "dones", "lengths"):
+                f.create_dataset(field, data=getattr(episodes, field),
+                                 compression="gzip", compression_opts=1)
+            f.attrs.update({**episodes.attrs, "format_version": FORMAT_VERSION})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+REQUIRED_ATTRS = ("scenario", "quality", "backend", "n_agents", "obs_dim", "n_actions",
+                  "epsilon", "seed", "return_mean", "return_std", "format_version")
+
+
+def load_dataset(path, scenario=None, quality=None):
+    """Read and validate a dataset file; refuse a malformed or mismatched one.
+
+    `scenario` / `quality`, when given, must match the file's attrs. Every
+    problem raises a ValueError (FileNotFoundError for a missing file) whose
+    message names the file and what is wrong.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such dataset file; make one with "
+                                f"`python data.py --scenario ... --quality ... --out {path}`")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 dataset ({err})") from None
+    with f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+        missing += [k for k in ("obs", "avail", "actions", "rewards", "dones", "lengths") if k not in f]
+        if missing:
+            raise ValueError(f"{path}: not an EAQ dataset, missing {', '.join(missing)}")
+        if attrs["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{path}: format version {attrs['format_version']}, expected "
+                             f"{FORMAT_VERSION}; regenerate it with data.py")
+        episodes = Episodes(obs=f["obs"][()].astype(np.float32), avail=f["avail"][()].astype(bool),
+                            actions=f["actions"][()].astype(np.int64),
+                            rewards=f["rewards"][()].astype(np.float32),
+                            dones=f["dones"][()].astype(bool), lengths=f["lengths"][()].astype(np.int32),
+                            attrs=attrs)
+    problem = _schema_problem(episodes)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    for key, wanted in (("scenario", scenario), ("quality", quality)):
+        if wanted is not None and attrs[key] != wanted:
+            raise ValueError(f"{path}: holds {key} {attrs[key]!r} but {wanted!r} was requested")
+    return episodes
+
+
+def _plain(value):
+    """h5py attribute -> plain Python value."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _schema_problem(ep):
+    """What is wrong with the shapes and contents of `ep`, or None."""
+    a = ep.attrs
+    E, T = ep.rewards.shape if ep.rewards.ndim == 2 else (None, None)
+    if E is None:
+        return f"rewards has shape {ep.rewards.shape}, expected (E, T)"
+    N, O, A = a["n_agents"], a["obs_dim"], a["n_actions"]
+    expected = {"obs": (E, T + 1, N, O), "avail": (E, T + 1, N, A), "actions": (E, T, N),
+                "dones": (E, T), "lengths": (E,)}
+    for name, shape in expected.items():
+        if getattr(ep, name).shape != shape:
+            return f"{name} has shape {getattr(ep, name).shape}, expected {shape}"
+    if E == 0:
+        return "holds no episodes"
+    if ep.lengths.min() < 1 or ep.lengths.max() > T:
+        return f"episode lengths must lie in [1, {T}]"
+    if ep.actions.min() < 0 or ep.actions.max() >= A:
+        return f"actions must lie in [0, {A})"
+    terminal = np.zeros_like(ep.dones)
+    terminal[np.arange(E), ep.lengths - 1] = True
+    if not np.array_equal(ep.dones, terminal):
+        return "dones must be True exactly at each episode's last step"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The episode matrix (Eq. 4)
+# ---------------------------------------------------------------------------
+def reward_to_go(rewards, lengths, gamma=1.0):
+    """Q_tot target of §3.2: sum_{t' >= t} gamma^(t' - t) r_t', zero after the episode ends.
+
+    rewards (E, T), lengths (E,) -> (E, T) float32.
+    """
+    E, T = rewards.shape
+    valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]   # (E, T)
+    r = np.where(valid, rewards, 0.0)
+    rtg = np.zeros((E, T + 1), dtype=np.float64)
+    for t in range(T - 1, -1, -1):
+        rtg[:, t] = r[:, t] + gamma * rtg[:, t + 1]
+    return np.where(valid, rtg[:, :T], 0.0).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLayout:
+    """Row slices of the Eq. 4 matrix: per agent [obs O | action one-hot A | legal A],
+    then reward, Q_tot, done."""
+
+    n_agents: int
+    obs_dim: int
+    n_actions: int
+
+    @property
+    def agent_width(self):
+        return self.obs_dim + 2 * self.n_actions
+
+    def obs(self, n):
+        start = n * self.agent_width
+        return slice(start, start + self.obs_dim)
+
+    def action(self, n):
+        start = n * self.agent_width + self.obs_dim
+        return slice(start, start + self.n_actions)
+
+    def avail(self, n):
+        start = n * self.agent_width + self.obs_dim + self.n_actions
+        return slice(start, start + self.n_actions)
+
+    @property
+    def reward(self):
+        return self.n_agents * self.agent_width
+
+    @property
+    def q_tot(self):
+        return self.reward + 1
+
+    @property
+    def done(self):
+        return self.reward + 2
+
+    @property
+    def n_features(self):
+        return self.reward + 3
+
+
+def feature_layout(n_agents, obs_dim, n_actions):
+    """The row layout of the Eq. 4 matrix for these sizes."""
+    return FeatureLayout(n_agents, obs_dim, n_actions)
+
+
+def layout_of(episodes):
+    return feature_layout(episodes.n_agents, episodes.obs_dim, episodes.n_actions)
+
+
+def valid_steps(lengths, T):
+    """(E, T) bool, True on the steps each episode actually played."""
+    return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+def episodes_to_matrix(episodes, gamma=1.0):
+    """Eq. 4: episodes -> tau0 (E, F, T) float32, zero after each episode's end."""
+    E, T = episodes.rewards.shape
+    valid = valid_steps(episodes.lengths, T)                                   # (E, T)
+    one_hot = np.eye(episodes.n_actions, dtype=np.float32)[episodes.actions]  # (E, T, N, A)
+    per_agent = np.concatenate([episodes.obs[:, :T], one_hot,
+                                episodes.avail[:, :T].astype(np.float32)], axis=-1)  # (E, T, N, O+2A)
+    per_agent = per_agent.reshape(E, T, -1) * valid[..., None]                # (E, T, N(O+2A))
+    q_tot = reward_to_go(episodes.rewards, episodes.lengths, gamma)           # (E, T)
+    globals_ = np.stack([episodes.rewards, q_tot, episodes.dones.astype(np.float32)], axis=-1)
+    matrix = np.concatenate([per_agent, globals_ * valid[..., None]], axis=-1)  # (E, T, F)
+    return np.ascontiguousarray(matrix.transpose(0, 2, 1), dtype=np.float32)  # (E, F, T)
+
+
+def episode_ends(done_row):
+    """Where decoded episodes end: done_row (E, T) -> (lengths (E,), ended (E,) bool).
+
+    An episode ends at its first step whose done value is above the midpoint
+    0.5; one with no such step runs to T and `ended` is False for it.
+    """
+    above = done_row > 0.5
+    ended = above.any(axis=1)
+    lengths = np.where(ended, np.argmax(above, axis=1) + 1, done_row.shape[1])
+    return lengths.astype(np.int32), ended
+
+
+def matrix_to_episodes(matrix, layout, reward_range, attrs=None):
+    """Inverse of Eq. 4: tau0 (E, F, T) in data units -> Episodes.
+
+    Legal actions are the legal-action rows above 0.5 (the highest one if
+    none is); the action is the argmax of the one-hot rows among them; the
+    episode ends at the first done above 0.5 (or runs to T, marked done
+    there); rewards are clipped to `reward_range` (lo, hi) of the real data.
+    """
+    E, F, T = matrix.shape
+    if F != layout.n_features:
+        raise ValueError(f"matrix has {F} feature rows, the layout expects {layout.n_features}")
+    N, O, A = layout.n_agents, layout.obs_dim, layout.n_actions
+    lengths, _ = episode_ends(matrix[:, layout.done])
+    valid = valid_steps(lengths, T)                                           # (E, T)
+    per_agent = matrix[:, :layout.reward].transpose(0, 2, 1).reshape(E, T, N, layout.agent_width)
+    obs = per_agent[..., :O] * valid[:, :, None, None]                        # (E, T, N, O)
+    action_rows, avail_rows = per_agent[..., O:O + A], per_agent[..., O + A:]  # (E, T, N, A)
+    avail = avail_rows > 0.5
+    best = np.eye(A, dtype=bool)[avail_rows.argmax(axis=-1)]
+    avail = np.where(avail.any(axis=-1, keepdims=True), avail, best) & valid[:, :, None, None]
+    actions = np.where(avail, action_rows, -np.inf).argmax(axis=-1) * valid[:, :, None]
+    rewards = np.clip(matrix[:, layout.reward], *reward_range) * valid
+    dones = np.zeros((E, T), dtype=bool)
+    dones[np.arange(E), lengths - 1] = True
+    pad = np.zeros((E, 1, N), dtype=np.float32)
+    return Episodes(obs=np.concatenate([obs, pad[..., None].repeat(O, -1)], axis=1).astype(np.float32),
+                    avail=np.concatenate([avail, pad[..., None].repeat(A, -1).astype(bool)], axis=1),
+                    actions=actions.astype(np.int64), rewards=rewards.astype(np.float32),
+                    dones=dones, lengths=lengths, attrs=dict(attrs or {}))
+
+
+@dataclasses.dataclass
+class Normalizer:
+    """Per-row affine map of the Eq. 4 matrix to [-1, 1], fitted on D_real.
+
+    lo / hi are each row's minimum and maximum over all episodes and steps,
+    padding included, so the padded zeros stay inside [-1, 1] too. A constant
+    row maps to -1.
+    """
+
+    lo: np.ndarray  # (F,)
+    hi: np.ndarray  # (F,)
+
+    @classmethod
+    def fit(cls, matrix):
+        """matrix (E, F, T) -> Normalizer."""
+        return cls(matrix.min(axis=(0, 2)).astype(np.float32), matrix.max(axis=(0, 2)).astype(np.float32))
+
+    def _scale(self):
+        return np.where(self.hi > self.lo, self.hi - self.lo, 1.0)[None, :, None]  # (1, F, 1)
+
+    def normalize(self, matrix):
+        """(E, F, T) data units -> [-1, 1]."""
+        return (2.0 * (matrix - self.lo[None, :, None]) / self._scale() - 1.0).astype(np.float32)
+
+    def unnormalize(self, matrix):
+        """(E, F, T) in [-1, 1] -> data units."""
+        return ((matrix + 1.0) * 0.5 * self._scale() + self.lo[None, :, None]).astype(np.float32)
+
+    def state_dict(self):
+        return {"lo": self.lo.tolist(), "hi": self.hi.tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(np.asarray(state["lo"], dtype=np.float32), np.asarray(state["hi"], dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def describe(attrs):
+    """One line of dataset statistics, beside OG-MARL's when known."""
+    line = (f"{attrs['scenario']}-{attrs['quality']}: return {attrs['return_mean']:.2f} ± "
+            f"{attrs['return_std']:.2f}, win rate {attrs.get('win_rate', float('nan')):.2f}, "
+            f"mean length {attrs.get('length_mean', float('nan')):.1f}, epsilon {attrs['epsilon']}")
+    og = OG_MARL.get((attrs["scenario"], attrs["quality"]))
+    return line + (f" (OG-MARL: {og[0]:.2f} ± {og[1]:.2f})" if og else "")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Generate an offline SMAX dataset (paper §4.3).")
+    parser.add_argument("--scenario", default="3m", help="map name (paper: 3m, 5m_vs_6m, 8m, 2s3z, 3s5z_vs_3s6z)")
+    parser.add_argument("--quality", default="poor", choices=QUALITIES, help="behaviour policy quality")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes to generate (default: OG-MARL's count for the map and quality "
+                             "times --fraction)")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="share of the full dataset to generate; the paper's 'original' set is 0.03")
+    parser.add_argument("--epsilon", type=float, default=None,
+                        help="random-action probability (default: the calibrated EPSILON table)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--n-envs", type=int, default=256, help="episodes played in parallel")
+    parser.add_argument("--out", required=True, help="output HDF5 path")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    args = parser.parse_args(argv)
+    envlib.check_scenario(args.scenario)
+    if not 0.0 < args.fraction <= 1.0:
+        parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    if os.path.exists(args.out) and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+    n = args.episodes or max(1, round(args.fraction * full_dataset_size(args.scenario, args.quality)))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    start = time.time()
+    attrs = generate_dataset(args.scenario, args.quality, n, args.seed, args.out,
+                             epsilon=args.epsilon, n_envs=args.n_envs)
+    seconds = time.time() - start
+    print(describe(attrs))
+    print(f"wrote {n} episodes to {args.out} in {seconds:.1f}s ({n / seconds:.1f} episodes/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""data.py: datasets (HDF5 schema), reward-to-go, the Eq. 4 matrix and its inverse."""
+import h5py
+import numpy as np
+import pytest
+
+import data
+
+
+def hand_episode():
+    """Two agents, O = 2, A = 3, padded to T = 3; the episode lasts 2 steps."""
+    obs = np.zeros((1, 4, 2, 2), dtype=np.float32)
+    obs[0, 0] = [[0.1, 0.2], [0.3, 0.4]]
+    obs[0, 1] = [[0.5, 0.6], [0.7, 0.8]]
+    obs[0, 2] = [[0.9, 1.0], [0.0, 0.0]]        # after the last step: not in Eq. 4
+    avail = np.zeros((1, 4, 2, 3), dtype=bool)
+    avail[0, 0] = [[1, 1, 0], [1, 0, 1]]
+    avail[0, 1] = [[1, 1, 1], [1, 0, 0]]
+    avail[0, 2] = [[1, 0, 0], [1, 0, 0]]
+    actions = np.array([[[1, 2], [0, 0], [0, 0]]])
+    rewards = np.array([[1.5, 4.0, 0.0]], dtype=np.float32)
+    dones = np.array([[False, True, False]])
+    return data.Episodes(obs, avail, actions, rewards, dones, np.array([2], dtype=np.int32),
+                         attrs={"scenario": "hand"})
+
+
+def test_reward_to_go_by_hand():
+    rewards = np.array([[1.0, 2.0, 3.0, 9.0], [5.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    lengths = np.array([3, 1])
+    np.testing.assert_allclose(data.reward_to_go(rewards, lengths), [[6, 5, 3, 0], [5, 0, 0, 0]])
+    np.testing.assert_allclose(data.reward_to_go(rewards, lengths, gamma=0.5),
+                               [[2.75, 3.5, 3, 0], [5, 0, 0, 0]])
+
+
+def test_eq4_matrix_row_by_row():
+    m = data.episodes_to_matrix(hand_episode())
+    layout = data.feature_layout(2, 2, 3)
+    assert m.shape == (1, layout.n_features, 3) == (1, 2 * (2 + 6) + 3, 3)
+    expected = np.array([
+        # agent 0: obs (2 rows), action one-hot (3), legal (3)
+        [0.1, 0.5, 0], [0.2, 0.6, 0],
+        [0, 1, 0], [1, 0, 0], [0, 0, 0],
+        [1, 1, 0], [1, 1, 0], [0, 1, 0],
+        # agent 1
+        [0.3, 0.7, 0], [0.4, 0.8, 0],
+        [0, 1, 0], [0, 0, 0], [1, 0, 0],
+        [1, 1, 0], [0, 0, 0], [1, 0, 0],
+        # reward, Q_tot (reward-to-go), done
+        [1.5, 4.0, 0], [5.5, 4.0, 0], [0, 1, 0],
+    ], dtype=np.float32)
+    np.testing.assert_allclose(m[0], expected)
+    assert (layout.reward, layout.q_tot, layout.done) == (16, 17, 18)
+    assert layout.action(1) == slice(10, 13) and layout.avail(1) == slice(13, 16)
+
+
+def test_hand_episode_decodes_back():
+    ep = hand_episode()
+    back = data.matrix_to_episodes(data.episodes_to_matrix(ep), data.layout_of(ep), (0.0, 5.0))
+    np.testing.assert_array_equal(back.actions, ep.actions)
+    np.testing.assert_array_equal(back.dones, ep.dones)
+    np.testing.assert_array_equal(back.lengths, ep.lengths)
+    np.testing.assert_allclose(back.obs[:, :2], ep.obs[:, :2])
+    assert (back.obs[:, 2:] == 0).all(), "the observation after the last step is not in Eq. 4"
+    np.testing.assert_array_equal(back.avail[:, :2], ep.avail[:, :2])
+    np.testing.assert_allclose(back.rewards, ep.rewards)
+
+
+def test_decoding_repairs_noisy_matrices():
+    ep = hand_episode()
+    layout = data.layout_of(ep)
+    m = data.episodes_to_matrix(ep)
+    m[0, layout.action(0), 0] = [0.2, 0.1, 0.9]       # argmax is action 2, which is illegal
+    m[0, layout.avail(1), 1] = [0.1, 0.2, 0.3]        # no legal action above 0.5
+    m[0, layout.done] = [0.2, 0.4, 0.9]               # ends at the third step instead
+    m[0, layout.reward] = [9.0, -3.0, 1.0]
+    back = data.matrix_to_episodes(m, layout, (0.0, 5.0))
+    assert back.actions[0, 0, 0] == 0, "the argmax among legal actions (0 and 1)"
+    np.testing.assert_array_equal(back.avail[0, 1, 1], [False, False, True])
+    assert back.lengths[0] == 3 and back.dones[0].tolist() == [False, False, True]
+    np.testing.assert_allclose(back.rewards[0], [5.0, 0.0, 1.0])
+    m[0, layout.done] = 0.0
+    lengths, ended = data.episode_ends(m[:, layout.done])
+    assert lengths[0] == 3 and not ended[0]
+
+
+def test_normalizer_maps_rows_to_unit_interval_and_back(tiny_3m):
+    m = data.episodes_to_matrix(data.load_dataset(tiny_3m[0]))
+    norm = data.Normalizer.fit(m)
+    z = norm.normalize(m)
+    assert z.min() >= -1.0 - 1e-6 and z.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(norm.unnormalize(z), m, atol=1e-5)
+    again = data.Normalizer.from_state_dict(norm.state_dict())
+    np.testing.assert_array_equal(again.normalize(m), z)
+
+
+def test_generated_dataset_roundtrips_through_hdf5(tiny_3m):
+    path, attrs = tiny_3m
+    ep = data.load_dataset(path, scenario="3m", quality="medium")
+    assert ep.n_episodes == 24 and (ep.n_agents, ep.obs_dim, ep.n_actions) == (3, 75, 8)
+    T = ep.rewards.shape[1]
+    assert T == ep.lengths.max() and ep.obs.shape == (24, T + 1, 3, 75)
+    assert ep.attrs["epsilon"] == data.behaviour_epsilon("3m", "medium")
+    assert ep.attrs["return_mean"] == pytest.approx(ep.returns().mean(), rel=1e-5)
+    pad = ~data.valid_steps(ep.lengths, T)
+    assert (ep.rewards[pad] == 0).all() and (ep.actions[pad] == 0).all()
+    taken_legal = np.take_along_axis(ep.avail[:, :T], ep.actions[..., None], axis=-1)[..., 0]
+    assert taken_legal[~pad].all(), "the behaviour policy only takes legal actions"
+
+
+def test_generation_is_deterministic(tmp_path, tiny_3m):
+    path = tmp_path / "again.h5"
+    data.generate_dataset("3m", "medium", 24, seed=0, path=str(path), n_envs=12, progress=False)
+    a, b = data.load_dataset(tiny_3m[0]), data.load_dataset(str(path))
+    for field in ("obs", "avail", "actions", "rewards", "dones", "lengths"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_real_dataset_roundtrips_through_eq4(tiny_3m):
+    ep = data.load_dataset(tiny_3m[0])
+    m = data.episodes_to_matrix(ep)
+    norm = data.Normalizer.fit(m)
+    r = data.feature_layout(3, 75, 8).reward
+    back = data.matrix_to_episodes(norm.unnormalize(norm.normalize(m)), data.layout_of(ep),
+                                   (norm.lo[r], norm.hi[r]))
+    np.testing.assert_array_equal(back.actions, ep.actions)
+    np.testing.assert_array_equal(back.dones, ep.dones)
+    np.testing.assert_array_equal(back.lengths, ep.lengths)
+    T = ep.rewards.shape[1]
+    valid = data.valid_steps(ep.lengths, T)
+    np.testing.assert_array_equal(back.avail[:, :T][valid], ep.avail[:, :T][valid])
+    np.testing.assert_allclose(back.obs[:, :T][valid], ep.obs[:, :T][valid], atol=1e-5)
+    np.testing.assert_allclose(back.rewards, ep.rewards, atol=1e-5)
+
+
+def test_subsample_keeps_whole_episodes(tiny_3m):
+    ep = data.load_dataset(tiny_3m[0])
+    sub = data.subsample(ep, 0.25, seed=3)
+    assert sub.n_episodes == 6
+    for i in range(6):
+        match = [j for j in range(ep.n_episodes) if np.array_equal(ep.obs[j], sub.obs[i])]
+        assert len(match) == 1
+        j = match[0]
+        np.testing.assert_array_equal(ep.actions[j], sub.actions[i])
+        np.testing.assert_array_equal(ep.rewards[j], sub.rewards[i])
+        assert ep.lengths[j] == sub.lengths[i]
+    assert sub.attrs["return_mean"] == pytest.approx(sub.returns().mean(), rel=1e-5)
+    assert data.subsample(ep, 0.001, seed=0).n_episodes == 1
+    with pytest.raises(ValueError, match="fraction"):
+        data.subsample(ep, 1.5, seed=0)
+
+
+def copy_with(src, dst, edit):
+    """Copy an HDF5 dataset file and apply `edit(file)` to the copy."""
+    with h5py.File(src, "r") as a, h5py.File(dst, "w") as b:
+        for key in a:
+            a.copy(key, b)
+        b.attrs.update(a.attrs)
+        edit(b)
+    return str(dst)
+
+
+def test_malformed_files_are_refused(tmp_path, tiny_3m):
+    src = tiny_3m[0]
+    with pytest.raises(FileNotFoundError, match="no such dataset file"):
+        data.load_dataset(str(tmp_path / "missing.h5"))
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(ValueError, match="junk.h5: not a readable HDF5"):
+        data.load_dataset(str(junk))
+    no_rewards = copy_with(src, tmp_path / "a.h5", lambda f: f.__delitem__("rewards"))
+    with pytest.raises(ValueError, match="a.h5: not an EAQ dataset, missing rewards"):
+        data.load_dataset(no_rewards)
+
+    def shrink_obs(f):
+        obs = f["obs"][:, :, :, :10]
+        del f["obs"]
+        f["obs"] = obs
+    with pytest.raises(ValueError, match=r"b.h5: obs has shape .* expected"):
+        data.load_dataset(copy_with(src, tmp_path / "b.h5", shrink_obs))
+
+    def early_done(f):
+        dones = f["dones"][()]
+        dones[:, 0] = True
+        f["dones"][...] = dones
+    with pytest.raises(ValueError, match="dones must be True exactly"):
+        data.load_dataset(copy_with(src, tmp_path / "c.h5", early_done))
+    old = copy_with(src, tmp_path / "d.h5", lambda f: f.attrs.__setitem__("format_version", 0))
+    with pytest.raises(ValueError, match="format version 0"):
+        data.load_dataset(old)
+
+
+def test_mismatched_files_are_refused(tiny_3m):
+    with pytest.raises(ValueError, match="holds scenario '3m' but '8m' was requested"):
+        data.load_dataset(tiny_3m[0], scenario="8m")
+    with pytest.raises(ValueError, match="holds quality 'medium' but 'poor' was requested"):
+        data.load_dataset(tiny_3m[0], quality="poor")
+
+
+def test_cli_refuses_to_overwrite(tiny_3m, capsys):
+    with pytest.raises(SystemExit):
+        data.main(["--scenario", "3m", "--episodes", "2", "--out", tiny_3m[0]])
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_more_exploration_means_a_worse_behaviour_policy():
+    import env as envlib
+    env = envlib.make_env("3m", n_envs=48, seed=0)
+    greedy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 0.0, seed=1))
+    noisy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 1.0, seed=1))
+    assert greedy.returns().mean() > noisy.returns().mean() + 3.0
