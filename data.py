@@ -39,6 +39,7 @@ hold zeros (and no legal action) there, which no learner reads, because the
 done flag stops bootstrapping.
 """
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
@@ -86,6 +87,23 @@ EPSILON = {
     ("3s5z_vs_3s6z", "good"): 0.0, ("3s5z_vs_3s6z", "medium"): 0.6, ("3s5z_vs_3s6z", "poor"): 0.85,
 }
 BEHAVIOUR = "smax-heuristic+epsilon-random-legal"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary name beside `path`; rename it to `path` only if the block succeeds.
+
+    Every artefact of the project is written this way, so an interrupted run
+    never leaves a half-written file that a later run would trust.
+    """
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def behaviour_epsilon(scenario, quality):
@@ -271,8 +289,7 @@ def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
              "behaviour": BEHAVIOUR, "epsilon": epsilon, "seed": seed, "synthetic": False,
              "format_version": FORMAT_VERSION}
     returns, lengths, wins = [], [], []
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = _EpisodeWriter(f, env.episode_limit, env.n_agents, env.obs_dim, env.n_actions)
             with tqdm(total=n_episodes, desc=f"{scenario}-{quality}", unit="ep",
@@ -292,10 +309,6 @@ def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
                          win_rate=float(np.concatenate(wins).mean()),
                          length_mean=float(lengths.mean()))
             f.attrs.update(attrs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return attrs
 
 
@@ -334,17 +347,10 @@ class _EpisodeWriter:
 
 def save_dataset(episodes, path):
     """Write Episodes to `path` in the HDF5 schema (temporary name, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for field in ("obs", "avail", "actions", "rewards", "dones", "lengths"):
-                f.create_dataset(field, data=getattr(episodes, field),
-                                 compression="gzip", compression_opts=1)
-            f.attrs.update({**episodes.attrs, "format_version": FORMAT_VERSION})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for field in ("obs", "avail", "actions", "rewards", "dones", "lengths"):
+            f.create_dataset(field, data=getattr(episodes, field), compression="gzip", compression_opts=1)
+        f.attrs.update({**episodes.attrs, "format_version": FORMAT_VERSION})
 
 
 REQUIRED_ATTRS = ("scenario", "quality", "backend", "n_agents", "obs_dim", "n_actions",
@@ -513,11 +519,15 @@ def episode_ends(done_row):
     """Where decoded episodes end: done_row (E, T) -> (lengths (E,), ended (E,) bool).
 
     An episode ends at its first step whose done value is above the midpoint
-    0.5; one with no such step runs to T and `ended` is False for it.
+    0.5 (`ended` True). A generated done row often has no such step: the
+    x0-prediction blurs the single terminal spike into a low peak at the right
+    place (peaks of 0.1-0.2 on 3m), so without one the episode ends at the
+    row's argmax, decoding the done row, a one-hot over time, the way the
+    action one-hots are decoded (`ended` False).
     """
     above = done_row > 0.5
     ended = above.any(axis=1)
-    lengths = np.where(ended, np.argmax(above, axis=1) + 1, done_row.shape[1])
+    lengths = np.where(ended, np.argmax(above, axis=1), np.argmax(done_row, axis=1)) + 1
     return lengths.astype(np.int32), ended
 
 
@@ -526,8 +536,9 @@ def matrix_to_episodes(matrix, layout, reward_range, attrs=None):
 
     Legal actions are the legal-action rows above 0.5 (the highest one if
     none is); the action is the argmax of the one-hot rows among them; the
-    episode ends at the first done above 0.5 (or runs to T, marked done
-    there); rewards are clipped to `reward_range` (lo, hi) of the real data.
+    episode ends at the first done above 0.5, or else at the done row's
+    argmax (`episode_ends`); rewards are clipped to `reward_range` (lo, hi)
+    of the real data.
     """
     E, F, T = matrix.shape
     if F != layout.n_features:

@@ -166,7 +166,7 @@ class SmaxEnv:
         import jax.numpy as jnp
         self._state, obs, avail = self._reset_batch(self._split())
         self._finished = jnp.zeros(self.n_envs, dtype=bool)
-        return np.asarray(obs, dtype=np.float32), np.asarray(avail)
+        return np.array(obs, dtype=np.float32), np.array(avail)
 
     def step(self, actions):
         """Apply joint actions (B, N) -> obs, avail, reward (B,), done (B,), won (B,)."""
@@ -177,8 +177,8 @@ class SmaxEnv:
         self._state, obs, avail, reward, done, won = self._step_batch(
             self._split(), self._state, self._finished, actions)
         self._finished = done
-        return (np.asarray(obs, dtype=np.float32), np.asarray(avail),
-                np.asarray(reward, dtype=np.float32), np.asarray(done), np.asarray(won))
+        return (np.array(obs, dtype=np.float32), np.array(avail),
+                np.array(reward, dtype=np.float32), np.array(done), np.array(won))
 
     def close(self):
         self._state = None

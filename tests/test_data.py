@@ -77,9 +77,9 @@ def test_decoding_repairs_noisy_matrices():
     np.testing.assert_array_equal(back.avail[0, 1, 1], [False, False, True])
     assert back.lengths[0] == 3 and back.dones[0].tolist() == [False, False, True]
     np.testing.assert_allclose(back.rewards[0], [5.0, 0.0, 1.0])
-    m[0, layout.done] = 0.0
+    m[0, layout.done] = [0.1, 0.3, 0.2]               # a blurred done: no value above 0.5
     lengths, ended = data.episode_ends(m[:, layout.done])
-    assert lengths[0] == 3 and not ended[0]
+    assert lengths[0] == 2 and not ended[0], "ends at the done row's peak"
 
 
 def test_normalizer_maps_rows_to_unit_interval_and_back(tiny_3m):
@@ -207,3 +207,17 @@ def test_more_exploration_means_a_worse_behaviour_policy():
     greedy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 0.0, seed=1))
     noisy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 1.0, seed=1))
     assert greedy.returns().mean() > noisy.returns().mean() + 3.0
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError):
+        with data.atomic_path(str(target)) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with data.atomic_path(str(target)) as tmp:
+        with open(tmp, "w") as f:
+            f.write("whole")
+    assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1

@@ -1,0 +1,58 @@
+"""Speed of the EAQ diffusion model on this machine (paper §3.2; README "Diffusion").
+
+    python bench/diffusion.py --dataset runs/datasets/3m-poor-s0.h5
+
+Prints the model size, training steps/s (batch 32, Eq. 5 with lam = 0.1) and
+sampled episodes/s with ancestral DDPM (all K steps, timed over a few steps
+and scaled, since every step costs the same) and with DDIM.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+import diffusion as D  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="HDF5 dataset (D_real)")
+    p.add_argument("--dim", type=int, default=32, help="U-Net base width")
+    p.add_argument("--dim-mults", type=int, nargs="+", default=[1, 2, 4], help="U-Net levels")
+    p.add_argument("--batch-size", type=int, default=32, help="training minibatch")
+    p.add_argument("--K", type=int, default=1000, help="diffusion steps")
+    p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
+    p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
+    args = p.parse_args()
+    episodes = data.load_dataset(args.dataset)
+    tau0, valid, _ = D.prepare(episodes)
+    config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
+    diffusion, ema = D.build(config)
+    opt = torch.optim.Adam(diffusion.parameters(), lr=2e-4)
+    q_row = data.layout_of(episodes).q_tot
+    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, 3, batch_size=args.batch_size, progress=False)
+    start = time.time()
+    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, args.train_steps,
+            batch_size=args.batch_size, progress=False)
+    train_rate = args.train_steps / (time.time() - start)
+    shape = (args.sample_batch,) + tuple(tau0.shape[1:])
+    start = time.time()
+    ema.ddim_sample(shape, args.ddim_steps)
+    ddim_rate = args.sample_batch / (time.time() - start)
+    start = time.time()
+    ema.ddim_sample(shape, 5)                      # 5 network calls, the cost of 5 DDPM steps
+    ddpm_rate = args.sample_batch / ((time.time() - start) / 5 * args.K)
+    params = sum(p.numel() for p in diffusion.parameters())
+    print(f"{episodes.attrs['scenario']}: F={tau0.shape[1]} T={tau0.shape[2]} E={tau0.shape[0]}, "
+          f"{params:,} parameters; training {train_rate:.2f} steps/s (batch {args.batch_size}); "
+          f"sampling DDPM-{args.K} {ddpm_rate:.2f} episodes/s, DDIM-{args.ddim_steps} "
+          f"{ddim_rate:.1f} episodes/s")
+
+
+if __name__ == "__main__":
+    main()

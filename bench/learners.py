@@ -1,0 +1,39 @@
+"""Training speed of the offline learners on this machine (paper §4.1; README "Learners").
+
+    python bench/learners.py --dataset runs/datasets/3m-medium-s0.h5
+
+Prints iterations/s of QMIX+CQL and QMIX+BCQ (batch 32 episodes, no
+evaluation) after a few warm-up iterations.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bcq  # noqa: E402
+import cql  # noqa: E402
+import data  # noqa: E402
+import qmix  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="HDF5 dataset")
+    p.add_argument("--iters", type=int, default=100, help="timed iterations per learner")
+    p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch")
+    args = p.parse_args()
+    ep = data.load_dataset(args.dataset)
+    buffer = qmix.EpisodeBuffer([ep])
+    for cls in (cql.QmixCQL, bcq.QmixBCQ):
+        learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
+        qmix.train_loop(learner, buffer, 5, args.batch_size, 3e-4, 0, progress=False)
+        start = time.time()
+        qmix.train_loop(learner, buffer, args.iters, args.batch_size, 3e-4, 0, progress=False)
+        rate = args.iters / (time.time() - start)
+        print(f"{ep.attrs['scenario']} {cls.__name__}: {rate:.1f} iterations/s "
+              f"({15000 / rate / 60:.0f} min for the paper's 15 000)")
+
+
+if __name__ == "__main__":
+    main()

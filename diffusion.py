@@ -1,0 +1,494 @@
+"""The EAQ diffusion model: Conv1D DDPM over whole episodes (paper §3.2, Eq. 5, Algorithm 1).
+
+A dataset is laid out as tau0 of shape (B, F, T) (Eq. 4, `data.py`): the F
+feature rows are the channels of a 1-D convolution and time is its length.
+A temporal U-Net f_theta(tau_k, k) predicts the clean episode tau0 directly
+from a noised one (x0-prediction, as the paper argues: the prediction's
+Q_tot row can then be pushed up inside the same loss). The loss is Eq. 5:
+
+    L(theta) = E_{k, tau0} [ ||tau0 - f_theta(tau_k, k)||^2
+                             + lam * [ max_{tau0' in B} Qbar(tau0') - Qbar(f_theta(tau_k, k)) ]_+ ]
+
+where Qbar(tau) is the mean of the Q_tot row over the episode's valid steps
+and the max runs over the real episodes of the minibatch B. lam = 0 is the
+paper's EAQ^{-Q}. The forward process is DDPM's (Ho et al. 2020): K steps
+with a linear beta schedule from 1e-4 to 0.02 ("the established DDPM
+hyper-parameters", §4.4), tau_k = sqrt(abar_k) tau0 + sqrt(1 - abar_k) eps.
+Sampling is ancestral DDPM from N(0, I), or DDIM (eta = 0) on a subsequence
+of the K steps. Upsampling scale S = 5 gives |D_syn| = 5 |D_real|.
+
+Index convention: the paper's diffusion step k runs over 1..K; arrays here
+are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
+
+Shapes: tau0, tau_k, predictions (B, F, T); Q_tot row and valid mask (B, T).
+"""
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+
+# ---------------------------------------------------------------------------
+# The temporal U-Net f_theta(tau_k, k)
+# ---------------------------------------------------------------------------
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal embedding of the diffusion step k: (B,) -> (B, dim)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, k):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=k.device) / (half - 1))
+        angles = k.float()[:, None] * freqs[None, :]                       # (B, dim/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)             # (B, dim)
+
+
+def conv_block(in_ch, out_ch, kernel):
+    """Conv1d -> GroupNorm -> Mish, keeping the length."""
+    return nn.Sequential(nn.Conv1d(in_ch, out_ch, kernel, padding=kernel // 2),
+                         nn.GroupNorm(8, out_ch), nn.Mish())
+
+
+class ResidualTemporalBlock(nn.Module):
+    """Two conv blocks with the step embedding added in between, plus a residual path."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, kernel=5):
+        super().__init__()
+        self.block1 = conv_block(in_ch, out_ch, kernel)
+        self.block2 = conv_block(out_ch, out_ch, kernel)
+        self.emb = nn.Sequential(nn.Mish(), nn.Linear(emb_dim, out_ch))
+        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x, emb):
+        """x (B, C_in, T), emb (B, E) -> (B, C_out, T)."""
+        h = self.block1(x) + self.emb(emb)[:, :, None]
+        return self.block2(h) + self.skip(x)
+
+
+class TemporalUNet(nn.Module):
+    """Conv1D U-Net over time: features are channels, (B, F, T) -> (B, F, T).
+
+    Each level halves the time length with a stride-2 convolution (after two
+    residual blocks) and the way up doubles it again, with skip connections.
+    T is padded on the right with zeros to a multiple of 2^(levels - 1) and
+    the output is cropped back, so any T (odd included) keeps its shape.
+    """
+
+    def __init__(self, n_features, dim=64, dim_mults=(1, 2, 4), kernel=5):
+        super().__init__()
+        widths = [dim * m for m in dim_mults]
+        self.levels = len(widths)
+        self.step_embedding = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, 4 * dim),
+                                            nn.Mish(), nn.Linear(4 * dim, dim))
+        self.inp = nn.Conv1d(n_features, dim, kernel, padding=kernel // 2)
+        self.down = nn.ModuleList()
+        in_ch = dim
+        for i, w in enumerate(widths):
+            last = i == self.levels - 1
+            self.down.append(nn.ModuleList([
+                ResidualTemporalBlock(in_ch, w, dim, kernel), ResidualTemporalBlock(w, w, dim, kernel),
+                nn.Identity() if last else nn.Conv1d(w, w, 3, stride=2, padding=1)]))
+            in_ch = w
+        self.mid1 = ResidualTemporalBlock(in_ch, in_ch, dim, kernel)
+        self.mid2 = ResidualTemporalBlock(in_ch, in_ch, dim, kernel)
+        self.up = nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths[:-1]))):
+            self.up.append(nn.ModuleList([
+                nn.ConvTranspose1d(in_ch, in_ch, 4, stride=2, padding=1),
+                ResidualTemporalBlock(in_ch + w, w, dim, kernel),
+                ResidualTemporalBlock(w, w, dim, kernel)]))
+            in_ch = w
+        self.out = nn.Sequential(conv_block(in_ch + dim, dim, kernel), nn.Conv1d(dim, n_features, 1))
+
+    def forward(self, tau_k, k):
+        """tau_k (B, F, T), k (B,) int -> predicted tau0 (B, F, T)."""
+        T = tau_k.shape[-1]
+        multiple = 2 ** (self.levels - 1)
+        x = F.pad(tau_k, (0, (-T) % multiple))                             # (B, F, T')
+        emb = self.step_embedding(k)                                       # (B, dim)
+        x = self.inp(x)                                                    # (B, dim, T')
+        first, skips = x, []
+        for block1, block2, downsample in self.down:
+            x = block2(block1(x, emb), emb)
+            skips.append(x)
+            x = downsample(x)                                              # (B, C, T'/2^i)
+        x = self.mid2(self.mid1(x, emb), emb)
+        skips.pop()                                                        # the deepest level has no up step
+        for upsample, block1, block2 in self.up:
+            x = upsample(x)                                                # doubles the length
+            x = block2(block1(torch.cat([x, skips.pop()], dim=1), emb), emb)
+        x = self.out(torch.cat([x, first], dim=1))                         # (B, F, T')
+        return x[..., :T]
+
+
+# ---------------------------------------------------------------------------
+# DDPM schedule, Eq. 5 and sampling
+# ---------------------------------------------------------------------------
+def linear_betas(K, beta_1=1e-4, beta_K=0.02):
+    """DDPM's linear variance schedule beta_1..beta_K (Ho et al. 2020)."""
+    return torch.linspace(beta_1, beta_K, K, dtype=torch.float64)
+
+
+class Diffusion(nn.Module):
+    """The schedule buffers around f_theta, with q_sample, p_sample_loop and ddim_sample."""
+
+    def __init__(self, model, K=1000):
+        super().__init__()
+        self.model, self.K = model, K
+        betas = linear_betas(K)
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, dim=0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        buffers = {
+            "betas": betas, "abar": abar, "abar_prev": abar_prev,
+            # posterior q(tau_{k-1} | tau_k, tau0) = N(c0 tau0 + ck tau_k, var)
+            "post_c0": betas * abar_prev.sqrt() / (1.0 - abar),
+            "post_ck": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+            "post_var": betas * (1.0 - abar_prev) / (1.0 - abar),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float())
+
+    def q_sample(self, tau0, k, noise):
+        """tau_k = sqrt(abar_k) tau0 + sqrt(1 - abar_k) eps, for steps k (B,) in 1..K."""
+        abar = self.abar[k - 1][:, None, None]
+        return abar.sqrt() * tau0 + (1.0 - abar).sqrt() * noise
+
+    def predict_tau0(self, tau_k, k):
+        """f_theta(tau_k, k), clipped to the normalised data range [-1, 1]."""
+        return self.model(tau_k, k).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def p_sample_loop(self, shape, generator=None):
+        """Ancestral DDPM sampling: tau_K ~ N(0, I), then tau_{k-1} ~ q(. | tau_k, f_theta(tau_k, k))."""
+        device = self.abar.device
+        tau = torch.randn(shape, generator=generator, device=device)
+        for k in range(self.K, 0, -1):
+            ks = torch.full((shape[0],), k, device=device, dtype=torch.long)
+            tau0 = self.predict_tau0(tau, ks)
+            mean = self.post_c0[k - 1] * tau0 + self.post_ck[k - 1] * tau
+            noise = torch.randn(shape, generator=generator, device=device) if k > 1 else 0.0
+            tau = mean + self.post_var[k - 1].sqrt() * noise
+        return tau
+
+    @torch.no_grad()
+    def ddim_sample(self, shape, n_steps, generator=None):
+        """Deterministic DDIM (eta = 0) on n_steps evenly spaced steps of 1..K."""
+        device = self.abar.device
+        steps = np.unique(np.linspace(self.K, 1, n_steps).round().astype(int))[::-1]
+        tau = torch.randn(shape, generator=generator, device=device)
+        for i, k in enumerate(steps):
+            ks = torch.full((shape[0],), int(k), device=device, dtype=torch.long)
+            tau0 = self.predict_tau0(tau, ks)
+            abar = self.abar[k - 1]
+            eps = (tau - abar.sqrt() * tau0) / (1.0 - abar).sqrt()
+            abar_next = self.abar[steps[i + 1] - 1] if i + 1 < len(steps) else torch.tensor(1.0)
+            tau = abar_next.sqrt() * tau0 + (1.0 - abar_next).sqrt() * eps
+        return tau
+
+    def sample(self, shape, ddim_steps=None, generator=None):
+        """DDPM with all K steps, or DDIM with `ddim_steps` steps."""
+        if ddim_steps:
+            return self.ddim_sample(shape, ddim_steps, generator)
+        return self.p_sample_loop(shape, generator)
+
+
+def q_bar(tau, q_row, valid):
+    """Qbar(tau): mean of the Q_tot row over each episode's valid steps, (B, F, T) -> (B,)."""
+    valid = valid.float()
+    return (tau[:, q_row] * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
+
+
+def eaq_loss(tau0_pred, tau0, q_row, valid, lam):
+    """Eq. 5 -> (total, diffusion_term, q_term).
+
+    diffusion_term = mean over the whole matrix of (tau0 - f_theta(tau_k, k))^2
+    q_term         = mean_b [ max_{b'} Qbar(tau0_{b'}) - Qbar(f_theta(tau_k, k)_b) ]_+
+    total          = diffusion_term + lam * q_term
+
+    The max is over the real episodes of the minibatch and is a constant
+    (no gradient flows into the data); `valid` (B, T) marks the real steps
+    of each episode, so padding never enters Qbar.
+    """
+    diffusion_term = F.mse_loss(tau0_pred, tau0)
+    best = q_bar(tau0, q_row, valid).max().detach()
+    q_term = F.relu(best - q_bar(tau0_pred, q_row, valid)).mean()
+    return diffusion_term + lam * q_term, diffusion_term, q_term
+
+
+# ---------------------------------------------------------------------------
+# Training (Algorithm 1, training process)
+# ---------------------------------------------------------------------------
+def build(config):
+    """A Diffusion model (and its EMA copy) from a config dict."""
+    net = TemporalUNet(config["n_features"], config["dim"], tuple(config["dim_mults"]))
+    diffusion = Diffusion(net, config["K"])
+    ema = copy.deepcopy(diffusion).requires_grad_(False)
+    return diffusion, ema
+
+
+def prepare(episodes, normalizer=None):
+    """Real episodes -> (tau0 normalised (E, F, T) tensor, valid (E, T) bool tensor, normalizer)."""
+    matrix = data.episodes_to_matrix(episodes)                             # (E, F, T) data units
+    normalizer = normalizer or data.Normalizer.fit(matrix)
+    tau0 = torch.from_numpy(normalizer.normalize(matrix))
+    valid = torch.from_numpy(data.valid_steps(episodes.lengths, matrix.shape[-1]))
+    return tau0, valid, normalizer
+
+
+def save_checkpoint(path, diffusion, ema, optimizer, step, normalizer, config):
+    """Everything needed to resume or sample, written to a temporary name then renamed."""
+    with data.atomic_path(path) as tmp:
+        torch.save({"model": diffusion.state_dict(), "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(), "step": step,
+                    "normalizer": normalizer.state_dict(), "config": config}, tmp)
+
+
+def load_checkpoint(path):
+    """-> (diffusion, ema, checkpoint dict); refuses a file that is not an EAQ checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable EAQ checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or not {"model", "ema", "config", "normalizer"} <= ckpt.keys():
+        raise ValueError(f"{path}: not an EAQ diffusion checkpoint")
+    diffusion, ema = build(ckpt["config"])
+    diffusion.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    return diffusion, ema, ckpt
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, start_step=0,
+          batch_size=32, ema_decay=0.995, seed=0, on_checkpoint=None, checkpoint_every=1000,
+          progress=True):
+    """Algorithm 1's training loop from `start_step` to `steps`; returns the last losses.
+
+    The minibatch, the steps k and the noise of step s depend only on
+    (seed, s), so a run resumed from a checkpoint continues exactly as an
+    uninterrupted one. A non-finite loss stops training with an error.
+    """
+    E = tau0.shape[0]
+    losses = {}
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="diffusion",
+               disable=not progress)
+    for step in bar:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        index = torch.randint(E, (min(batch_size, E),), generator=g)
+        batch, batch_valid = tau0[index], valid[index]                    # (b, F, T), (b, T)
+        k = torch.randint(1, diffusion.K + 1, (len(index),), generator=g)  # k ~ U{1..K}
+        noise = torch.randn(batch.shape, generator=g)
+        tau_k = diffusion.q_sample(batch, k, noise)
+        total, diff_term, q_term = eaq_loss(diffusion.model(tau_k, k), batch, q_row, batch_valid, lam)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"diffusion loss became {total.item()} at step {step}; "
+                                     "lower --lr or check the dataset for NaNs")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        ema_update(ema, diffusion, ema_decay)
+        losses = {"loss": total.item(), "diffusion": diff_term.item(), "q": q_term.item()}
+        bar.set_postfix(diffusion=f"{losses['diffusion']:.4f}", q=f"{losses['q']:.4f}")
+        if on_checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            on_checkpoint(step + 1)
+    return losses
+
+
+# ---------------------------------------------------------------------------
+# Sampling D_syn (Algorithm 1, sampling process) and its report
+# ---------------------------------------------------------------------------
+def sample_matrices(ema, normalizer, n, shape, ddim_steps=None, batch_size=256, seed=0,
+                    progress=True):
+    """n generated episode matrices in data units, (n, F, T) numpy."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with tqdm(total=n, desc="sampling", unit="ep", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            tau = ema.sample((b,) + tuple(shape), ddim_steps, generator)
+            out.append(normalizer.unnormalize(tau.numpy()))
+            bar.update(b)
+    return np.concatenate(out)
+
+
+def matrix_stats(matrix, layout, reward_range):
+    """Report entries of one set of episode matrices (E, F, T) in data units."""
+    lengths, ended = data.episode_ends(matrix[:, layout.done])
+    episodes = data.matrix_to_episodes(matrix, layout, reward_range)
+    T = matrix.shape[-1]
+    valid = data.valid_steps(lengths, T)                                    # (E, T)
+    raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)],
+                   axis=-1)                                                 # (E, T, N) before repair
+    legal = np.take_along_axis(episodes.avail[:, :T], raw[..., None], axis=-1)[..., 0]
+    q_row = matrix[:, layout.q_tot]
+    rtg = data.reward_to_go(episodes.rewards, lengths)
+    returns = episodes.returns()
+    return {
+        "episodes": int(matrix.shape[0]),
+        "ended_share": float(ended.mean()),
+        "length_mean": float(lengths.mean()), "length_std": float(lengths.std()),
+        "length_min": int(lengths.min()), "length_max": int(lengths.max()),
+        "legal_before_repair": float(legal[valid].mean()),
+        "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+        "q_bar_mean": float(((q_row * valid).sum(1) / valid.sum(1)).mean()),
+        "q_consistency": float(np.abs(q_row - rtg)[valid].mean()),
+    }
+
+
+def synthetic_report(real_matrix, syn_matrix, layout, reward_range):
+    """D_real vs D_syn side by side (the issue's synthetic-data report)."""
+    return {"real": matrix_stats(real_matrix, layout, reward_range),
+            "synthetic": matrix_stats(syn_matrix, layout, reward_range)}
+
+
+def format_report(report):
+    rows = [("episodes", "{:d}"), ("ended_share", "{:.3f}"), ("length_mean", "{:.1f}"),
+            ("length_std", "{:.1f}"), ("length_min", "{:d}"), ("length_max", "{:d}"),
+            ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
+            ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}")]
+    lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
+    for key, fmt in rows:
+        lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
+                     f"{fmt.format(report['synthetic'][key]):>10s}")
+    return "\n".join(lines)
+
+
+def write_json(path, obj):
+    with data.atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+# ---------------------------------------------------------------------------
+# Command line: train on D_real, sample D_syn, report
+# ---------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train the EAQ diffusion model on a dataset and sample "
+                                            "S times as many synthetic episodes (paper §3.2, Alg. 1).")
+    p.add_argument("--dataset", required=True, help="HDF5 dataset (D_real) made by data.py")
+    p.add_argument("--out", required=True, help="output folder: model.pt, synthetic.h5, report.json")
+    p.add_argument("--lam", type=float, default=0.1,
+                   help="λ of Eq. 5 (paper tunes among 0.5, 0.1, 0.01; 0 = EAQ^{-Q})")
+    p.add_argument("--steps", type=int, default=5000, help="training steps (paper: silent; ours)")
+    p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch (paper: silent)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: silent; diffuser's)")
+    p.add_argument("--K", type=int, default=1000, help="diffusion steps (DDPM's 1000, §4.4)")
+    p.add_argument("--dim", type=int, default=32, help="U-Net base width (paper: silent; sized for CPUs)")
+    p.add_argument("--dim-mults", type=int, nargs="+", default=[1, 2, 4],
+                   help="width multiplier per U-Net level (each extra level halves T)")
+    p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the sampling weights")
+    p.add_argument("--scale", type=int, default=5, help="upsampling scale S: |D_syn| = S |D_real| (paper: 5)")
+    p.add_argument("--ddim-steps", type=int, default=0,
+                   help="sample with DDIM on this many steps; 0 = ancestral DDPM with all K steps")
+    p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    args = p.parse_args(argv)
+    if args.lam < 0:
+        p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up), got {args.lam}")
+    for name in ("steps", "batch_size", "K", "dim", "scale", "sample_batch", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.dim % 8:
+        p.error(f"--dim must be a multiple of 8 (GroupNorm uses 8 groups), got {args.dim}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        p.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.ddim_steps < 0 or args.ddim_steps > args.K:
+        p.error(f"--ddim-steps must be in [0, K={args.K}], got {args.ddim_steps}")
+    return args
+
+
+def fit_and_sample(args, progress=True):
+    """Train (or resume), sample S |D_real| episodes, write them and the report; returns the report."""
+    torch.manual_seed(args.seed)
+    real = data.load_dataset(args.dataset)
+    layout = data.layout_of(real)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "model.pt")
+    if args.resume:
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"{ckpt_path}: nothing to resume; run without --resume first")
+        diffusion, ema, ckpt = load_checkpoint(ckpt_path)
+        config, start = ckpt["config"], ckpt["step"]
+        normalizer = data.Normalizer.from_state_dict(ckpt["normalizer"])
+        if config["dataset"] != os.path.abspath(args.dataset):
+            raise ValueError(f"{ckpt_path} was trained on {config['dataset']}, not {args.dataset}")
+        if config["lam"] != args.lam:
+            raise ValueError(f"{ckpt_path} was trained with --lam {config['lam']}, not {args.lam}; "
+                             "resume with the same λ or start a new --out")
+    else:
+        config = {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults),
+                  "K": args.K, "lam": args.lam, "dataset": os.path.abspath(args.dataset),
+                  "layout": dataclasses.asdict(layout), "seed": args.seed}
+        diffusion, ema = build(config)
+        normalizer, start = None, 0
+    tau0, valid, normalizer = prepare(real, normalizer)
+    config["horizon"] = int(tau0.shape[-1])
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=args.lr)
+    if args.resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+
+    def checkpoint(step):
+        save_checkpoint(ckpt_path, diffusion, ema, optimizer, step, normalizer, config)
+
+    start_time = time.time()
+    losses = train(diffusion, ema, optimizer, tau0, valid, layout.q_tot, config["lam"], args.steps,
+                   start_step=start, batch_size=args.batch_size, ema_decay=args.ema_decay,
+                   seed=args.seed, on_checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                   progress=progress)
+    train_seconds = time.time() - start_time
+    r = layout.reward
+    reward_range = (float(normalizer.lo[r]), float(normalizer.hi[r]))
+    n_syn = args.scale * real.n_episodes
+    start_time = time.time()
+    syn_matrix = sample_matrices(ema, normalizer, n_syn, tau0.shape[1:], args.ddim_steps or None,
+                                 args.sample_batch, seed=args.seed, progress=progress)
+    sample_seconds = time.time() - start_time
+    attrs = {**real.attrs, "synthetic": True, "lam": config["lam"], "diffusion_steps": args.steps,
+             "K": args.K, "ddim_steps": args.ddim_steps, "scale": args.scale,
+             "source_dataset": os.path.abspath(args.dataset)}
+    attrs.pop("win_rate", None)                    # a property of the real episodes only
+    syn = data.matrix_to_episodes(syn_matrix, layout, reward_range, attrs)
+    syn.attrs.update(data.return_stats(syn))
+    data.save_dataset(syn, os.path.join(args.out, "synthetic.h5"))
+    report = synthetic_report(data.episodes_to_matrix(real), syn_matrix, layout, reward_range)
+    report.update(lam=config["lam"], losses=losses, train_seconds=train_seconds,
+                  trained_steps=args.steps - start, sample_seconds=sample_seconds,
+                  sampler=f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{args.K}",
+                  parameters=sum(p.numel() for p in diffusion.parameters()))
+    write_json(os.path.join(args.out, "report.json"), report)
+    return report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = fit_and_sample(args)
+    print(format_report(report))
+    print(f"λ = {report['lam']}, {report['parameters']:,} parameters, "
+          f"{report['trained_steps'] / max(report['train_seconds'], 1e-9):.1f} training steps/s, "
+          f"{report['synthetic']['episodes'] / report['sample_seconds']:.1f} sampled episodes/s "
+          f"({report['sampler']}); wrote {args.out}/synthetic.h5 and report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""QMIX: recurrent agents and a monotonic mixing network (paper §4.1; Rashid et al. 2018).
+
+Both offline learners of the paper (`cql.py`, `bcq.py`) are QMIX with an
+extra loss, so everything they share lives here once:
+
+* `AgentNetwork` — one network shared by all agents (OG-MARL's QMIX
+  baseline): input = own observation, last action one-hot, agent id one-hot;
+  linear 64 -> ReLU -> GRU 64 -> ReLU -> linear to one Q per action.
+* `QMixer` — Q_tot = mix(Q_1..Q_N; s) with hypernetworks conditioned on the
+  state s (embedding 32, hypernetwork 64). The mixing weights pass through
+  abs(), so dQ_tot/dQ_n >= 0 (monotonicity). The state is the *joint
+  observation* (the agents' observations concatenated), for real and
+  synthetic episodes alike, because Eq. 4 has no separate global state.
+* Episode minibatches, unrolling the GRU over (B, T, N), legal-action max,
+  double-Q targets, TD loss over valid steps, hard target updates, and the
+  training loop with periodic evaluation, CSV and learning-curve PNG.
+
+Shapes: obs (B, T+1, N, O), avail (B, T+1, N, A), actions (B, T, N),
+rewards / dones / valid (B, T); agent Q values (B, T+1, N, A); Q_tot (B, T).
+"""
+import copy
+import csv
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ILLEGAL = -1e9  # Q of an illegal action in a max (finite, so all-illegal padded steps stay finite)
+
+
+class AgentNetwork(nn.Module):
+    """Shared recurrent agent: (inputs (M, I), hidden (M, H)) -> (Q (M, A), hidden)."""
+
+    def __init__(self, input_dim, n_actions, hidden=64):
+        super().__init__()
+        self.hidden = hidden
+        self.fc1 = nn.Linear(input_dim, hidden)
+        self.gru = nn.GRUCell(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, n_actions)
+
+    def forward(self, x, h):
+        h = self.gru(F.relu(self.fc1(x)), h)
+        return self.fc2(F.relu(h)), h
+
+
+class QMixer(nn.Module):
+    """Monotonic mixing: Q_tot = w2 . elu(W1 q + b1) + V(s), with |W1|, |w2| from hypernetworks."""
+
+    def __init__(self, state_dim, n_agents, embed=32, hyper=64):
+        super().__init__()
+        self.n_agents, self.embed = n_agents, embed
+        self.hyper_w1 = nn.Sequential(nn.Linear(state_dim, hyper), nn.ReLU(), nn.Linear(hyper, n_agents * embed))
+        self.hyper_b1 = nn.Linear(state_dim, embed)
+        self.hyper_w2 = nn.Sequential(nn.Linear(state_dim, hyper), nn.ReLU(), nn.Linear(hyper, embed))
+        self.value = nn.Sequential(nn.Linear(state_dim, embed), nn.ReLU(), nn.Linear(embed, 1))
+
+    def forward(self, q_agents, state):
+        """q_agents (*extra, *lead, N), state (*lead, S) -> Q_tot (*extra, *lead).
+
+        The hypernetworks run once per state; extra leading dimensions of
+        q_agents (CQL's M sampled joint actions) share those weights.
+        """
+        lead = state.shape[:-1]
+        extra = q_agents.shape[:q_agents.dim() - len(lead) - 1]
+        s = state.reshape(-1, state.shape[-1])                                # (L, S)
+        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed)       # (L, N, E)
+        b1 = self.hyper_b1(s).view(-1, 1, self.embed)                         # (L, 1, E)
+        w2 = self.hyper_w2(s).abs().view(-1, self.embed, 1)                   # (L, E, 1)
+        v = self.value(s).view(-1, 1, 1)                                      # (L, 1, 1)
+        q = q_agents.reshape(*extra, -1, 1, self.n_agents)                    # (*extra, L, 1, N)
+        hidden = F.elu(q @ w1 + b1)                                           # (*extra, L, 1, E)
+        return (hidden @ w2 + v).reshape(*extra, *lead)
+
+
+# ---------------------------------------------------------------------------
+# Episode minibatches
+# ---------------------------------------------------------------------------
+class EpisodeBuffer:
+    """Episodes (one or more datasets, padded to one T) as tensors, sampled as minibatches."""
+
+    def __init__(self, episodes_list):
+        T = max(ep.rewards.shape[1] for ep in episodes_list)
+        parts = [pad_episodes(ep, T) for ep in episodes_list]
+        self.obs, self.avail, self.actions, self.rewards, self.dones, self.lengths = (
+            torch.from_numpy(np.concatenate(arrays)) for arrays in zip(*parts))
+        self.n_episodes = self.actions.shape[0]
+
+    def sample(self, batch_size, generator):
+        """A random minibatch, cut to its longest episode: dict of tensors (see module shapes)."""
+        index = torch.randint(self.n_episodes, (batch_size,), generator=generator)
+        T = int(self.lengths[index].max())
+        valid = torch.arange(T)[None, :] < self.lengths[index][:, None]        # (B, T)
+        return {"obs": self.obs[index, :T + 1], "avail": self.avail[index, :T + 1],
+                "actions": self.actions[index, :T], "rewards": self.rewards[index, :T],
+                "dones": self.dones[index, :T].float(), "valid": valid.float()}
+
+
+def pad_episodes(ep, T):
+    """Arrays of Episodes zero-padded along time to T steps."""
+    extra = T - ep.rewards.shape[1]
+
+    def pad(x):
+        return np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    return (pad(ep.obs), pad(ep.avail), pad(ep.actions), pad(ep.rewards), pad(ep.dones), ep.lengths)
+
+
+def joint_state(obs):
+    """The mixer's state: the agents' observations concatenated, (B, T, N, O) -> (B, T, N*O)."""
+    return obs.reshape(*obs.shape[:-2], -1)
+
+
+def agent_inputs(obs, actions, n_actions):
+    """Agent inputs (B, T+1, N, O + A + N): observation, last action one-hot, agent id one-hot."""
+    B, T1, N, _ = obs.shape
+    last = torch.zeros(B, T1, N, n_actions)
+    last[:, 1:] = F.one_hot(actions, n_actions).float()
+    ids = torch.eye(N).expand(B, T1, N, N)
+    return torch.cat([obs, last, ids], dim=-1)
+
+
+def unroll(agent, inputs):
+    """Run the shared GRU agent over time: inputs (B, T, N, I) -> Q (B, T, N, A)."""
+    B, T, N, _ = inputs.shape
+    h = torch.zeros(B * N, agent.hidden)
+    qs = []
+    for t in range(T):
+        q, h = agent(inputs[:, t].reshape(B * N, -1), h)
+        qs.append(q.view(B, N, -1))
+    return torch.stack(qs, dim=1)
+
+
+def legal_argmax(q, avail):
+    """argmax over legal actions (index 0 where none is legal): (..., A) -> (...)."""
+    return q.masked_fill(~avail, ILLEGAL).argmax(dim=-1)
+
+
+def masked_mean(x, mask):
+    """Mean of x over the entries where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def td_targets(rewards, dones, q_tot_next, gamma):
+    """y_t = r_t + gamma (1 - done_t) Q_tot_target(s_{t+1}, a*_{t+1}), no gradient."""
+    return (rewards + gamma * (1.0 - dones) * q_tot_next).detach()
+
+
+# ---------------------------------------------------------------------------
+# The QMIX learner core
+# ---------------------------------------------------------------------------
+class QMIX(nn.Module):
+    """Agent + mixer and their target copies; `td_loss` is the QMIX TD loss with double-Q targets."""
+
+    def __init__(self, n_agents, obs_dim, n_actions, hidden=64, embed=32, hyper=64, gamma=0.99):
+        super().__init__()
+        self.n_agents, self.n_actions, self.gamma = n_agents, n_actions, gamma
+        self.agent = AgentNetwork(obs_dim + n_actions + n_agents, n_actions, hidden)
+        self.mixer = QMixer(n_agents * obs_dim, n_agents, embed, hyper)
+        self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
+        self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+
+    def update_targets(self):
+        """Hard target update: copy the online networks."""
+        self.target_agent.load_state_dict(self.agent.state_dict())
+        self.target_mixer.load_state_dict(self.mixer.state_dict())
+
+    def q_values(self, batch):
+        """Online and target agent Q values, each (B, T+1, N, A)."""
+        inputs = agent_inputs(batch["obs"], batch["actions"], self.n_actions)
+        with torch.no_grad():
+            q_target = unroll(self.target_agent, inputs)
+        return unroll(self.agent, inputs), q_target
+
+    def td_loss(self, batch, q, q_target, allowed_next=None):
+        """0.5 * mean over valid steps of (Q_tot(s_t, a_t) - y_t)^2; returns (loss, Q_tot data (B, T)).
+
+        The next action is the online network's argmax among `allowed_next`
+        (default: the legal actions at t+1), valued by the target networks.
+        """
+        state = joint_state(batch["obs"])                                     # (B, T+1, N*O)
+        chosen = q[:, :-1].gather(-1, batch["actions"][..., None])[..., 0]    # (B, T, N)
+        q_tot = self.mixer(chosen, state[:, :-1])                             # (B, T)
+        allowed = batch["avail"][:, 1:] if allowed_next is None else allowed_next
+        next_action = legal_argmax(q[:, 1:].detach(), allowed)                # (B, T, N)
+        q_next = q_target[:, 1:].gather(-1, next_action[..., None])[..., 0]
+        with torch.no_grad():
+            q_tot_next = self.target_mixer(q_next, state[:, 1:])
+        y = td_targets(batch["rewards"], batch["dones"], q_tot_next, self.gamma)
+        return 0.5 * masked_mean((q_tot - y) ** 2, batch["valid"]), q_tot
+
+
+class GreedyPolicy:
+    """Decentralised greedy execution: each agent's argmax over its allowed (legal) actions.
+
+    Keeps each agent's GRU state and last action between calls; `allowed`
+    narrows the legal actions (BCQ overrides it).
+    """
+
+    def __init__(self, qmix):
+        self.qmix = qmix
+
+    def reset(self, n_envs):
+        self.h = torch.zeros(n_envs * self.qmix.n_agents, self.qmix.agent.hidden)
+        self.last = torch.zeros(n_envs, self.qmix.n_agents, dtype=torch.long)
+        self.first = True
+
+    def allowed(self, obs, avail):
+        return avail
+
+    @torch.no_grad()
+    def __call__(self, obs, avail):
+        """obs (B, N, O), avail (B, N, A) numpy -> actions (B, N) numpy."""
+        obs, avail = torch.as_tensor(obs), torch.as_tensor(avail)
+        B, N, _ = obs.shape
+        last = torch.zeros(B, N, self.qmix.n_actions)
+        if not self.first:
+            last = F.one_hot(self.last, self.qmix.n_actions).float()
+        x = torch.cat([obs, last, torch.eye(N).expand(B, N, N)], dim=-1)     # (B, N, I)
+        q, self.h = self.qmix.agent(x.reshape(B * N, -1), self.h)
+        action = legal_argmax(q.view(B, N, -1), self.allowed(obs, avail))
+        self.last, self.first = action, False
+        return action.numpy()
+
+
+def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval_every=1000,
+               target_every=200, grad_clip=10.0, progress=True):
+    """Adam on `learner.loss(batch)` for `iters` iterations; returns the metrics rows.
+
+    `learner` has `.qmix`, `.parameters()` and `.loss(batch) -> (loss, logs)`.
+    Every `target_every` iterations the target networks are copied; every
+    `eval_every` iterations (and at the end) `evaluate()` adds its numbers.
+    """
+    from tqdm import tqdm
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
+    rows, start = [], time.time()
+    bar = tqdm(range(1, iters + 1), desc=type(learner).__name__, disable=not progress)
+    for it in bar:
+        loss, logs = learner.loss(buffer.sample(batch_size, generator))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"learner loss became {loss.item()} at iteration {it}; "
+                                     "lower --lr or check the dataset")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
+        optimizer.step()
+        if it % target_every == 0:
+            learner.qmix.update_targets()
+        if evaluate and (it % eval_every == 0 or it == iters):
+            row = {"iteration": it, "seconds": time.time() - start, **logs, **evaluate()}
+            rows.append(row)
+            bar.set_postfix(ret=f"{row.get('return_mean', float('nan')):.2f}")
+    return rows
+
+
+def write_metrics(rows, csv_path, png_path, title):
+    """Metrics CSV and a learning-curve PNG (return vs iteration), both written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import data
+    with data.atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    its = [r["iteration"] for r in rows]
+    mean = np.array([r["return_mean"] for r in rows])
+    std = np.array([r["return_std"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(its, mean)
+    ax.fill_between(its, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="iteration", ylabel="return (SMAC scale)", title=title)
+    fig.tight_layout()
+    with data.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# The learners' shared command line (cql.py and bcq.py)
+# ---------------------------------------------------------------------------
+def learner_parser(description):
+    """Flags both learners take; defaults are the paper's (15 000 iterations) and OG-MARL's QMIX."""
+    import argparse
+    import rad
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--dataset", action="append", required=True,
+                   help="HDF5 dataset; repeat to train on their union (e.g. D_real and D_syn)")
+    p.add_argument("--iters", type=int, default=15000, help="training iterations (paper: 15 000)")
+    p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch (OG-MARL: 32)")
+    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (OG-MARL: 3e-4)")
+    p.add_argument("--gamma", type=float, default=0.99, help="discount (OG-MARL: 0.99)")
+    p.add_argument("--target-every", type=int, default=200, help="hard target update period (OG-MARL: 200)")
+    p.add_argument("--aug", default="none", choices=rad.AUGMENTATIONS,
+                   help="observation augmentation of every minibatch (paper §4.2: RAD-s, RAD-m)")
+    p.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=32, help="episodes per evaluation, played in parallel")
+    p.add_argument("--backend", default="smax", choices=("smax", "smac"), help="simulator for evaluation")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", default=None, help="folder for metrics.csv and curve.png (default: runs/<learner>)")
+    return p
+
+
+def check_learner_args(parser, args):
+    for name in ("iters", "batch_size", "target_every", "eval_every", "eval_episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 <= args.gamma <= 1.0:
+        parser.error(f"--gamma must be in [0, 1], got {args.gamma}")
+
+
+def load_datasets(paths):
+    """Load one or more datasets and check they describe the same map and shapes."""
+    import data
+    episodes = [data.load_dataset(p) for p in paths]
+    first = episodes[0].attrs
+    for path, ep in zip(paths[1:], episodes[1:]):
+        for key in ("scenario", "n_agents", "obs_dim", "n_actions"):
+            if ep.attrs[key] != first[key]:
+                raise ValueError(f"{path}: {key} {ep.attrs[key]!r} differs from {paths[0]}'s {first[key]!r}")
+    return episodes
+
+
+def run_learner(learner_cls, args, extra):
+    """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG; returns the last row."""
+    import env as envlib
+    import evaluate
+    episodes = load_datasets(args.dataset)
+    a = episodes[0].attrs
+    learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=args.aug,
+                          seed=args.seed, **extra)
+    buffer = EpisodeBuffer(episodes)
+    eval_env = envlib.make_env(a["scenario"], args.backend, n_envs=args.eval_episodes,
+                               seed=args.seed + 10_000)
+    if (eval_env.obs_dim, eval_env.n_actions) != (a["obs_dim"], a["n_actions"]):
+        raise ValueError(f"{args.dataset[0]}: obs_dim/n_actions {a['obs_dim']}/{a['n_actions']} do not "
+                         f"match the {args.backend} simulator's {eval_env.obs_dim}/{eval_env.n_actions}")
+
+    def evaluate_now():
+        return evaluate.evaluate_policy(learner.policy(), eval_env)
+
+    rows = train_loop(learner, buffer, args.iters, args.batch_size, args.lr, args.seed, evaluate_now,
+                      args.eval_every, args.target_every)
+    out = args.out or os.path.join("runs", type(learner).__name__.lower())
+    os.makedirs(out, exist_ok=True)
+    title = f"{type(learner).__name__} {a['scenario']} aug={args.aug} seed={args.seed}"
+    write_metrics(rows, os.path.join(out, "metrics.csv"), os.path.join(out, "curve.png"), title)
+    return rows[-1], out
