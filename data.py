@@ -41,6 +41,7 @@ done flag stops bootstrapping.
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import time
 
@@ -104,6 +105,12 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 def behaviour_epsilon(scenario, quality):
@@ -310,6 +317,24 @@ def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
                          length_mean=float(lengths.mean()))
             f.attrs.update(attrs)
     return attrs
+
+
+def ensure_dataset(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"),
+                   epsilon=None):
+    """Path of the dataset for this configuration, generated on first use and reused after.
+
+    It holds round(fraction x OG-MARL's episode count) episodes (the paper's
+    "original" set for fraction 0.03: the episodes are i.i.d., so generating
+    that many equals subsampling a full set). The name carries the whole
+    configuration, so a different one never reuses the wrong file.
+    """
+    n = max(1, round(fraction * full_dataset_size(scenario, quality)))
+    eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    path = os.path.join(root, f"{scenario}-{quality}-eps{eps:g}-n{n}-s{seed}.h5")
+    if not os.path.exists(path):
+        os.makedirs(root, exist_ok=True)
+        generate_dataset(scenario, quality, n, seed, path, epsilon=eps)
+    return path
 
 
 class _EpisodeWriter:

@@ -25,7 +25,6 @@ Shapes: tau0, tau_k, predictions (B, F, T); Q_tot row and valid mask (B, T).
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -373,11 +372,6 @@ def format_report(report):
     return "\n".join(lines)
 
 
-def write_json(path, obj):
-    with data.atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
 # ---------------------------------------------------------------------------
 # Command line: train on D_real, sample D_syn, report
 # ---------------------------------------------------------------------------
@@ -476,7 +470,7 @@ def fit_and_sample(args, progress=True):
                   trained_steps=args.steps - start, sample_seconds=sample_seconds,
                   sampler=f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{args.K}",
                   parameters=sum(p.numel() for p in diffusion.parameters()))
-    write_json(os.path.join(args.out, "report.json"), report)
+    data.write_json(os.path.join(args.out, "report.json"), report)
     return report
 
 
