@@ -9,6 +9,8 @@
 A policy is any object with `reset(n_envs)` and `__call__(obs, avail) ->
 actions`, e.g. `qmix.GreedyPolicy`.
 """
+import os
+
 import numpy as np
 
 import env as envlib
@@ -49,3 +51,205 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
     same = np.all((target == first) | ~living, axis=-1)
     n = int(all_attack.sum())
     return (float((same & all_attack).sum() / n) if n else float("nan")), n
+
+
+# ---------------------------------------------------------------------------
+# Figures 1b and 3: what the augmentation does to the data
+# ---------------------------------------------------------------------------
+def dataset_focus_fire(episodes, first_attack_action=5):
+    """Figure 1b's ratio for a dataset (Episodes)."""
+    T = episodes.rewards.shape[1]
+    valid = np.arange(T)[None, :] < episodes.lengths[:, None]
+    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action)
+
+
+def living_observations(episodes, n, seed):
+    """Up to n observation vectors of living agents on valid steps, (n, O)."""
+    T = episodes.rewards.shape[1]
+    valid = np.arange(T)[None, :] < episodes.lengths[:, None]                  # (E, T)
+    living = episodes.avail[:, :T, :, :4].any(-1) & valid[..., None]           # (E, T, N)
+    obs = episodes.obs[:, :T][living]                                          # (M, O)
+    keep = np.random.default_rng(seed).permutation(len(obs))[:n]
+    return obs[keep]
+
+
+def save_figure(fig, path):
+    import data
+    with data.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
+def figure_1b(real, syn, path):
+    """Bar chart of the focus-fire ratio, original vs EAQ data; returns the two ratios."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ratios = [dataset_focus_fire(real)[0], dataset_focus_fire(syn)[0]]
+    fig, ax = plt.subplots(figsize=(3.5, 3))
+    ax.bar(["original", "EAQ"], ratios, color=["tab:gray", "tab:red"])
+    ax.set(ylabel="focus-fire share of all-attack steps", ylim=(0, 1),
+           title=f"Fig. 1b, {real.attrs['scenario']}")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return ratios
+
+
+def figure_3(real, syn, path, n=1500, seed=0):
+    """t-SNE of living agents' observations, original vs EAQ (scikit-learn)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    a, b = living_observations(real, n, seed), living_observations(syn, n, seed)
+    xy = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(np.concatenate([a, b]))
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(*xy[len(a):].T, s=3, alpha=0.5, label="EAQ", color="tab:red")
+    ax.scatter(*xy[:len(a)].T, s=3, alpha=0.5, label="original", color="tab:gray")
+    ax.set(title=f"Fig. 3, t-SNE of observations, {real.attrs['scenario']}", xticks=[], yticks=[])
+    ax.legend(markerscale=4)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# Table 1
+# ---------------------------------------------------------------------------
+METHODS = ("original", "RAD-s", "RAD-m", "EAQ^-Q", "EAQ")
+
+
+def cell_stats(values):
+    return float(np.mean(values)), float(np.std(values))
+
+
+def table1_markdown(rows, algos=("cql", "bcq")):
+    """Table 1 in the paper's format from per-run rows.
+
+    rows: dicts with scenario, quality, algo, method (one of METHODS), lam,
+    seed and return_mean (the run's final evaluation return). Each cell is
+    mean ± std over seeds; for EAQ the λ with the best mean is shown (and
+    named). Best cell per row and learner in bold; AVG-<quality> rows average
+    the cell means over scenarios; the last lines give EAQ's improvement
+    over original in normalised return (/20), per quality, averaged over
+    the learners.
+    """
+    cells = {}
+    for r in rows:
+        key = (r["scenario"], r["quality"], r["algo"], r["method"], float(r["lam"]))
+        cells.setdefault(key, []).append(float(r["return_mean"]))
+    table, lams = {}, {}
+    for (scenario, quality, algo, method, lam), values in cells.items():
+        key = (scenario, quality, algo, method)
+        mean, std = cell_stats(values)
+        if key not in table or mean > table[key][0]:
+            table[key], lams[key] = (mean, std), lam
+    pairs = sorted({(s, q) for s, q, _, _ in table}, key=lambda p: (p[1] != "medium", p[0]))
+    header = "| scenario | " + " | ".join(f"{a.upper()} {m}" for a in algos for m in METHODS) + " |"
+    lines = [header, "|---|" + "---|" * (len(algos) * len(METHODS))]
+
+    def row(label, values_by_algo):
+        out = []
+        for algo in algos:
+            present = [v for v in values_by_algo[algo] if v is not None]
+            best = max(v[0] for v in present) if present else None
+            for v in values_by_algo[algo]:
+                if v is None:
+                    out.append("—")
+                    continue
+                text = f"{v[0]:.2f} ± {v[1]:.2f}" if v[1] is not None else f"{v[0]:.2f}"
+                text += v[2]
+                out.append(f"**{text}**" if v[0] == best else text)
+        return f"| {label} | " + " | ".join(out) + " |"
+
+    for scenario, quality in pairs:
+        values = {algo: [(*table[k], f" (λ={lams[k]:g})" if m == "EAQ" else "") if k in table else None
+                         for m in METHODS for k in [(scenario, quality, algo, m)]] for algo in algos}
+        lines.append(row(f"{scenario}-{quality}", values))
+    improvements = []
+    for quality in ("medium", "poor"):
+        scen = [s for s, q in pairs if q == quality]
+        if not scen:
+            continue
+        avg = {algo: [(float(np.mean([table[(s, quality, algo, m)][0] for s in scen])), None, "")
+                      if all((s, quality, algo, m) in table for s in scen) else None for m in METHODS]
+               for algo in algos}
+        lines.append(row(f"AVG-{quality}", avg))
+        gains = [(avg[a][4][0] - avg[a][0][0]) / 20 for a in algos if avg[a][0] and avg[a][4]]
+        if gains:
+            improvements.append(f"EAQ over original, {quality}: {100 * np.mean(gains):+.1f} % "
+                                f"normalised return (mean over {', '.join(a.upper() for a in algos)})")
+    return "\n".join(lines + [""] + improvements) + "\n"
+
+
+def table1_runs(scenarios, qualities, algos, seeds, lams):
+    """(method, train.py flags) for every run of the sweep; EAQ once per λ."""
+    methods = [("original", ["--aug", "none"]), ("RAD-s", ["--aug", "rad-s"]),
+               ("RAD-m", ["--aug", "rad-m"]), ("EAQ^-Q", ["--aug", "eaq", "--lam", "0"])]
+    methods += [("EAQ", ["--aug", "eaq", "--lam", str(lam)]) for lam in lams]
+    for scenario in scenarios:
+        for quality in qualities:
+            for algo in algos:
+                for seed in seeds:
+                    for method, flags in methods:
+                        yield method, ["--scenario", scenario, "--quality", quality, "--algo", algo,
+                                       "--seed", str(seed)] + flags
+
+
+def run_table1(args):
+    """Run (or reuse) every cell of the sweep, then write table1.csv and table1.md."""
+    import csv
+    import data
+    import train
+    rows = []
+    runs = list(table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams))
+    for i, (method, flags) in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {method}: {' '.join(flags)}", flush=True)
+        targs = train.parse_args(flags + ["--iters", str(args.iters), "--out", args.out])
+        final = train.run(targs)["final"]
+        rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
+                     "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
+                     **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")}})
+    os.makedirs(args.out, exist_ok=True)
+    with data.atomic_path(os.path.join(args.out, "table1.csv")) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    markdown = table1_markdown(rows, tuple(args.algos))
+    with data.atomic_path(os.path.join(args.out, "table1.md")) as tmp, open(tmp, "w") as f:
+        f.write(markdown)
+    print(markdown)
+
+
+def run_figures(args):
+    """Figures 1b and 3 for one real dataset and its synthetic counterpart."""
+    import data
+    real, syn = data.load_dataset(args.real), data.load_dataset(args.syn)
+    os.makedirs(args.out, exist_ok=True)
+    ratios = figure_1b(real, syn, os.path.join(args.out, "fig1b.png"))
+    figure_3(real, syn, os.path.join(args.out, "fig3.png"), seed=args.seed)
+    print(f"focus-fire share: original {ratios[0]:.3f}, EAQ {ratios[1]:.3f}; wrote {args.out}/fig1b.png, fig3.png")
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Table 1 sweep and the paper's figures (§4.5).")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("table1", help="the Table 1 sweep (resumable: finished runs are reused)")
+    t.add_argument("--scenarios", nargs="+", default=["3m"], help="maps (paper: all five)")
+    t.add_argument("--qualities", nargs="+", default=["medium", "poor"], help="dataset qualities")
+    t.add_argument("--algos", nargs="+", default=["cql", "bcq"], help="learners")
+    t.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (paper: 5)")
+    t.add_argument("--lams", nargs="+", type=float, default=[0.5, 0.1, 0.01],
+                   help="λ values for EAQ; the table shows the best mean per cell (as the paper tuned)")
+    t.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
+    t.add_argument("--out", default="runs", help="root folder of the cached runs")
+    f = sub.add_parser("figures", help="Figure 1b (focus fire) and Figure 3 (t-SNE)")
+    f.add_argument("--real", required=True, help="the original dataset (HDF5)")
+    f.add_argument("--syn", required=True, help="the synthetic dataset made from it (HDF5)")
+    f.add_argument("--out", default=os.path.join("runs", "figures"), help="output folder")
+    f.add_argument("--seed", type=int, default=0, help="t-SNE seed")
+    args = p.parse_args(argv)
+    run_table1(args) if args.command == "table1" else run_figures(args)
+
+
+if __name__ == "__main__":
+    main()
