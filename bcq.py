@@ -66,12 +66,8 @@ class BCQPolicy(qmix.GreedyPolicy):
         self.h_bc = torch.zeros(n_envs * self.qmix.n_agents, self.behaviour.hidden)
 
     def allowed(self, obs, avail):
-        B, N, _ = obs.shape
-        last = torch.zeros(B, N, self.qmix.n_actions) if self.first else \
-            F.one_hot(self.last, self.qmix.n_actions).float()
-        x = torch.cat([obs, last, torch.eye(N).expand(B, N, N)], dim=-1)
-        logits, self.h_bc = self.behaviour(x.reshape(B * N, -1), self.h_bc)
-        return bcq_allowed(logits.view(B, N, -1), avail, self.tau)
+        logits, self.h_bc = self.behaviour(self.step_inputs(obs), self.h_bc)
+        return bcq_allowed(logits.view(avail.shape), avail, self.tau)
 
 
 def main(argv=None):

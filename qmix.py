@@ -209,16 +209,20 @@ class GreedyPolicy:
     def allowed(self, obs, avail):
         return avail
 
+    def step_inputs(self, obs):
+        """This step's agent inputs (B*N, O + A + N): observation, last action one-hot, agent id."""
+        B, N, _ = obs.shape
+        last = torch.zeros(B, N, self.qmix.n_actions)
+        if not self.first:
+            last = F.one_hot(self.last, self.qmix.n_actions).float()
+        return torch.cat([obs, last, torch.eye(N).expand(B, N, N)], dim=-1).reshape(B * N, -1)
+
     @torch.no_grad()
     def __call__(self, obs, avail):
         """obs (B, N, O), avail (B, N, A) numpy -> actions (B, N) numpy."""
         obs, avail = torch.as_tensor(obs), torch.as_tensor(avail)
         B, N, _ = obs.shape
-        last = torch.zeros(B, N, self.qmix.n_actions)
-        if not self.first:
-            last = F.one_hot(self.last, self.qmix.n_actions).float()
-        x = torch.cat([obs, last, torch.eye(N).expand(B, N, N)], dim=-1)     # (B, N, I)
-        q, self.h = self.qmix.agent(x.reshape(B * N, -1), self.h)
+        q, self.h = self.qmix.agent(self.step_inputs(obs), self.h)
         action = legal_argmax(q.view(B, N, -1), self.allowed(obs, avail))
         self.last, self.first = action, False
         return action.numpy()
