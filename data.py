@@ -636,6 +636,13 @@ def describe(attrs):
     return line + (f" (OG-MARL: {og[0]:.2f} ± {og[1]:.2f})" if og else "")
 
 
+def require_at_least_one(parser, args, names):
+    """Stop with a one-line argparse error if any integer flag in `names` is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Generate an offline SMAX dataset (paper §4.3).")
     parser.add_argument("--scenario", default="3m", help="map name (paper: 3m, 5m_vs_6m, 8m, 2s3z, 3s5z_vs_3s6z)")

@@ -241,12 +241,13 @@ def build(config):
 
 
 def prepare(episodes, normalizer=None):
-    """Real episodes -> (tau0 normalised (E, F, T) tensor, valid (E, T) bool tensor, normalizer)."""
+    """Real episodes -> (tau0 normalised (E, F, T) tensor, valid (E, T) bool tensor, normalizer,
+    the Eq. 4 matrix in data units (E, F, T) numpy)."""
     matrix = data.episodes_to_matrix(episodes)                             # (E, F, T) data units
     normalizer = normalizer or data.Normalizer.fit(matrix)
     tau0 = torch.from_numpy(normalizer.normalize(matrix))
     valid = torch.from_numpy(data.valid_steps(episodes.lengths, matrix.shape[-1]))
-    return tau0, valid, normalizer
+    return tau0, valid, normalizer, matrix
 
 
 def save_checkpoint(path, diffusion, ema, optimizer, step, normalizer, config):
@@ -400,9 +401,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.lam < 0:
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up), got {args.lam}")
-    for name in ("steps", "batch_size", "K", "dim", "scale", "sample_batch", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    data.require_at_least_one(p, args, ("steps", "batch_size", "K", "dim", "scale", "sample_batch",
+                                        "checkpoint_every"))
     if args.dim % 8:
         p.error(f"--dim must be a multiple of 8 (GroupNorm uses 8 groups), got {args.dim}")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -436,7 +436,7 @@ def fit_and_sample(args, progress=True):
                   "layout": dataclasses.asdict(layout), "seed": args.seed}
         diffusion, ema = build(config)
         normalizer, start = None, 0
-    tau0, valid, normalizer = prepare(real, normalizer)
+    tau0, valid, normalizer, real_matrix = prepare(real, normalizer)
     config["horizon"] = int(tau0.shape[-1])
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=args.lr)
     if args.resume:
@@ -465,7 +465,7 @@ def fit_and_sample(args, progress=True):
     syn = data.matrix_to_episodes(syn_matrix, layout, reward_range, attrs)
     syn.attrs.update(data.return_stats(syn))
     data.save_dataset(syn, os.path.join(args.out, "synthetic.h5"))
-    report = synthetic_report(data.episodes_to_matrix(real), syn_matrix, layout, reward_range)
+    report = synthetic_report(real_matrix, syn_matrix, layout, reward_range)
     report.update(lam=config["lam"], losses=losses, train_seconds=train_seconds,
                   trained_steps=args.steps - start, sample_seconds=sample_seconds,
                   sampler=f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{args.K}",

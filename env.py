@@ -107,8 +107,7 @@ class SmaxEnv:
 
     def __init__(self, scenario, n_envs, seed):
         import jax
-        _, HeuristicEnemySMAX = _import_smax()
-        smax_env, _ = _import_smax()
+        smax_env, HeuristicEnemySMAX = _import_smax()
         self.scenario = scenario
         self.n_envs = n_envs
         self.smax = HeuristicEnemySMAX(scenario=smax_env.map_name_to_scenario(scenario))

@@ -36,6 +36,12 @@ def evaluate_policy(policy, env):
             "win_rate": float(won.mean())}
 
 
+def living_agents(avail, first_attack_action=5):
+    """(..., N) bool: agents that may move (dead agents may only stop; SMAX moves are 0-3, SMAC's 2-5)."""
+    moves = slice(0, 4) if first_attack_action == 5 else slice(2, 6)
+    return avail[..., moves].any(axis=-1)
+
+
 def focus_fire_ratio(actions, avail, valid, first_attack_action):
     """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
 
@@ -43,7 +49,7 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
     when it may move (dead agents may only stop; SMAX and SMAC alike). Returns
     (ratio, number of all-attack steps); the ratio is NaN when there are none.
     """
-    living = avail[..., :4].any(axis=-1) if first_attack_action == 5 else avail[..., 2:6].any(axis=-1)
+    living = living_agents(avail, first_attack_action)                              # (E, T, N)
     attacking = actions >= first_attack_action                                       # (E, T, N)
     all_attack = valid & living.any(-1) & np.all(attacking | ~living, axis=-1)       # (E, T)
     target = np.where(living, actions, -1)
@@ -67,7 +73,7 @@ def living_observations(episodes, n, seed):
     """Up to n observation vectors of living agents on valid steps, (n, O)."""
     T = episodes.rewards.shape[1]
     valid = np.arange(T)[None, :] < episodes.lengths[:, None]                  # (E, T)
-    living = episodes.avail[:, :T, :, :4].any(-1) & valid[..., None]           # (E, T, N)
+    living = living_agents(episodes.avail[:, :T]) & valid[..., None]             # (E, T, N)
     obs = episodes.obs[:, :T][living]                                          # (M, O)
     keep = np.random.default_rng(seed).permutation(len(obs))[:n]
     return obs[keep]

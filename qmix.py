@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data
+
 ILLEGAL = -1e9  # Q of an illegal action in a max (finite, so all-illegal padded steps stay finite)
 
 
@@ -265,7 +267,6 @@ def write_metrics(rows, csv_path, png_path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import data
     with data.atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         writer.writeheader()
@@ -309,16 +310,13 @@ def learner_parser(description):
 
 
 def check_learner_args(parser, args):
-    for name in ("iters", "batch_size", "target_every", "eval_every", "eval_episodes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    data.require_at_least_one(parser, args, ("iters", "batch_size", "target_every", "eval_every", "eval_episodes"))
     if not 0.0 <= args.gamma <= 1.0:
         parser.error(f"--gamma must be in [0, 1], got {args.gamma}")
 
 
 def load_datasets(paths):
     """Load one or more datasets and check they describe the same map and shapes."""
-    import data
     episodes = [data.load_dataset(p) for p in paths]
     first = episodes[0].attrs
     for path, ep in zip(paths[1:], episodes[1:]):

@@ -70,9 +70,7 @@ def parse_args(argv=None):
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    for name in ("scale", "iters", "diffusion_steps", "eval_every", "eval_episodes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    data.require_at_least_one(p, args, ("scale", "iters", "diffusion_steps", "eval_every", "eval_episodes"))
     if args.ddim_steps < 0:
         p.error(f"--ddim-steps must be >= 0, got {args.ddim_steps}")
     if args.dim < 8 or args.dim % 8:
@@ -142,10 +140,12 @@ def run(args):
         datasets.append(syn_path)
         seconds["diffusion"] = time.time() - start
     start = time.time()
-    largs = argparse.Namespace(dataset=datasets, iters=args.iters, batch_size=32, lr=3e-4, gamma=0.99,
-                               target_every=200, aug=args.aug if args.aug in rad.AUGMENTATIONS else "none",
-                               eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                               backend=args.backend, seed=args.seed, out=out)
+    learner_aug = args.aug if args.aug in rad.AUGMENTATIONS else "none"
+    largs = qmix.learner_parser("").parse_args(
+        sum((["--dataset", p] for p in datasets), []) +
+        ["--iters", str(args.iters), "--aug", learner_aug, "--eval-every", str(args.eval_every),
+         "--eval-episodes", str(args.eval_episodes), "--backend", args.backend,
+         "--seed", str(args.seed), "--out", out])
     last, _ = qmix.run_learner(ALGOS[args.algo], largs, {})
     seconds["learner"] = time.time() - start
     results = {"config": vars(args), "algo": args.algo,

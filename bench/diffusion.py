@@ -30,7 +30,7 @@ def main():
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
     args = p.parse_args()
     episodes = data.load_dataset(args.dataset)
-    tau0, valid, _ = D.prepare(episodes)
+    tau0, valid, _, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
     diffusion, ema = D.build(config)
     opt = torch.optim.Adam(diffusion.parameters(), lr=2e-4)
