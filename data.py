@@ -328,13 +328,20 @@ def ensure_dataset(scenario, quality, fraction, seed, root=os.path.join("runs", 
     that many equals subsampling a full set). The name carries the whole
     configuration, so a different one never reuses the wrong file.
     """
-    n = max(1, round(fraction * full_dataset_size(scenario, quality)))
-    eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
-    path = os.path.join(root, f"{scenario}-{quality}-eps{eps:g}-n{n}-s{seed}.h5")
+    path = dataset_path(scenario, quality, fraction, seed, root, epsilon)
     if not os.path.exists(path):
         os.makedirs(root, exist_ok=True)
+        n = max(1, round(fraction * full_dataset_size(scenario, quality)))
+        eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
         generate_dataset(scenario, quality, n, seed, path, epsilon=eps)
     return path
+
+
+def dataset_path(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"), epsilon=None):
+    """Where `ensure_dataset` keeps this configuration's dataset (its name is the whole configuration)."""
+    n = max(1, round(fraction * full_dataset_size(scenario, quality)))
+    eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    return os.path.join(root, f"{scenario}-{quality}-eps{eps:g}-n{n}-s{seed}.h5")
 
 
 class _EpisodeWriter:

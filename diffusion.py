@@ -175,12 +175,12 @@ class Diffusion(nn.Module):
     def p_sample_loop(self, shape, generator=None):
         """Ancestral DDPM sampling: tau_K ~ N(0, I), then tau_{k-1} ~ q(. | tau_k, f_theta(tau_k, k))."""
         device = self.abar.device
-        tau = torch.randn(shape, generator=generator, device=device)
+        tau = torch.randn(shape, generator=generator).to(device)     # CPU generator: same draws on any device
         for k in range(self.K, 0, -1):
             ks = torch.full((shape[0],), k, device=device, dtype=torch.long)
             tau0 = self.predict_tau0(tau, ks)
             mean = self.post_c0[k - 1] * tau0 + self.post_ck[k - 1] * tau
-            noise = torch.randn(shape, generator=generator, device=device) if k > 1 else 0.0
+            noise = torch.randn(shape, generator=generator).to(device) if k > 1 else 0.0
             tau = mean + self.post_var[k - 1].sqrt() * noise
         return tau
 
@@ -189,13 +189,13 @@ class Diffusion(nn.Module):
         """Deterministic DDIM (eta = 0) on n_steps evenly spaced steps of 1..K."""
         device = self.abar.device
         steps = np.unique(np.linspace(self.K, 1, n_steps).round().astype(int))[::-1]
-        tau = torch.randn(shape, generator=generator, device=device)
+        tau = torch.randn(shape, generator=generator).to(device)
         for i, k in enumerate(steps):
             ks = torch.full((shape[0],), int(k), device=device, dtype=torch.long)
             tau0 = self.predict_tau0(tau, ks)
             abar = self.abar[k - 1]
             eps = (tau - abar.sqrt() * tau0) / (1.0 - abar).sqrt()
-            abar_next = self.abar[steps[i + 1] - 1] if i + 1 < len(steps) else torch.tensor(1.0)
+            abar_next = self.abar[steps[i + 1] - 1] if i + 1 < len(steps) else self.abar.new_tensor(1.0)
             tau = abar_next.sqrt() * tau0 + (1.0 - abar_next).sqrt() * eps
         return tau
 
@@ -294,10 +294,10 @@ def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, start_step=
                disable=not progress)
     for step in bar:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        index = torch.randint(E, (min(batch_size, E),), generator=g)
+        index = torch.randint(E, (min(batch_size, E),), generator=g).to(tau0.device)
         batch, batch_valid = tau0[index], valid[index]                    # (b, F, T), (b, T)
-        k = torch.randint(1, diffusion.K + 1, (len(index),), generator=g)  # k ~ U{1..K}
-        noise = torch.randn(batch.shape, generator=g)
+        k = torch.randint(1, diffusion.K + 1, (len(index),), generator=g).to(tau0.device)  # k ~ U{1..K}
+        noise = torch.randn(batch.shape, generator=g).to(tau0.device)
         tau_k = diffusion.q_sample(batch, k, noise)
         total, diff_term, q_term = eaq_loss(diffusion.model(tau_k, k), batch, q_row, batch_valid, lam)
         if not torch.isfinite(total):
@@ -326,7 +326,7 @@ def sample_matrices(ema, normalizer, n, shape, ddim_steps=None, batch_size=256, 
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             tau = ema.sample((b,) + tuple(shape), ddim_steps, generator)
-            out.append(normalizer.unnormalize(tau.numpy()))
+            out.append(normalizer.unnormalize(tau.cpu().numpy()))
             bar.update(b)
     return np.concatenate(out)
 
@@ -376,6 +376,18 @@ def format_report(report):
 # ---------------------------------------------------------------------------
 # Command line: train on D_real, sample D_syn, report
 # ---------------------------------------------------------------------------
+def check_device(parser, name):
+    """Stop with a one-line argparse error unless `name` is a torch device this machine has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name!r} is not a torch device; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: only cpu and cuda are supported")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train the EAQ diffusion model on a dataset and sample "
                                             "S times as many synthetic episodes (paper §3.2, Alg. 1).")
@@ -398,7 +410,11 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu",
+                   help="torch device that trains and samples the model: cpu, cuda, cuda:1 ... "
+                        "(random draws stay on the CPU, so a seed gives the same minibatches anywhere)")
     args = p.parse_args(argv)
+    check_device(p, args.device)
     if args.lam < 0:
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up), got {args.lam}")
     data.require_at_least_one(p, args, ("steps", "batch_size", "K", "dim", "scale", "sample_batch",
@@ -438,6 +454,8 @@ def fit_and_sample(args, progress=True):
         normalizer, start = None, 0
     tau0, valid, normalizer, real_matrix = prepare(real, normalizer)
     config["horizon"] = int(tau0.shape[-1])
+    device = torch.device(args.device)
+    diffusion, ema, tau0, valid = diffusion.to(device), ema.to(device), tau0.to(device), valid.to(device)
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=args.lr)
     if args.resume:
         optimizer.load_state_dict(ckpt["optimizer"])

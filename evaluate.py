@@ -186,43 +186,163 @@ def table1_markdown(rows, algos=("cql", "bcq")):
     return "\n".join(lines + [""] + improvements) + "\n"
 
 
-def table1_runs(scenarios, qualities, algos, seeds, lams):
+METHOD_FLAGS = {"original": ["--aug", "none"], "RAD-s": ["--aug", "rad-s"], "RAD-m": ["--aug", "rad-m"],
+                "EAQ^-Q": ["--aug", "eaq", "--lam", "0"]}
+
+
+def table1_runs(scenarios, qualities, algos, seeds, lams, methods=METHODS):
     """(method, train.py flags) for every run of the sweep; EAQ once per λ."""
-    methods = [("original", ["--aug", "none"]), ("RAD-s", ["--aug", "rad-s"]),
-               ("RAD-m", ["--aug", "rad-m"]), ("EAQ^-Q", ["--aug", "eaq", "--lam", "0"])]
-    methods += [("EAQ", ["--aug", "eaq", "--lam", str(lam)]) for lam in lams]
+    chosen = [(m, METHOD_FLAGS[m]) for m in methods if m != "EAQ"]
+    if "EAQ" in methods:
+        chosen += [("EAQ", ["--aug", "eaq", "--lam", str(lam)]) for lam in lams]
     for scenario in scenarios:
         for quality in qualities:
             for algo in algos:
                 for seed in seeds:
-                    for method, flags in methods:
+                    for method, flags in chosen:
                         yield method, ["--scenario", scenario, "--quality", quality, "--algo", algo,
                                        "--seed", str(seed)] + flags
 
 
-def run_table1(args):
-    """Run (or reuse) every cell of the sweep, then write table1.csv and table1.md."""
+def sharing_groups(runs):
+    """Runs that share a diffusion model (train.eaq_dir) in one group, to run one after another in
+    one worker; every other run alone. Largest groups first, so the workers finish together."""
+    import train
+    groups = {}
+    for method, flags in runs:
+        targs = train.parse_args(flags)
+        key = train.eaq_dir(targs) if targs.aug == "eaq" else train.result_dir(targs)
+        groups.setdefault(key, []).append((method, flags))
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+# One thread each for torch (OMP/MKL) and XLA: on this 2-core machine two
+# single-threaded learners run as fast each as one two-threaded learner,
+# while two two-threaded processes thrash. tqdm refreshes every 30 s in logs.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININTERVAL": "30",
+                     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def run_group_in_subprocess(group, log_dir):
+    """`python train.py FLAGS` for each run of one group, single-threaded, logged to log_dir."""
+    import subprocess
+    import sys
+    import train
+    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    for _, flags in group:
+        log = os.path.join(log_dir, os.path.basename(train.result_dir(train.parse_args(flags))) + ".log")
+        with open(log, "w") as f:
+            done = subprocess.run([sys.executable, train_py] + flags, stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **SINGLE_THREAD_ENV})
+        if done.returncode:
+            raise RuntimeError(f"train.py {' '.join(flags)} failed (exit {done.returncode}); see {log}")
+
+
+def run_sweep(runs, jobs, out):
+    """Every run that has no results.json yet: in this process (jobs=1) or `jobs` single-threaded workers."""
+    import train
+    todo = [(m, f) for m, f in runs if not os.path.exists(os.path.join(train.result_dir(train.parse_args(f)),
+                                                                       "results.json"))]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
+    if jobs == 1:
+        for i, (method, flags) in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {method}: {' '.join(flags)}", flush=True)
+            train.run(train.parse_args(flags))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    log_dir = os.path.join(out, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(run_group_in_subprocess, g, log_dir) for g in sharing_groups(todo)]:
+            future.result()
+
+
+def table1_rows(runs):
+    """One row per finished run: its cell, seed, final evaluation and folder."""
+    import json
+    import train
+    rows = []
+    for method, flags in runs:
+        targs = train.parse_args(flags)
+        run_dir = train.result_dir(targs)
+        with open(os.path.join(run_dir, "results.json")) as f:
+            final = json.load(f)["final"]
+        rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
+                     "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
+                     **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
+                     "run_dir": run_dir})
+    return rows
+
+
+def cell_curves(rows, path):
+    """Learning curves per Table 1 cell of one map and quality: mean ± std over seeds, a panel per learner."""
+    import csv
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    algos = sorted({r["algo"] for r in rows})
+    fig, axes = plt.subplots(1, len(algos), figsize=(5 * len(algos), 3.5), squeeze=False, sharey=True)
+    for ax, algo in zip(axes[0], algos):
+        cells = {}
+        for r in rows:
+            if r["algo"] == algo:
+                label = f"{r['method']} (λ={r['lam']:g})" if r["method"] == "EAQ" else r["method"]
+                cells.setdefault(label, []).append(r["run_dir"])
+        for label, dirs in cells.items():
+            curves = []
+            for d in dirs:
+                with open(os.path.join(d, "metrics.csv")) as f:
+                    curves.append([(float(m["iteration"]), float(m["return_mean"])) for m in csv.DictReader(f)])
+            curves = np.array(curves)                         # (seeds, evaluations, 2)
+            mean, std = curves[:, :, 1].mean(0), curves[:, :, 1].std(0)
+            ax.plot(curves[0, :, 0], mean, label=f"{label} ({len(dirs)} seeds)")
+            ax.fill_between(curves[0, :, 0], mean - std, mean + std, alpha=0.15)
+        ax.set(title=f"QMIX+{algo.upper()}, {rows[0]['scenario']}-{rows[0]['quality']}",
+               xlabel="iteration", ylabel="evaluation return")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_table1(args, train_flags):
+    """Run (or reuse) every cell of the sweep, then write table1.csv, table1.md and curves-<map>-<quality>.png."""
     import csv
     import data
     import train
-    rows = []
-    runs = list(table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams))
-    for i, (method, flags) in enumerate(runs):
-        print(f"[{i + 1}/{len(runs)}] {method}: {' '.join(flags)}", flush=True)
-        targs = train.parse_args(flags + ["--iters", str(args.iters), "--out", args.out])
-        final = train.run(targs)["final"]
-        rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
-                     "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
-                     **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")}})
-    os.makedirs(args.out, exist_ok=True)
-    with data.atomic_path(os.path.join(args.out, "table1.csv")) as tmp, open(tmp, "w", newline="") as f:
+    runs = [(m, f + ["--iters", str(args.iters), "--out", args.out] + train_flags)
+            for m, f in table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams, args.methods)]
+    for _, flags in runs:
+        train.parse_args(flags)                               # every bad flag fails before any work
+    for scenario in args.scenarios if not args.table_only else []:    # datasets before any worker starts
+        for quality in args.qualities:
+            targs = train.parse_args(runs[0][1] + ["--scenario", scenario, "--quality", quality])
+            data.ensure_dataset(scenario, quality, targs.fraction, targs.data_seed,
+                                root=os.path.join(args.out, "datasets"))
+    if args.table_only:
+        runs = [(m, f) for m, f in runs if os.path.exists(os.path.join(train.result_dir(train.parse_args(f)),
+                                                                         "results.json"))]
+        if not runs:
+            raise SystemExit(f"no finished run of this sweep under {args.out}/results; run it without --table-only")
+    else:
+        run_sweep(runs, args.jobs, args.out)
+    rows = table1_rows(runs)
+    table_dir = os.path.join(args.out, "table1")
+    os.makedirs(table_dir, exist_ok=True)
+    with data.atomic_path(os.path.join(table_dir, "table1.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
     markdown = table1_markdown(rows, tuple(args.algos))
-    with data.atomic_path(os.path.join(args.out, "table1.md")) as tmp, open(tmp, "w") as f:
+    with data.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
+    for scenario in args.scenarios:
+        for quality in args.qualities:
+            cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
+            if cell:
+                cell_curves(cell, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
     print(markdown)
+    print(f"wrote {table_dir}/table1.csv, table1.md and the learning curves per map and quality")
 
 
 def run_figures(args):
@@ -239,22 +359,35 @@ def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(description="Table 1 sweep and the paper's figures (§4.5).")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("table1", help="the Table 1 sweep (resumable: finished runs are reused)")
+    t = sub.add_parser("table1", help="the Table 1 sweep (resumable: finished runs are reused); "
+                                      "any other flag is passed to every train.py run, e.g. --diffusion-steps")
     t.add_argument("--scenarios", nargs="+", default=["3m"], help="maps (paper: all five)")
     t.add_argument("--qualities", nargs="+", default=["medium", "poor"], help="dataset qualities")
     t.add_argument("--algos", nargs="+", default=["cql", "bcq"], help="learners")
+    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Table 1 columns to run")
     t.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (paper: 5)")
     t.add_argument("--lams", nargs="+", type=float, default=[0.5, 0.1, 0.01],
                    help="λ values for EAQ; the table shows the best mean per cell (as the paper tuned)")
     t.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
-    t.add_argument("--out", default="runs", help="root folder of the cached runs")
+    t.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each single-threaded in its own process (2 on a 2-core machine)")
+    t.add_argument("--out", default="runs", help="root folder of the cached runs; the table goes to OUT/table1/")
+    t.add_argument("--table-only", action="store_true",
+                   help="start no run: write the table and curves from the runs finished so far")
     f = sub.add_parser("figures", help="Figure 1b (focus fire) and Figure 3 (t-SNE)")
     f.add_argument("--real", required=True, help="the original dataset (HDF5)")
     f.add_argument("--syn", required=True, help="the synthetic dataset made from it (HDF5)")
     f.add_argument("--out", default=os.path.join("runs", "figures"), help="output folder")
     f.add_argument("--seed", type=int, default=0, help="t-SNE seed")
-    args = p.parse_args(argv)
-    run_table1(args) if args.command == "table1" else run_figures(args)
+    args, rest = p.parse_known_args(argv)
+    if args.command == "figures":
+        if rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
+        run_figures(args)
+        return
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    run_table1(args, rest)
 
 
 if __name__ == "__main__":

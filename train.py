@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--fraction", type=float, default=0.03,
                    help="D_real as a share of OG-MARL's episode count (paper: 3 %%)")
     p.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion model and the learner")
+    p.add_argument("--seed", type=int, default=0, help="seed of the learner (and of the diffusion model, "
+                                                       "unless --diffusion-seed is given)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (shared by all runs)")
     p.add_argument("--backend", default="smax", choices=envlib.BACKENDS, help="simulator for evaluation")
     p.add_argument("--out", default="runs", help="root folder of every cached stage")
@@ -58,6 +59,12 @@ def parse_args(argv=None):
     g.add_argument("--ddim-steps", type=int, default=20,
                    help="DDIM sampling steps; 0 = ancestral DDPM with all K = 1000 steps (≈ 1 h for 3m on a CPU)")
     g.add_argument("--dim", type=int, default=32, help="U-Net base width")
+    g.add_argument("--diffusion-seed", type=int, default=None,
+                   help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
+                        "learner seeds share one D_syn")
+    g.add_argument("--device", default="cpu",
+                   help="torch device of the diffusion model (cpu, cuda, ...); the learners and the "
+                        "simulator run on the CPU")
     g = p.add_argument_group("learner (cql.py / bcq.py)")
     g.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations")
     g.add_argument("--eval-episodes", type=int, default=32, help="episodes per evaluation")
@@ -75,14 +82,28 @@ def parse_args(argv=None):
         p.error(f"--ddim-steps must be >= 0, got {args.ddim_steps}")
     if args.dim < 8 or args.dim % 8:
         p.error(f"--dim must be a positive multiple of 8, got {args.dim}")
+    diffusion.check_device(p, args.device)
+    if args.diffusion_seed is None:
+        args.diffusion_seed = args.seed
     return args
+
+
+def real_dataset_path(args):
+    """The D_real file of this configuration (data.ensure_dataset makes it on first use)."""
+    return data.dataset_path(args.scenario, args.quality, args.fraction, args.data_seed,
+                             root=os.path.join(args.out, "datasets"))
+
+
+def eaq_dir(args):
+    """The folder of this configuration's diffusion model and D_syn: runs/eaq/<D_real>-<Eq. 5 and sampling>."""
+    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
+                                         f"-ddim{args.ddim_steps}-S{args.scale}-s{args.diffusion_seed}")
 
 
 def augment_with_eaq(args, real_path):
     """Train (or reuse) the diffusion model on D_real and sample D_syn; returns (D_syn path, report)."""
-    stem = os.path.splitext(os.path.basename(real_path))[0]
-    out = os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
-                                        f"-ddim{args.ddim_steps}-S{args.scale}-s{args.seed}")
+    out = eaq_dir(args)
     syn_path, report_path = os.path.join(out, "synthetic.h5"), os.path.join(out, "report.json")
     if os.path.exists(syn_path) and os.path.exists(report_path):
         print(f"reusing the diffusion model and D_syn in {out}")
@@ -91,7 +112,7 @@ def augment_with_eaq(args, real_path):
     dargs = diffusion.parse_args(["--dataset", real_path, "--out", out, "--lam", str(args.lam),
                                   "--steps", str(args.diffusion_steps), "--dim", str(args.dim),
                                   "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
-                                  "--seed", str(args.seed)]
+                                  "--seed", str(args.diffusion_seed), "--device", args.device]
                                  + (["--resume"] if os.path.exists(os.path.join(out, "model.pt")) else []))
     report = diffusion.fit_and_sample(dargs)
     print(diffusion.format_report(report))
@@ -99,9 +120,10 @@ def augment_with_eaq(args, real_path):
 
 
 def result_dir(args):
-    aug = f"eaq-lam{args.lam:g}" if args.aug == "eaq" else args.aug
-    return os.path.join(args.out, "results", f"{args.scenario}-{args.quality}-{args.algo}-{aug}"
-                                             f"-it{args.iters}-s{args.seed}")
+    """runs/results/<D_real>-<learner>-<augmentation (with its diffusion model)>-it<iters>-s<seed>."""
+    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    aug = "eaq-" + os.path.basename(eaq_dir(args))[len(stem) + 1:] if args.aug == "eaq" else args.aug
+    return os.path.join(args.out, "results", f"{stem}-{args.algo}-{aug}-it{args.iters}-s{args.seed}")
 
 
 def summary_lines(results):

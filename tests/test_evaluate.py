@@ -1,5 +1,8 @@
 """evaluate.py: the Table 1 writer and the figures."""
+import os
+
 import numpy as np
+import pytest
 
 import data
 import evaluate
@@ -52,3 +55,39 @@ def test_focus_fire_and_tsne_figures(tiny_3m, tmp_path):
     assert ratios[0] == ratios[1] == ratio
     evaluate.figure_3(real, syn, str(tmp_path / "fig3.png"), n=100)
     assert (tmp_path / "fig1b.png").stat().st_size > 1000 and (tmp_path / "fig3.png").stat().st_size > 1000
+
+
+def test_table1_sweep_in_two_workers_writes_table_and_curves(tmp_path):
+    tiny = ["--fraction", "0.0005", "--diffusion-steps", "4", "--dim", "8", "--ddim-steps", "2",
+            "--scale", "1", "--eval-every", "5", "--eval-episodes", "2", "--diffusion-seed", "0"]
+    argv = ["table1", "--qualities", "poor", "--algos", "cql", "--seeds", "0", "1", "--lams", "0.1",
+            "--methods", "original", "EAQ", "--iters", "5", "--jobs", "2", "--out", str(tmp_path)]
+    evaluate.main(argv + tiny)
+    table = tmp_path / "table1"
+    rows = (table / "table1.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
+    assert len(os.listdir(tmp_path / "logs")) == 4
+    assert len(os.listdir(tmp_path / "eaq")) == 1                # both seeds share one D_syn
+    markdown = (table / "table1.md").read_text()
+    assert markdown.count("| 3m-poor |") == 1 and "| — | — | — |" in markdown    # RAD-s/m, EAQ^-Q not run
+    assert (table / "curves-3m-poor.png").stat().st_size > 1000
+    results = tmp_path / "results" / "3m-poor-eps0.5-n24-s0-cql-none-it5-s1" / "results.json"
+    stamp = results.stat().st_mtime_ns
+    evaluate.main(argv + tiny)                                   # everything finished: nothing reruns
+    assert results.stat().st_mtime_ns == stamp
+    (table / "table1.csv").unlink()
+    evaluate.main(argv + tiny + ["--table-only", "--seeds", "0", "1", "2"])    # seed 2 never ran
+    assert len((table / "table1.csv").read_text().splitlines()) == 1 + 4
+    assert not (tmp_path / "results" / "3m-poor-eps0.5-n24-s0-cql-none-it5-s2").exists()
+
+
+def test_table1_bad_train_flag_fails_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["table1", "--seeds", "0", "--out", str(tmp_path), "--diffusion-steps", "0"])
+    assert "--diffusion-steps must be at least 1, got 0" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_table1_table_only_without_finished_runs_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no finished run of this sweep"):
+        evaluate.main(["table1", "--seeds", "0", "--out", str(tmp_path), "--table-only"])
