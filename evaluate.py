@@ -85,36 +85,49 @@ def save_figure(fig, path):
         fig.savefig(tmp, dpi=110)
 
 
-def figure_1b(real, syn, path):
-    """Bar chart of the focus-fire ratio, original vs EAQ data; returns the two ratios."""
+def synthetic_label(episodes):
+    """'EAQ (λ=0.1)' or 'EAQ^-Q' for a D_syn made by diffusion.py (λ in its attrs)."""
+    lam = float(episodes.attrs.get("lam", 0.0))
+    return f"EAQ (λ={lam:g})" if lam > 0 else "EAQ^-Q"
+
+
+def figure_1b(real, syns, path):
+    """Bar chart of the focus-fire ratio, original vs each D_syn; returns the ratios (original first)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ratios = [dataset_focus_fire(real)[0], dataset_focus_fire(syn)[0]]
-    fig, ax = plt.subplots(figsize=(3.5, 3))
-    ax.bar(["original", "EAQ"], ratios, color=["tab:gray", "tab:red"])
+    ratios = [dataset_focus_fire(ep)[0] for ep in [real] + list(syns)]
+    labels = ["original"] + [synthetic_label(ep) for ep in syns]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 3))
+    ax.bar(labels, ratios, color=["tab:gray"] + ["tab:red", "tab:orange", "tab:purple"][:len(syns)])
     ax.set(ylabel="focus-fire share of all-attack steps", ylim=(0, 1),
-           title=f"Fig. 1b, {real.attrs['scenario']}")
+           title=f"Fig. 1b, {real.attrs['scenario']}-{real.attrs['quality']}")
     fig.tight_layout()
     save_figure(fig, path)
+    plt.close(fig)
     return ratios
 
 
-def figure_3(real, syn, path, n=1500, seed=0):
-    """t-SNE of living agents' observations, original vs EAQ (scikit-learn)."""
+def figure_3(real, syns, path, n=1500, seed=0):
+    """t-SNE of living agents' observations, original vs each D_syn (scikit-learn)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
-    a, b = living_observations(real, n, seed), living_observations(syn, n, seed)
-    xy = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(np.concatenate([a, b]))
+    sets = [living_observations(ep, n, seed) for ep in [real] + list(syns)]
+    xy = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(np.concatenate(sets))
+    bounds = np.cumsum([0] + [len(x) for x in sets])
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(*xy[len(a):].T, s=3, alpha=0.5, label="EAQ", color="tab:red")
-    ax.scatter(*xy[:len(a)].T, s=3, alpha=0.5, label="original", color="tab:gray")
-    ax.set(title=f"Fig. 3, t-SNE of observations, {real.attrs['scenario']}", xticks=[], yticks=[])
+    labels = ["original"] + [synthetic_label(ep) for ep in syns]
+    colors = ["tab:gray", "tab:red", "tab:orange", "tab:purple"]
+    for i in list(range(1, len(sets))) + [0]:                 # original drawn last, on top
+        ax.scatter(*xy[bounds[i]:bounds[i + 1]].T, s=3, alpha=0.5, label=labels[i], color=colors[i])
+    ax.set(title=f"Fig. 3, t-SNE of observations, {real.attrs['scenario']}-{real.attrs['quality']}",
+           xticks=[], yticks=[])
     ax.legend(markerscale=4)
     fig.tight_layout()
     save_figure(fig, path)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -346,13 +359,15 @@ def run_table1(args, train_flags):
 
 
 def run_figures(args):
-    """Figures 1b and 3 for one real dataset and its synthetic counterpart."""
+    """Figures 1b and 3 for one real dataset and the synthetic datasets made from it."""
     import data
-    real, syn = data.load_dataset(args.real), data.load_dataset(args.syn)
+    real, syns = data.load_dataset(args.real), [data.load_dataset(p) for p in args.syn]
     os.makedirs(args.out, exist_ok=True)
-    ratios = figure_1b(real, syn, os.path.join(args.out, "fig1b.png"))
-    figure_3(real, syn, os.path.join(args.out, "fig3.png"), seed=args.seed)
-    print(f"focus-fire share: original {ratios[0]:.3f}, EAQ {ratios[1]:.3f}; wrote {args.out}/fig1b.png, fig3.png")
+    ratios = figure_1b(real, syns, os.path.join(args.out, "fig1b.png"))
+    figure_3(real, syns, os.path.join(args.out, "fig3.png"), seed=args.seed)
+    shares = ", ".join(f"{label} {r:.3f}" for label, r in
+                       zip(["original"] + [synthetic_label(ep) for ep in syns], ratios))
+    print(f"focus-fire share: {shares}; wrote {args.out}/fig1b.png, fig3.png")
 
 
 def main(argv=None):
@@ -376,7 +391,8 @@ def main(argv=None):
                    help="start no run: write the table and curves from the runs finished so far")
     f = sub.add_parser("figures", help="Figure 1b (focus fire) and Figure 3 (t-SNE)")
     f.add_argument("--real", required=True, help="the original dataset (HDF5)")
-    f.add_argument("--syn", required=True, help="the synthetic dataset made from it (HDF5)")
+    f.add_argument("--syn", required=True, action="append",
+                   help="a synthetic dataset made from it (HDF5); repeat, e.g. for EAQ^-Q and EAQ")
     f.add_argument("--out", default=os.path.join("runs", "figures"), help="output folder")
     f.add_argument("--seed", type=int, default=0, help="t-SNE seed")
     args, rest = p.parse_known_args(argv)

@@ -51,9 +51,11 @@ def test_focus_fire_and_tsne_figures(tiny_3m, tmp_path):
     ratio, n = evaluate.dataset_focus_fire(real)
     assert n > 0 and 0.0 <= ratio <= 1.0
     syn = real.select(np.arange(real.n_episodes)[::-1])       # stands in for D_syn
-    ratios = evaluate.figure_1b(real, syn, str(tmp_path / "fig1b.png"))
-    assert ratios[0] == ratios[1] == ratio
-    evaluate.figure_3(real, syn, str(tmp_path / "fig3.png"), n=100)
+    syn.attrs["lam"] = 0.1
+    assert evaluate.synthetic_label(syn) == "EAQ (λ=0.1)" and evaluate.synthetic_label(real) == "EAQ^-Q"
+    ratios = evaluate.figure_1b(real, [syn, syn], str(tmp_path / "fig1b.png"))
+    assert ratios[0] == ratios[1] == ratios[2] == ratio
+    evaluate.figure_3(real, [syn], str(tmp_path / "fig3.png"), n=100)
     assert (tmp_path / "fig1b.png").stat().st_size > 1000 and (tmp_path / "fig3.png").stat().st_size > 1000
 
 
