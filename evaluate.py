@@ -251,11 +251,16 @@ def run_group_in_subprocess(group, log_dir):
             raise RuntimeError(f"train.py {' '.join(flags)} failed (exit {done.returncode}); see {log}")
 
 
+def finished(flags):
+    """Whether the train.py run with these flags has written its results.json."""
+    import train
+    return os.path.exists(os.path.join(train.result_dir(train.parse_args(flags)), "results.json"))
+
+
 def run_sweep(runs, jobs, out):
     """Every run that has no results.json yet: in this process (jobs=1) or `jobs` single-threaded workers."""
     import train
-    todo = [(m, f) for m, f in runs if not os.path.exists(os.path.join(train.result_dir(train.parse_args(f)),
-                                                                       "results.json"))]
+    todo = [(m, f) for m, f in runs if not finished(f)]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
     if jobs == 1:
         for i, (method, flags) in enumerate(todo):
@@ -333,8 +338,7 @@ def run_table1(args, train_flags):
             data.ensure_dataset(scenario, quality, targs.fraction, targs.data_seed,
                                 root=os.path.join(args.out, "datasets"))
     if args.table_only:
-        runs = [(m, f) for m, f in runs if os.path.exists(os.path.join(train.result_dir(train.parse_args(f)),
-                                                                         "results.json"))]
+        runs = [(m, f) for m, f in runs if finished(f)]
         if not runs:
             raise SystemExit(f"no finished run of this sweep under {args.out}/results; run it without --table-only")
     else:
