@@ -331,16 +331,20 @@ def ensure_dataset(scenario, quality, fraction, seed, root=os.path.join("runs", 
     path = dataset_path(scenario, quality, fraction, seed, root, epsilon)
     if not os.path.exists(path):
         os.makedirs(root, exist_ok=True)
-        n = max(1, round(fraction * full_dataset_size(scenario, quality)))
-        eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+        n, eps = dataset_size_and_epsilon(scenario, quality, fraction, epsilon)
         generate_dataset(scenario, quality, n, seed, path, epsilon=eps)
     return path
 
 
+def dataset_size_and_epsilon(scenario, quality, fraction, epsilon=None):
+    """(episodes, ε) of a configuration: round(fraction x OG-MARL's count), the calibrated ε unless given."""
+    n = max(1, round(fraction * full_dataset_size(scenario, quality)))
+    return n, behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+
+
 def dataset_path(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"), epsilon=None):
     """Where `ensure_dataset` keeps this configuration's dataset (its name is the whole configuration)."""
-    n = max(1, round(fraction * full_dataset_size(scenario, quality)))
-    eps = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    n, eps = dataset_size_and_epsilon(scenario, quality, fraction, epsilon)
     return os.path.join(root, f"{scenario}-{quality}-eps{eps:g}-n{n}-s{seed}.h5")
 
 

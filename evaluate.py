@@ -91,15 +91,23 @@ def synthetic_label(episodes):
     return f"EAQ (λ={lam:g})" if lam > 0 else "EAQ^-Q"
 
 
+FIGURE_COLORS = ("tab:gray", "tab:red", "tab:orange", "tab:purple")   # original, then each D_syn
+
+
+def figure_labels(syns):
+    """Legend labels of the original data and each D_syn, in figure order."""
+    return ["original"] + [synthetic_label(ep) for ep in syns]
+
+
 def figure_1b(real, syns, path):
     """Bar chart of the focus-fire ratio, original vs each D_syn; returns the ratios (original first)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ratios = [dataset_focus_fire(ep)[0] for ep in [real] + list(syns)]
-    labels = ["original"] + [synthetic_label(ep) for ep in syns]
+    labels = figure_labels(syns)
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 3))
-    ax.bar(labels, ratios, color=["tab:gray"] + ["tab:red", "tab:orange", "tab:purple"][:len(syns)])
+    ax.bar(labels, ratios, color=FIGURE_COLORS[:len(labels)])
     ax.set(ylabel="focus-fire share of all-attack steps", ylim=(0, 1),
            title=f"Fig. 1b, {real.attrs['scenario']}-{real.attrs['quality']}")
     fig.tight_layout()
@@ -118,10 +126,9 @@ def figure_3(real, syns, path, n=1500, seed=0):
     xy = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(np.concatenate(sets))
     bounds = np.cumsum([0] + [len(x) for x in sets])
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    labels = ["original"] + [synthetic_label(ep) for ep in syns]
-    colors = ["tab:gray", "tab:red", "tab:orange", "tab:purple"]
+    labels = figure_labels(syns)
     for i in list(range(1, len(sets))) + [0]:                 # original drawn last, on top
-        ax.scatter(*xy[bounds[i]:bounds[i + 1]].T, s=3, alpha=0.5, label=labels[i], color=colors[i])
+        ax.scatter(*xy[bounds[i]:bounds[i + 1]].T, s=3, alpha=0.5, label=labels[i], color=FIGURE_COLORS[i])
     ax.set(title=f"Fig. 3, t-SNE of observations, {real.attrs['scenario']}-{real.attrs['quality']}",
            xticks=[], yticks=[])
     ax.legend(markerscale=4)
@@ -330,12 +337,10 @@ def run_table1(args, train_flags):
     import train
     runs = [(m, f + ["--iters", str(args.iters), "--out", args.out] + train_flags)
             for m, f in table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams, args.methods)]
-    for _, flags in runs:
-        train.parse_args(flags)                               # every bad flag fails before any work
-    for scenario in args.scenarios if not args.table_only else []:    # datasets before any worker starts
-        for quality in args.qualities:
-            targs = train.parse_args(runs[0][1] + ["--scenario", scenario, "--quality", quality])
-            data.ensure_dataset(scenario, quality, targs.fraction, targs.data_seed,
+    parsed = [train.parse_args(flags) for _, flags in runs]   # every bad flag fails before any work
+    if not args.table_only:                                   # datasets before any worker starts
+        for targs in {(a.scenario, a.quality): a for a in parsed}.values():
+            data.ensure_dataset(targs.scenario, targs.quality, targs.fraction, targs.data_seed,
                                 root=os.path.join(args.out, "datasets"))
     if args.table_only:
         runs = [(m, f) for m, f in runs if finished(f)]
@@ -369,8 +374,7 @@ def run_figures(args):
     os.makedirs(args.out, exist_ok=True)
     ratios = figure_1b(real, syns, os.path.join(args.out, "fig1b.png"))
     figure_3(real, syns, os.path.join(args.out, "fig3.png"), seed=args.seed)
-    shares = ", ".join(f"{label} {r:.3f}" for label, r in
-                       zip(["original"] + [synthetic_label(ep) for ep in syns], ratios))
+    shares = ", ".join(f"{label} {r:.3f}" for label, r in zip(figure_labels(syns), ratios))
     print(f"focus-fire share: {shares}; wrote {args.out}/fig1b.png, fig3.png")
 
 
