@@ -7,9 +7,14 @@ chosen among legal actions the data makes plausible:
 
     allowed(o) = { a legal : G(a | o) / max_{a' legal} G(a' | o) >= tau },  tau = 0.4
 
-(G's probabilities renormalised over the legal actions). Both the greedy
-action of the learned policy and the next action of the TD target are the
-argmax of Q over allowed(o). The loss is L_TD + cross-entropy(G).
+(G's probabilities renormalised over the legal actions). The next action of
+the TD target is the argmax of Q over allowed(o), as in OG-MARL. The loss is
+L_TD + cross-entropy(G).
+
+At execution, discrete BCQ (Fujimoto et al.) also acts greedily over
+allowed(o) only — our default, so the learned policy stays where the data
+are. OG-MARL's QMIX+BCQ instead acts greedily over all legal actions
+(`--bcq-execution greedy`).
 
     python bcq.py --dataset runs/datasets/3m-medium-s0.h5 --iters 15000 --seed 0
 """
@@ -18,6 +23,8 @@ import torch.nn.functional as F
 
 import qmix
 import rad
+
+EXECUTIONS = ("filtered", "greedy")
 
 
 def bcq_allowed(logits, avail, tau):
@@ -29,10 +36,11 @@ def bcq_allowed(logits, avail, tau):
 class QmixBCQ:
     """QMIX + discrete BCQ: `loss(batch)` is the constrained TD loss plus the behaviour-cloning loss."""
 
-    def __init__(self, n_agents, obs_dim, n_actions, tau=0.4, gamma=0.99, aug="none", seed=0):
-        self.qmix = qmix.QMIX(n_agents, obs_dim, n_actions, gamma=gamma)
-        self.behaviour = qmix.AgentNetwork(obs_dim + n_actions + n_agents, n_actions)
-        self.tau, self.aug = tau, aug
+    def __init__(self, n_agents, obs_dim, n_actions, tau=0.4, execution="filtered", gamma=0.99,
+                 aug="none", seed=0, last_action=True):
+        self.qmix = qmix.QMIX(n_agents, obs_dim, n_actions, gamma=gamma, last_action=last_action)
+        self.behaviour = qmix.AgentNetwork(self.qmix.agent.fc1.in_features, n_actions)
+        self.tau, self.execution, self.aug = tau, execution, aug
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def parameters(self):
@@ -40,8 +48,7 @@ class QmixBCQ:
 
     def loss(self, batch):
         batch = rad.augment(batch, self.aug, self.generator)
-        inputs = qmix.agent_inputs(batch["obs"], batch["actions"], self.qmix.n_actions)
-        logits = qmix.unroll(self.behaviour, inputs)                             # (B, T+1, N, A)
+        logits = qmix.unroll(self.behaviour, self.qmix.inputs(batch))          # (B, T+1, N, A)
         bc = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                              batch["actions"].reshape(-1), reduction="none")
         bc = qmix.masked_mean(bc.view(batch["actions"].shape), batch["valid"][..., None])
@@ -51,7 +58,7 @@ class QmixBCQ:
         return td + bc, {"td_loss": td.item(), "bc_loss": bc.item()}
 
     def policy(self):
-        return BCQPolicy(self)
+        return BCQPolicy(self) if self.execution == "filtered" else qmix.GreedyPolicy(self.qmix)
 
 
 class BCQPolicy(qmix.GreedyPolicy):
@@ -70,18 +77,31 @@ class BCQPolicy(qmix.GreedyPolicy):
         return bcq_allowed(logits.view(avail.shape), avail, self.tau)
 
 
-def main(argv=None):
-    parser = qmix.learner_parser("Train QMIX+BCQ on offline datasets and evaluate it (paper §4.1).")
-    parser.add_argument("--tau", type=float, default=0.4,
-                        help="BCQ threshold on renormalised behaviour probability (OG-MARL: 0.4)")
-    args = parser.parse_args(argv)
-    qmix.check_learner_args(parser, args)
+def add_flags(p):
+    """QMIX+BCQ's own flags (bcq.py and train.py)."""
+    p.add_argument("--tau", type=float, default=0.4,
+                   help="BCQ threshold on renormalised behaviour probability (OG-MARL: 0.4)")
+    p.add_argument("--bcq-execution", default="filtered", choices=EXECUTIONS,
+                   help="act greedily among BCQ-allowed actions (discrete BCQ) or among all legal ones "
+                        "(OG-MARL's QMIX+BCQ)")
+
+
+def check_flags(parser, args):
     if not 0.0 <= args.tau <= 1.0:
         parser.error(f"--tau must be in [0, 1], got {args.tau}")
-    last, out = qmix.run_learner(QmixBCQ, args, {"tau": args.tau})
-    print(f"QMIX+BCQ after {last['iteration']} iterations: return {last['return_mean']:.2f} ± "
-          f"{last['return_std']:.2f}, normalised {last['normalised_return']:.3f}, "
-          f"win rate {last['win_rate']:.2f}; wrote {out}/metrics.csv and curve.png")
+
+
+def learner_kwargs(args):
+    return {"tau": args.tau, "execution": args.bcq_execution}
+
+
+def main(argv=None):
+    parser = qmix.learner_parser("Train QMIX+BCQ on offline datasets and evaluate it (paper §4.1).")
+    add_flags(parser)
+    args = parser.parse_args(argv)
+    qmix.check_learner_args(parser, args)
+    check_flags(parser, args)
+    qmix.run_and_report(QmixBCQ, args, learner_kwargs(args))
 
 
 if __name__ == "__main__":

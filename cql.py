@@ -14,6 +14,8 @@ with alpha = 3.0 and the mean over valid (non-padded) steps. Shapes follow
 
     python cql.py --dataset runs/datasets/3m-medium-s0.h5 --iters 15000 --seed 0
 """
+import math
+
 import torch
 
 import qmix
@@ -49,8 +51,8 @@ class QmixCQL:
     """QMIX + CQL: `loss(batch)` is the TD loss plus alpha times the CQL penalty."""
 
     def __init__(self, n_agents, obs_dim, n_actions, alpha=3.0, n_samples=20, gamma=0.99,
-                 aug="none", seed=0):
-        self.qmix = qmix.QMIX(n_agents, obs_dim, n_actions, gamma=gamma)
+                 aug="none", seed=0, last_action=True):
+        self.qmix = qmix.QMIX(n_agents, obs_dim, n_actions, gamma=gamma, last_action=last_action)
         self.alpha, self.n_samples, self.aug = alpha, n_samples, aug
         self.generator = torch.Generator().manual_seed(seed + 1)
 
@@ -70,19 +72,30 @@ class QmixCQL:
         return qmix.GreedyPolicy(self.qmix)
 
 
+def add_flags(p):
+    """QMIX+CQL's own flags (cql.py and train.py)."""
+    p.add_argument("--alpha", type=float, default=3.0, help="CQL penalty weight (OG-MARL: 3.0)")
+    p.add_argument("--cql-samples", type=int, default=20, help="sampled legal joint actions per step (OG-MARL: 20)")
+
+
+def check_flags(parser, args):
+    if not math.isfinite(args.alpha) or args.alpha < 0:
+        parser.error(f"--alpha must be a finite number >= 0, got {args.alpha}")
+    if args.cql_samples < 1:
+        parser.error(f"--cql-samples must be at least 1, got {args.cql_samples}")
+
+
+def learner_kwargs(args):
+    return {"alpha": args.alpha, "n_samples": args.cql_samples}
+
+
 def main(argv=None):
     parser = qmix.learner_parser("Train QMIX+CQL on offline datasets and evaluate it (paper §4.1).")
-    parser.add_argument("--alpha", type=float, default=3.0, help="CQL penalty weight (OG-MARL: 3.0)")
-    parser.add_argument("--cql-samples", type=int, default=20,
-                        help="sampled legal joint actions per step (OG-MARL: 20)")
+    add_flags(parser)
     args = parser.parse_args(argv)
     qmix.check_learner_args(parser, args)
-    if args.alpha < 0 or args.cql_samples < 1:
-        parser.error("--alpha must be >= 0 and --cql-samples at least 1")
-    last, out = qmix.run_learner(QmixCQL, args, {"alpha": args.alpha, "n_samples": args.cql_samples})
-    print(f"QMIX+CQL after {last['iteration']} iterations: return {last['return_mean']:.2f} ± "
-          f"{last['return_std']:.2f}, normalised {last['normalised_return']:.3f}, "
-          f"win rate {last['win_rate']:.2f}; wrote {out}/metrics.csv and curve.png")
+    check_flags(parser, args)
+    qmix.run_and_report(QmixCQL, args, learner_kwargs(args))
 
 
 if __name__ == "__main__":

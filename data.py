@@ -1,23 +1,31 @@
 """Offline multi-agent datasets and the episode matrix of Eq. 4 (paper §3.1, §4.3).
 
 Datasets. The paper trains on OG-MARL's SMAC datasets, which cannot be
-downloaded here, so we make our own the same way in spirit: a behaviour
-policy of a given quality plays the simulator (`env.py`) and every step is
-recorded. The behaviour policy is SMAX's built-in heuristic (keep attacking
-the enemy you attacked last, else the closest enemy in range, else advance)
-mixed, per agent and step, with a uniformly random *legal* action with
-probability epsilon. Epsilon is fixed per map and quality (`EPSILON`),
-calibrated so that mean returns come close to OG-MARL's (`OG_MARL`) where the
-heuristic can reach them. The paper's "original" dataset is a 3 % random
-subset of whole episodes (`subsample`); since episodes are i.i.d., generating
-only that many episodes is equivalent.
+downloaded here, so we make our own the way OG-MARL made theirs: trained
+behaviour policies of a given level play the simulator (`env.py`),
+epsilon-greedily with epsilon = 0.05, and every step is recorded. The
+policies are the ones `behaviour.py` trained and picked (four independently
+trained seeds per map and quality, shipped in policies/); a dataset mixes
+them equally. The paper's "original" dataset is a 3 % random subset of
+whole episodes (`subsample`); since episodes are i.i.d. within each
+policy's share, generating only that many episodes is equivalent.
+
+Ablation (`behaviour="heuristic"`): the first version of this project used
+SMAX's built-in heuristic (keep attacking the enemy you attacked last, else
+the closest enemy in range, else advance) mixed, per agent and step, with a
+uniformly random legal action with probability epsilon (`EPSILON`,
+calibrated to OG-MARL's mean returns where reachable). Measured: the
+heuristic's action stays the most likely one in every state, so offline
+learners recover the heuristic from "poor" data; it stays available,
+labelled, for comparison.
 
 One HDF5 file per scenario x quality x seed, episodes padded to the longest
 episode T (E episodes, N agents, O observation features, A actions):
 
     attrs    scenario, quality, backend, n_agents, obs_dim, n_actions, behaviour,
              epsilon, seed, return_mean, return_std, win_rate, length_mean,
-             synthetic, format_version
+             synthetic, format_version; trained-policy data also
+             policy_files and policy_sha256 (JSON lists, one per policy)
     obs      float32 (E, T+1, N, O)   includes the observation after the last step
     avail    bool    (E, T+1, N, A)   legal actions (all False on padded steps)
     actions  int64   (E, T, N)
@@ -39,9 +47,10 @@ hold zeros (and no legal action) there, which no learner reads, because the
 done flag stops bootstrapping.
 """
 import argparse
-import contextlib
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import time
 
@@ -49,29 +58,22 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+import artifacts
+import behaviour as behaviourlib
 import env as envlib
 
 FORMAT_VERSION = 1
 QUALITIES = ("good", "medium", "poor")
 
-# OG-MARL's SMAC v1 datasets, the paper's source (QMIX behaviour policies):
-# (mean return, std return, episode count) per map and quality.
-OG_MARL = {
-    ("3m", "poor"): (4.69, 2.14, 48779), ("3m", "medium"): (9.96, 6.06, 41619),
-    ("3m", "good"): (16.49, 5.92, 43559),
-    ("8m", "poor"): (5.28, 0.56, 20629), ("8m", "medium"): (10.14, 3.34, 39208),
-    ("8m", "good"): (16.86, 4.33, 30638),
-    ("5m_vs_6m", "poor"): (7.45, 1.48, 45501), ("5m_vs_6m", "medium"): (12.62, 5.06, 39284),
-    ("5m_vs_6m", "good"): (16.58, 4.69, 36311),
-    ("2s3z", "poor"): (6.88, 2.06, 9942), ("2s3z", "medium"): (12.57, 3.14, 18605),
-    ("2s3z", "good"): (18.32, 2.95, 18616),
-    ("3s5z_vs_3s6z", "poor"): (5.90, 2.22, 17807), ("3s5z_vs_3s6z", "medium"): (10.69, 1.49, 18866),
-    ("3s5z_vs_3s6z", "good"): (16.56, 3.72, 7315),
-}
+OG_MARL = behaviourlib.OG_MARL   # (mean return, std, episode count) per map and quality
 DEFAULT_EPISODES = 20000  # full-dataset size for maps OG-MARL does not cover
 
-# Probability of a uniformly random legal action per agent and step, per map
-# and quality. Calibrated with `python bench/datasets.py --calibrate` (mean
+BEHAVIOURS = ("policies", "heuristic")
+TRAINED = "trained-policies+epsilon-greedy"
+HEURISTIC = "smax-heuristic+epsilon-random-legal"
+
+# The heuristic ablation: probability of a uniformly random legal action per
+# agent and step, per map and quality. Calibrated with `python bench/datasets.py --calibrate` (mean
 # return for epsilon in 0, 0.1, ..., 1; README "Datasets"): where OG-MARL's
 # mean return is within the heuristic's reach, epsilon is interpolated to
 # match it; 'good' is out of reach on every map (heuristic best ~13.8), so it
@@ -87,36 +89,14 @@ EPSILON = {
     ("5m_vs_6m", "good"): 0.0, ("5m_vs_6m", "medium"): 0.2, ("5m_vs_6m", "poor"): 0.6,
     ("3s5z_vs_3s6z", "good"): 0.0, ("3s5z_vs_3s6z", "medium"): 0.6, ("3s5z_vs_3s6z", "poor"): 0.85,
 }
-BEHAVIOUR = "smax-heuristic+epsilon-random-legal"
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary name beside `path`; rename it to `path` only if the block succeeds.
-
-    Every artefact of the project is written this way, so an interrupted run
-    never leaves a half-written file that a later run would trust.
-    """
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
-def behaviour_epsilon(scenario, quality):
-    """Epsilon of the behaviour policy for a map and quality (see EPSILON)."""
+def behaviour_epsilon(scenario, quality, behaviour="policies"):
+    """Epsilon of a behaviour: OG-MARL's 0.05 for trained policies, the calibrated EPSILON for the heuristic."""
     if quality not in QUALITIES:
         raise ValueError(f"unknown quality {quality!r}; choose one of: {', '.join(QUALITIES)}")
+    if behaviour == "policies":
+        return behaviourlib.EPSILON
     return EPSILON.get((scenario, quality), DEFAULT_EPSILON[quality])
 
 
@@ -191,7 +171,7 @@ def subsample(episodes, fraction, seed):
 # ---------------------------------------------------------------------------
 # Behaviour policy and collection (§4.3)
 # ---------------------------------------------------------------------------
-class BehaviourPolicy:
+class HeuristicPolicy:
     """SMAX's heuristic for the allies, mixed with random legal actions (prob epsilon).
 
     One jitted call acts for all B x N agents. The heuristic keeps a small
@@ -277,39 +257,71 @@ def collect_batch(env, policy):
     return episodes, won
 
 
-def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
-                     n_envs=256, progress=True):
-    """Play `n_episodes` with the behaviour policy of `quality` and write them to `path`.
+def behaviour_sources(env, scenario, quality, behaviour, epsilon, seed, n_episodes, policy_dir):
+    """The policies that play a dataset and how many episodes each plays: [(policy, count)], attrs.
 
-    Episodes are collected in batches of `n_envs` and streamed into the HDF5
-    file, which is written under a temporary name and renamed at the end.
-    Deterministic for a given (seed, n_envs). Returns the file's attrs.
+    Trained policies: the shipped policies of the map and quality (one per
+    training seed), each checked against the manifest's sha256, sharing the
+    episodes equally (the first n % K play one more). The heuristic: one
+    source playing all of them.
+    """
+    if behaviour == "heuristic":
+        return [(HeuristicPolicy(env, epsilon, seed=seed + 1), n_episodes)], {"behaviour": HEURISTIC}
+    entries = behaviourlib.shipped_policies(scenario, quality, policy_dir)
+    K = len(entries)
+    sources, files, digests = [], [], []
+    for k, entry in enumerate(entries):
+        path = os.path.join(policy_dir, entry["file"])
+        policy = behaviourlib.TrainedPolicy(path, env, epsilon, seed=seed + 1 + k)   # refuses a bad file
+        if behaviourlib.file_sha256(path) != entry["sha256"]:
+            raise artifacts.InputError(f"{path}: contents differ from the manifest's sha256; "
+                                       f"{behaviourlib.rebuild_hint(path)}")
+        sources.append((policy, n_episodes // K + (k < n_episodes % K)))
+        files.append(entry["file"])
+        digests.append(entry["sha256"])
+    return sources, {"behaviour": TRAINED, "policy_files": json.dumps(files), "policy_sha256": json.dumps(digests)}
+
+
+def generate_dataset(scenario, quality, n_episodes, seed, path, behaviour="policies", epsilon=None,
+                     n_envs=256, progress=True, policy_dir=behaviourlib.POLICY_DIR):
+    """Play `n_episodes` with the behaviour of `quality` and write them to `path`.
+
+    Episodes are collected in batches of `n_envs` per behaviour policy and
+    streamed into the HDF5 file, which is written under a temporary name and
+    renamed at the end. Deterministic for a given (seed, n_envs). Returns the
+    file's attrs.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be at least 1, got {n_episodes}")
-    epsilon = behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {behaviour!r}; choose one of: {', '.join(BEHAVIOURS)}")
+    epsilon = behaviour_epsilon(scenario, quality, behaviour) if epsilon is None else float(epsilon)
     n_envs = min(n_envs, n_episodes)
     env = envlib.make_env(scenario, "smax", n_envs=n_envs, seed=seed)
-    policy = BehaviourPolicy(env, epsilon, seed=seed + 1)
+    sources, behaviour_attrs = behaviour_sources(env, scenario, quality, behaviour, epsilon, seed, n_episodes,
+                                                 policy_dir)
     attrs = {"scenario": scenario, "quality": quality, "backend": env.backend,
              "n_agents": env.n_agents, "obs_dim": env.obs_dim, "n_actions": env.n_actions,
-             "behaviour": BEHAVIOUR, "epsilon": epsilon, "seed": seed, "synthetic": False,
+             **behaviour_attrs, "epsilon": epsilon, "seed": seed, "synthetic": False,
              "format_version": FORMAT_VERSION}
     returns, lengths, wins = [], [], []
-    with atomic_path(path) as tmp:
+    with artifacts.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = _EpisodeWriter(f, env.episode_limit, env.n_agents, env.obs_dim, env.n_actions)
             with tqdm(total=n_episodes, desc=f"{scenario}-{quality}", unit="ep",
                       disable=not progress) as bar:
-                while writer.count < n_episodes:
-                    batch, won = collect_batch(env, policy)
-                    keep = min(n_envs, n_episodes - writer.count)
-                    batch = batch.select(np.arange(keep))
-                    writer.append(batch)
-                    returns.append(batch.returns())
-                    lengths.append(batch.lengths)
-                    wins.append(won[:keep])
-                    bar.update(keep)
+                for policy, count in sources:
+                    done = 0
+                    while done < count:
+                        batch, won = collect_batch(env, policy)
+                        keep = min(n_envs, count - done)
+                        batch = batch.select(np.arange(keep))
+                        writer.append(batch)
+                        returns.append(batch.returns())
+                        lengths.append(batch.lengths)
+                        wins.append(won[:keep])
+                        done += keep
+                        bar.update(keep)
             returns, lengths = np.concatenate(returns), np.concatenate(lengths)
             writer.finish(int(lengths.max()))
             attrs.update(return_mean=float(returns.mean()), return_std=float(returns.std()),
@@ -320,32 +332,49 @@ def generate_dataset(scenario, quality, n_episodes, seed, path, epsilon=None,
 
 
 def ensure_dataset(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"),
-                   epsilon=None):
+                   behaviour="policies", epsilon=None, policy_dir=behaviourlib.POLICY_DIR):
     """Path of the dataset for this configuration, generated on first use and reused after.
 
     It holds round(fraction x OG-MARL's episode count) episodes (the paper's
-    "original" set for fraction 0.03: the episodes are i.i.d., so generating
-    that many equals subsampling a full set). The name carries the whole
-    configuration, so a different one never reuses the wrong file.
+    "original" set for fraction 0.03: the episodes are i.i.d. within each
+    policy's share, so generating that many equals subsampling a full set).
+    The name carries the whole configuration (for trained policies, a digest
+    of their files), so a different one never reuses the wrong file. A
+    cached file that no longer loads (damaged, truncated) is made again.
     """
-    path = dataset_path(scenario, quality, fraction, seed, root, epsilon)
-    if not os.path.exists(path):
-        os.makedirs(root, exist_ok=True)
-        n, eps = dataset_size_and_epsilon(scenario, quality, fraction, epsilon)
-        generate_dataset(scenario, quality, n, seed, path, epsilon=eps)
+    path = dataset_path(scenario, quality, fraction, seed, root, behaviour, epsilon, policy_dir)
+    if os.path.exists(path):
+        try:
+            load_dataset(path, scenario=scenario, quality=quality)
+            return path
+        except artifacts.InputError as err:       # a damaged cache of our own: make it again
+            print(f"rebuilding the cached dataset: {err}")
+    os.makedirs(root, exist_ok=True)
+    n, eps = dataset_size_and_epsilon(scenario, quality, fraction, behaviour, epsilon)
+    generate_dataset(scenario, quality, n, seed, path, behaviour, eps, policy_dir=policy_dir)
     return path
 
 
-def dataset_size_and_epsilon(scenario, quality, fraction, epsilon=None):
-    """(episodes, ε) of a configuration: round(fraction x OG-MARL's count), the calibrated ε unless given."""
+def dataset_size_and_epsilon(scenario, quality, fraction, behaviour="policies", epsilon=None):
+    """(episodes, ε) of a configuration: round(fraction x OG-MARL's count), the behaviour's ε unless given."""
     n = max(1, round(fraction * full_dataset_size(scenario, quality)))
-    return n, behaviour_epsilon(scenario, quality) if epsilon is None else float(epsilon)
+    return n, behaviour_epsilon(scenario, quality, behaviour) if epsilon is None else float(epsilon)
 
 
-def dataset_path(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"), epsilon=None):
+def behaviour_tag(scenario, quality, behaviour, policy_dir=behaviourlib.POLICY_DIR):
+    """'heur' or 'pol<6 hex digits of the shipped policies' sha256s>' (part of a dataset's name)."""
+    if behaviour == "heuristic":
+        return "heur"
+    digests = [e["sha256"] for e in behaviourlib.shipped_policies(scenario, quality, policy_dir)]
+    return "pol" + hashlib.sha1("".join(digests).encode()).hexdigest()[:6]
+
+
+def dataset_path(scenario, quality, fraction, seed, root=os.path.join("runs", "datasets"), behaviour="policies",
+                 epsilon=None, policy_dir=behaviourlib.POLICY_DIR):
     """Where `ensure_dataset` keeps this configuration's dataset (its name is the whole configuration)."""
-    n, eps = dataset_size_and_epsilon(scenario, quality, fraction, epsilon)
-    return os.path.join(root, f"{scenario}-{quality}-eps{eps:g}-n{n}-s{seed}.h5")
+    n, eps = dataset_size_and_epsilon(scenario, quality, fraction, behaviour, epsilon)
+    tag = behaviour_tag(scenario, quality, behaviour, policy_dir)
+    return os.path.join(root, f"{scenario}-{quality}-{tag}-eps{eps:g}-n{n}-s{seed}.h5")
 
 
 class _EpisodeWriter:
@@ -383,12 +412,13 @@ class _EpisodeWriter:
 
 def save_dataset(episodes, path):
     """Write Episodes to `path` in the HDF5 schema (temporary name, then rename)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for field in ("obs", "avail", "actions", "rewards", "dones", "lengths"):
+    with artifacts.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for field in ARRAYS:
             f.create_dataset(field, data=getattr(episodes, field), compression="gzip", compression_opts=1)
         f.attrs.update({**episodes.attrs, "format_version": FORMAT_VERSION})
 
 
+ARRAYS = ("obs", "avail", "actions", "rewards", "dones", "lengths")
 REQUIRED_ATTRS = ("scenario", "quality", "backend", "n_agents", "obs_dim", "n_actions",
                   "epsilon", "seed", "return_mean", "return_std", "format_version")
 
@@ -397,36 +427,42 @@ def load_dataset(path, scenario=None, quality=None):
     """Read and validate a dataset file; refuse a malformed or mismatched one.
 
     `scenario` / `quality`, when given, must match the file's attrs. Every
-    problem raises a ValueError (FileNotFoundError for a missing file) whose
-    message names the file and what is wrong.
+    problem raises an artifacts.InputError whose message names the file,
+    the array and, for bad contents, the first bad index.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such dataset file; make one with "
-                                f"`python data.py --scenario ... --quality ... --out {path}`")
+        raise artifacts.InputError(f"{path}: no such dataset file; make one with "
+                                   f"`python data.py --scenario ... --quality ... --out {path}`")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 dataset ({err})") from None
+        raise artifacts.InputError(f"{path}: not a readable HDF5 dataset ({err})") from None
     with f:
         attrs = {k: _plain(v) for k, v in f.attrs.items()}
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
-        missing += [k for k in ("obs", "avail", "actions", "rewards", "dones", "lengths") if k not in f]
+        missing += [k for k in ARRAYS if k not in f]
         if missing:
-            raise ValueError(f"{path}: not an EAQ dataset, missing {', '.join(missing)}")
+            raise artifacts.InputError(f"{path}: not an EAQ dataset, missing {', '.join(missing)}")
         if attrs["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {attrs['format_version']}, expected "
-                             f"{FORMAT_VERSION}; regenerate it with data.py")
-        episodes = Episodes(obs=f["obs"][()].astype(np.float32), avail=f["avail"][()].astype(bool),
-                            actions=f["actions"][()].astype(np.int64),
-                            rewards=f["rewards"][()].astype(np.float32),
-                            dones=f["dones"][()].astype(bool), lengths=f["lengths"][()].astype(np.int32),
-                            attrs=attrs)
+            raise artifacts.InputError(f"{path}: format version {attrs['format_version']}, expected "
+                                       f"{FORMAT_VERSION}; regenerate it with data.py")
+        for name in ("actions", "lengths"):
+            if not np.issubdtype(f[name].dtype, np.integer):
+                raise artifacts.InputError(f"{path}: {name} has dtype {f[name].dtype}, expected integers")
+        try:
+            episodes = Episodes(obs=f["obs"][()].astype(np.float32), avail=f["avail"][()].astype(bool),
+                                actions=f["actions"][()].astype(np.int64),
+                                rewards=f["rewards"][()].astype(np.float32),
+                                dones=f["dones"][()].astype(bool), lengths=f["lengths"][()].astype(np.int32),
+                                attrs=attrs)
+        except (OSError, ValueError) as err:
+            raise artifacts.InputError(f"{path}: damaged HDF5 data ({err})") from None
     problem = _schema_problem(episodes)
     if problem:
-        raise ValueError(f"{path}: {problem}")
+        raise artifacts.InputError(f"{path}: {problem}")
     for key, wanted in (("scenario", scenario), ("quality", quality)):
         if wanted is not None and attrs[key] != wanted:
-            raise ValueError(f"{path}: holds {key} {attrs[key]!r} but {wanted!r} was requested")
+            raise artifacts.InputError(f"{path}: holds {key} {attrs[key]!r} but {wanted!r} was requested")
     return episodes
 
 
@@ -456,12 +492,28 @@ def _schema_problem(ep):
     if ep.lengths.min() < 1 or ep.lengths.max() > T:
         return f"episode lengths must lie in [1, {T}]"
     if ep.actions.min() < 0 or ep.actions.max() >= A:
-        return f"actions must lie in [0, {A})"
+        return f"actions must lie in [0, {A})" + _first(~((ep.actions >= 0) & (ep.actions < A)))
     terminal = np.zeros_like(ep.dones)
     terminal[np.arange(E), ep.lengths - 1] = True
     if not np.array_equal(ep.dones, terminal):
-        return "dones must be True exactly at each episode's last step"
+        return "dones must be True exactly at each episode's last step" + _first(ep.dones != terminal)
+    for name in ("obs", "rewards"):
+        values = getattr(ep, name)
+        if not np.isfinite(values).all():
+            return f"{name} holds NaN or inf" + _first(~np.isfinite(values))
+    valid = valid_steps(ep.lengths, T)                                        # (E, T)
+    no_legal = valid[..., None] & ~ep.avail[:, :T].any(axis=-1)               # (E, T, N)
+    if no_legal.any():
+        return "avail has a valid step where an agent has no legal action" + _first(no_legal)
+    taken = np.take_along_axis(ep.avail[:, :T], ep.actions[..., None], axis=-1)[..., 0]   # (E, T, N)
+    if (valid[..., None] & ~taken).any():
+        return "actions holds an action that avail marks illegal" + _first(valid[..., None] & ~taken)
     return None
+
+
+def _first(bad):
+    """' at index (e, t, ...)' of the first True entry of a boolean array."""
+    return f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
 
 
 # ---------------------------------------------------------------------------
@@ -473,7 +525,7 @@ def reward_to_go(rewards, lengths, gamma=1.0):
     rewards (E, T), lengths (E,) -> (E, T) float32.
     """
     E, T = rewards.shape
-    valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]   # (E, T)
+    valid = valid_steps(lengths, T)                                 # (E, T)
     r = np.where(valid, rewards, 0.0)
     rtg = np.zeros((E, T + 1), dtype=np.float64)
     for t in range(T - 1, -1, -1):
@@ -604,8 +656,9 @@ class Normalizer:
     """Per-row affine map of the Eq. 4 matrix to [-1, 1], fitted on D_real.
 
     lo / hi are each row's minimum and maximum over all episodes and steps,
-    padding included, so the padded zeros stay inside [-1, 1] too. A constant
-    row maps to -1.
+    padding included, so the padded zeros stay inside [-1, 1] too. A row
+    that is constant in D_real (lo == hi) maps to -1, and whatever the model
+    generates for it decodes back to that constant.
     """
 
     lo: np.ndarray  # (F,)
@@ -617,14 +670,16 @@ class Normalizer:
         return cls(matrix.min(axis=(0, 2)).astype(np.float32), matrix.max(axis=(0, 2)).astype(np.float32))
 
     def _scale(self):
-        return np.where(self.hi > self.lo, self.hi - self.lo, 1.0)[None, :, None]  # (1, F, 1)
+        return (self.hi - self.lo)[None, :, None]                                 # (1, F, 1)
 
     def normalize(self, matrix):
         """(E, F, T) data units -> [-1, 1]."""
-        return (2.0 * (matrix - self.lo[None, :, None]) / self._scale() - 1.0).astype(np.float32)
+        scale = self._scale()
+        z = 2.0 * (matrix - self.lo[None, :, None]) / np.where(scale > 0, scale, 1.0) - 1.0
+        return z.astype(np.float32)
 
     def unnormalize(self, matrix):
-        """(E, F, T) in [-1, 1] -> data units."""
+        """(E, F, T) in [-1, 1] -> data units (constant rows exactly their constant)."""
         return ((matrix + 1.0) * 0.5 * self._scale() + self.lo[None, :, None]).astype(np.float32)
 
     def state_dict(self):
@@ -640,9 +695,9 @@ class Normalizer:
 # ---------------------------------------------------------------------------
 def describe(attrs):
     """One line of dataset statistics, beside OG-MARL's when known."""
-    line = (f"{attrs['scenario']}-{attrs['quality']}: return {attrs['return_mean']:.2f} ± "
-            f"{attrs['return_std']:.2f}, win rate {attrs.get('win_rate', float('nan')):.2f}, "
-            f"mean length {attrs.get('length_mean', float('nan')):.1f}, epsilon {attrs['epsilon']}")
+    line = (f"{attrs['scenario']}-{attrs['quality']} ({attrs.get('behaviour', '?')}, epsilon {attrs['epsilon']}): "
+            f"return {attrs['return_mean']:.2f} ± {attrs['return_std']:.2f}, win rate "
+            f"{attrs.get('win_rate', float('nan')):.2f}, mean length {attrs.get('length_mean', float('nan')):.1f}")
     og = OG_MARL.get((attrs["scenario"], attrs["quality"]))
     return line + (f" (OG-MARL: {og[0]:.2f} ± {og[1]:.2f})" if og else "")
 
@@ -654,6 +709,24 @@ def require_at_least_one(parser, args, names):
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
+SEED_MAX = 1_000_000_000   # seeds are offset (evaluation streams) and fed to JAX's 32-bit keys
+
+
+def require_seed(parser, args, names):
+    """Stop with a one-line argparse error unless every seed flag in `names` lies in [0, SEED_MAX]."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= SEED_MAX:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, {SEED_MAX:,}], got {value}")
+
+
+def require_finite(parser, args, names):
+    """Stop with a one-line argparse error if any float flag in `names` is NaN or infinite."""
+    for name in names:
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Generate an offline SMAX dataset (paper §4.3).")
     parser.add_argument("--scenario", default="3m", help="map name (paper: 3m, 5m_vs_6m, 8m, 2s3z, 3s5z_vs_3s6z)")
@@ -663,23 +736,37 @@ def main(argv=None):
                              "times --fraction)")
     parser.add_argument("--fraction", type=float, default=1.0,
                         help="share of the full dataset to generate; the paper's 'original' set is 0.03")
+    parser.add_argument("--behaviour", default="policies", choices=BEHAVIOURS,
+                        help="who plays: the shipped trained policies (OG-MARL's procedure) or, as an "
+                             "ablation, SMAX's heuristic mixed with random legal actions")
     parser.add_argument("--epsilon", type=float, default=None,
-                        help="random-action probability (default: the calibrated EPSILON table)")
+                        help="random-action probability (default: 0.05 for trained policies, OG-MARL's; the "
+                             "calibrated EPSILON table for the heuristic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--n-envs", type=int, default=256, help="episodes played in parallel")
     parser.add_argument("--out", required=True, help="output HDF5 path")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
-    envlib.check_scenario(args.scenario)
+    try:
+        envlib.check_scenario(args.scenario)
+    except ValueError as err:
+        parser.error(str(err))
     if not 0.0 < args.fraction <= 1.0:
         parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.episodes is not None and args.episodes < 1:
+        parser.error(f"--episodes must be at least 1, got {args.episodes}")
+    if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:
+        parser.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
+    require_seed(parser, args, ("seed",))
+    require_at_least_one(parser, args, ("n_envs",))
     if os.path.exists(args.out) and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it")
     n = args.episodes or max(1, round(args.fraction * full_dataset_size(args.scenario, args.quality)))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    start = time.time()
-    attrs = generate_dataset(args.scenario, args.quality, n, args.seed, args.out,
-                             epsilon=args.epsilon, n_envs=args.n_envs)
+    with artifacts.one_line_errors():
+        artifacts.prepare_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out's folder")
+        start = time.time()
+        attrs = generate_dataset(args.scenario, args.quality, n, args.seed, args.out, args.behaviour,
+                                 epsilon=args.epsilon, n_envs=args.n_envs)
     seconds = time.time() - start
     print(describe(attrs))
     print(f"wrote {n} episodes to {args.out} in {seconds:.1f}s ({n / seconds:.1f} episodes/s)")

@@ -17,6 +17,17 @@ hyper-parameters", §4.4), tau_k = sqrt(abar_k) tau0 + sqrt(1 - abar_k) eps.
 Sampling is ancestral DDPM from N(0, I), or DDIM (eta = 0) on a subsequence
 of the K steps. Upsampling scale S = 5 gives |D_syn| = 5 |D_real|.
 
+Units of λ. `eaq_loss` takes the *mean* of the squared error over the
+B x F x T entries of a minibatch (as diffuser and lucidrains' code do) and
+reads Q̄ on the normalised matrix (the Q_tot row mapped to [-1, 1]). Eq. 5
+writes a squared norm, i.e. a *sum* over an episode's F x T entries; read
+literally, the paper's λ_sum equals our λ x F x T (3m-poor: F x T = 27 600,
+so our λ = 0.1 is λ_sum = 2 760, and the paper's λ = 0.1 would be our
+3.6e-6). If the hinge is read in data units (Q̄ on the return scale), the
+paper's λ_data equals our λ x 2 / (hi - lo) of the Q_tot row. The paper does
+not say which it used. The report gives both equivalents for the run's λ
+and the share of training steps on which the hinge was active (> 0).
+
 Index convention: the paper's diffusion step k runs over 1..K; arrays here
 are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
 
@@ -25,6 +36,7 @@ Shapes: tau0, tau_k, predictions (B, F, T); Q_tot row and valid mask (B, T).
 import argparse
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -35,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import artifacts
 import data
 
 # ---------------------------------------------------------------------------
@@ -250,26 +263,59 @@ def prepare(episodes, normalizer=None):
     return tau0, valid, normalizer, matrix
 
 
-def save_checkpoint(path, diffusion, ema, optimizer, step, normalizer, config):
-    """Everything needed to resume or sample, written to a temporary name then renamed."""
-    with data.atomic_path(path) as tmp:
-        torch.save({"model": diffusion.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "step": step,
-                    "normalizer": normalizer.state_dict(), "config": config}, tmp)
+@dataclasses.dataclass
+class Model:
+    """Everything Algorithm 1 trains and samples with, and what a checkpoint holds."""
+
+    diffusion: Diffusion
+    ema: Diffusion                 # the exponential moving average of the weights: sampling uses it
+    optimizer: torch.optim.Optimizer
+    normalizer: data.Normalizer
+    config: dict                   # plain values only (a checkpoint loads with weights_only=True)
+    step: int = 0                  # training steps done so far
+    hinge_active_steps: int = 0    # steps whose Q-hinge term was > 0
+    train_seconds: float = 0.0     # training wall time over all sessions
 
 
-def load_checkpoint(path):
-    """-> (diffusion, ema, checkpoint dict); refuses a file that is not an EAQ checkpoint."""
+def save_checkpoint(path, model):
+    """Tensors and plain values only, written to a temporary name then renamed."""
+    with artifacts.atomic_path(path) as tmp:
+        torch.save({"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
+                    "optimizer": model.optimizer.state_dict(), "step": model.step,
+                    "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
+                    "normalizer": model.normalizer.state_dict(), "config": model.config}, tmp)
+
+
+CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "normalizer", "config"}
+
+
+def load_checkpoint(path, lr=2e-4):
+    """-> Model, loaded without running any code (weights_only); refuses anything else in one line."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable EAQ checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or not {"model", "ema", "config", "normalizer"} <= ckpt.keys():
-        raise ValueError(f"{path}: not an EAQ diffusion checkpoint")
-    diffusion, ema = build(ckpt["config"])
-    diffusion.load_state_dict(ckpt["model"])
-    ema.load_state_dict(ckpt["ema"])
-    return diffusion, ema, ckpt
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise artifacts.InputError(f"{path}: not a readable EAQ checkpoint (refused: {reason[:160]}); "
+                                   f"delete it to train again") from None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
+        raise artifacts.InputError(f"{path}: not an EAQ diffusion checkpoint; delete it to train again")
+    try:
+        diffusion, ema = build(ckpt["config"])
+        diffusion.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
+                                   f"delete it to train again") from None
+    return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]),
+                 ckpt["config"], int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
+                 float(ckpt.get("train_seconds", 0.0)))
+
+
+def use_diffusion_threads():
+    """The diffusion model's torch thread count: artifacts.torch_threads() (1 unless EAQ_TORCH_THREADS says so)."""
+    torch.set_num_threads(artifacts.torch_threads())
 
 
 @torch.no_grad()
@@ -287,9 +333,10 @@ def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, start_step=
     The minibatch, the steps k and the noise of step s depend only on
     (seed, s), so a run resumed from a checkpoint continues exactly as an
     uninterrupted one. A non-finite loss stops training with an error.
+    The returned dict also counts the steps whose Q-hinge was active.
     """
     E = tau0.shape[0]
-    losses = {}
+    losses, active = {}, 0
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="diffusion",
                disable=not progress)
     for step in bar:
@@ -308,10 +355,11 @@ def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, start_step=
         optimizer.step()
         ema_update(ema, diffusion, ema_decay)
         losses = {"loss": total.item(), "diffusion": diff_term.item(), "q": q_term.item()}
+        active += int(losses["q"] > 0)
         bar.set_postfix(diffusion=f"{losses['diffusion']:.4f}", q=f"{losses['q']:.4f}")
         if on_checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            on_checkpoint(step + 1)
-    return losses
+            on_checkpoint(step + 1, active)
+    return {**losses, "hinge_active_steps": active}
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +404,7 @@ def matrix_stats(matrix, layout, reward_range):
 
 
 def synthetic_report(real_matrix, syn_matrix, layout, reward_range):
-    """D_real vs D_syn side by side (the issue's synthetic-data report)."""
+    """D_real vs D_syn side by side."""
     return {"real": matrix_stats(real_matrix, layout, reward_range),
             "synthetic": matrix_stats(syn_matrix, layout, reward_range)}
 
@@ -370,6 +418,10 @@ def format_report(report):
     for key, fmt in rows:
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
                      f"{fmt.format(report['synthetic'][key]):>10s}")
+    lam = report["lam_units"]
+    lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
+                 f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "
+                 f"with Q̄ in data units: λ_data = {lam['q_in_data_units']:g}")
     return "\n".join(lines)
 
 
@@ -388,14 +440,17 @@ def check_device(parser, name):
         parser.error(f"--device {name}: only cpu and cuda are supported")
 
 
-def parse_args(argv=None):
+def build_parser():
+    """diffusion.py's flags; train.py takes its diffusion defaults from here (one set of defaults)."""
     p = argparse.ArgumentParser(description="Train the EAQ diffusion model on a dataset and sample "
                                             "S times as many synthetic episodes (paper §3.2, Alg. 1).")
     p.add_argument("--dataset", required=True, help="HDF5 dataset (D_real) made by data.py")
     p.add_argument("--out", required=True, help="output folder: model.pt, synthetic.h5, report.json")
     p.add_argument("--lam", type=float, default=0.1,
-                   help="λ of Eq. 5 (paper tunes among 0.5, 0.1, 0.01; 0 = EAQ^{-Q})")
-    p.add_argument("--steps", type=int, default=5000, help="training steps (paper: silent; ours)")
+                   help="λ of Eq. 5 in our units (see the module docstring; paper tunes among 0.5, 0.1, "
+                        "0.01; 0 = EAQ^{-Q})")
+    p.add_argument("--steps", type=int, default=3000,
+                   help="training steps (paper: silent; ours, sized for the CPU headline)")
     p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch (paper: silent)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: silent; diffuser's)")
     p.add_argument("--K", type=int, default=1000, help="diffusion steps (DDPM's 1000, §4.4)")
@@ -404,101 +459,177 @@ def parse_args(argv=None):
                    help="width multiplier per U-Net level (each extra level halves T)")
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the sampling weights")
     p.add_argument("--scale", type=int, default=5, help="upsampling scale S: |D_syn| = S |D_real| (paper: 5)")
-    p.add_argument("--ddim-steps", type=int, default=0,
-                   help="sample with DDIM on this many steps; 0 = ancestral DDPM with all K steps")
+    p.add_argument("--ddim-steps", type=int, default=20,
+                   help="sample with DDIM on this many steps; 0 = ancestral DDPM with all K steps "
+                        "(≈ 1 h for 3m on a CPU)")
     p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the model and of D_syn")
     p.add_argument("--device", default="cpu",
                    help="torch device that trains and samples the model: cpu, cuda, cuda:1 ... "
                         "(random draws stay on the CPU, so a seed gives the same minibatches anywhere)")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_args(p, args):
+    """One-line argparse errors for diffusion flag values that cannot work."""
     check_device(p, args.device)
+    data.require_finite(p, args, ("lam", "lr", "ema_decay"))
     if args.lam < 0:
-        p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up), got {args.lam}")
+        p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
+    if args.lr <= 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
     data.require_at_least_one(p, args, ("steps", "batch_size", "K", "dim", "scale", "sample_batch",
                                         "checkpoint_every"))
+    data.require_seed(p, args, ("seed",))
     if args.dim % 8:
         p.error(f"--dim must be a multiple of 8 (GroupNorm uses 8 groups), got {args.dim}")
     if not 0.0 <= args.ema_decay < 1.0:
         p.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.ddim_steps < 0 or args.ddim_steps > args.K:
         p.error(f"--ddim-steps must be in [0, K={args.K}], got {args.ddim_steps}")
+    if any(m < 1 for m in args.dim_mults):
+        p.error(f"--dim-mults must be positive, got {args.dim_mults}")
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
     return args
 
 
-def fit_and_sample(args, progress=True):
-    """Train (or resume), sample S |D_real| episodes, write them and the report; returns the report."""
-    torch.manual_seed(args.seed)
-    real = data.load_dataset(args.dataset)
+def file_digest(path):
+    """sha256 of a file's bytes (identifies D_real's contents in a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_config(args, layout):
+    """Everything that decides the trained model: a resume must match it field by field."""
+    return {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults), "K": args.K,
+            "lam": args.lam, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+            "ema_decay": args.ema_decay, "dataset": os.path.abspath(args.dataset),
+            "dataset_sha256": file_digest(args.dataset), "layout": dataclasses.asdict(layout)}
+
+
+RESUME_FLAGS = {"dim": "--dim", "dim_mults": "--dim-mults", "K": "--K", "lam": "--lam", "seed": "--seed",
+                "batch_size": "--batch-size", "lr": "--lr", "ema_decay": "--ema-decay",
+                "dataset_sha256": "--dataset (its contents)", "n_features": "--dataset (its layout)"}
+
+
+def check_resume(path, saved, wanted):
+    """Refuse to resume a model trained with another configuration; names the first differing field."""
+    for key, flag in RESUME_FLAGS.items():
+        if saved.get(key) != wanted[key]:
+            raise artifacts.InputError(f"{path} was trained with {flag} {saved.get(key)!r}, not {wanted[key]!r}; "
+                                       f"resume with the same value or choose another --out")
+
+
+def prepare_model(args, real, ckpt_path):
+    """A fresh model seeded with args.seed, or (--resume) the one in ckpt_path after checking it fits."""
     layout = data.layout_of(real)
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "model.pt")
-    if args.resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"{ckpt_path}: nothing to resume; run without --resume first")
-        diffusion, ema, ckpt = load_checkpoint(ckpt_path)
-        config, start = ckpt["config"], ckpt["step"]
-        normalizer = data.Normalizer.from_state_dict(ckpt["normalizer"])
-        if config["dataset"] != os.path.abspath(args.dataset):
-            raise ValueError(f"{ckpt_path} was trained on {config['dataset']}, not {args.dataset}")
-        if config["lam"] != args.lam:
-            raise ValueError(f"{ckpt_path} was trained with --lam {config['lam']}, not {args.lam}; "
-                             "resume with the same λ or start a new --out")
-    else:
-        config = {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults),
-                  "K": args.K, "lam": args.lam, "dataset": os.path.abspath(args.dataset),
-                  "layout": dataclasses.asdict(layout), "seed": args.seed}
+    config = model_config(args, layout)
+    if not args.resume:
+        torch.manual_seed(args.seed)
         diffusion, ema = build(config)
-        normalizer, start = None, 0
-    tau0, valid, normalizer, real_matrix = prepare(real, normalizer)
-    config["horizon"] = int(tau0.shape[-1])
+        return Model(diffusion, ema, torch.optim.Adam(diffusion.parameters(), lr=args.lr), None, config)
+    if not os.path.exists(ckpt_path):
+        raise artifacts.InputError(f"{ckpt_path}: nothing to resume; run without --resume first")
+    model = load_checkpoint(ckpt_path, args.lr)
+    check_resume(ckpt_path, model.config, config)
+    return model
+
+
+def fit(model, args, tau0, valid, q_row, ckpt_path, progress=True):
+    """Algorithm 1, training: Eq. 5 from the model's step up to args.steps (none if it is past them)."""
     device = torch.device(args.device)
-    diffusion, ema, tau0, valid = diffusion.to(device), ema.to(device), tau0.to(device), valid.to(device)
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=args.lr)
-    if args.resume:
-        optimizer.load_state_dict(ckpt["optimizer"])
+    model.diffusion.to(device), model.ema.to(device)
+    for state in model.optimizer.state.values():              # a resumed optimiser follows its model
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                state[key] = value.to(device)
+    start_step, start_active, start = model.step, model.hinge_active_steps, time.time()
 
-    def checkpoint(step):
-        save_checkpoint(ckpt_path, diffusion, ema, optimizer, step, normalizer, config)
+    def checkpoint(step, active):
+        model.step, model.hinge_active_steps = step, start_active + active
+        model.train_seconds += time.time() - checkpoint.last
+        checkpoint.last = time.time()
+        save_checkpoint(ckpt_path, model)
+    checkpoint.last = start
 
-    start_time = time.time()
-    losses = train(diffusion, ema, optimizer, tau0, valid, layout.q_tot, config["lam"], args.steps,
-                   start_step=start, batch_size=args.batch_size, ema_decay=args.ema_decay,
-                   seed=args.seed, on_checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-                   progress=progress)
-    train_seconds = time.time() - start_time
+    losses = {}
+    if model.step < args.steps:
+        losses = train(model.diffusion, model.ema, model.optimizer, tau0.to(device), valid.to(device), q_row,
+                       model.config["lam"], args.steps, start_step=start_step, batch_size=args.batch_size,
+                       ema_decay=args.ema_decay, seed=args.seed, on_checkpoint=checkpoint,
+                       checkpoint_every=args.checkpoint_every, progress=progress)
+    return {"losses": losses, "trained_steps": model.step - start_step, "train_seconds": time.time() - start,
+            "model_steps": model.step, "train_seconds_total": model.train_seconds,
+            "hinge_active_share": model.hinge_active_steps / max(model.step, 1)}
+
+
+def sample_synthetic(model, args, real, real_matrix, progress=True):
+    """Algorithm 1, sampling: S x |D_real| episodes from the EMA model, decoded and written as D_syn."""
+    layout = data.layout_of(real)
     r = layout.reward
-    reward_range = (float(normalizer.lo[r]), float(normalizer.hi[r]))
-    n_syn = args.scale * real.n_episodes
-    start_time = time.time()
-    syn_matrix = sample_matrices(ema, normalizer, n_syn, tau0.shape[1:], args.ddim_steps or None,
-                                 args.sample_batch, seed=args.seed, progress=progress)
-    sample_seconds = time.time() - start_time
-    attrs = {**real.attrs, "synthetic": True, "lam": config["lam"], "diffusion_steps": args.steps,
-             "K": args.K, "ddim_steps": args.ddim_steps, "scale": args.scale,
+    reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
+    start = time.time()
+    syn_matrix = sample_matrices(model.ema, model.normalizer, args.scale * real.n_episodes, real_matrix.shape[1:],
+                                 args.ddim_steps or None, args.sample_batch, seed=args.seed, progress=progress)
+    seconds = time.time() - start
+    attrs = {**real.attrs, "synthetic": True, "lam": model.config["lam"], "diffusion_steps": model.step,
+             "K": model.config["K"], "ddim_steps": args.ddim_steps, "scale": args.scale,
              "source_dataset": os.path.abspath(args.dataset)}
     attrs.pop("win_rate", None)                    # a property of the real episodes only
     syn = data.matrix_to_episodes(syn_matrix, layout, reward_range, attrs)
     syn.attrs.update(data.return_stats(syn))
     data.save_dataset(syn, os.path.join(args.out, "synthetic.h5"))
     report = synthetic_report(real_matrix, syn_matrix, layout, reward_range)
-    report.update(lam=config["lam"], losses=losses, train_seconds=train_seconds,
-                  trained_steps=args.steps - start, sample_seconds=sample_seconds,
-                  sampler=f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{args.K}",
-                  parameters=sum(p.numel() for p in diffusion.parameters()))
-    data.write_json(os.path.join(args.out, "report.json"), report)
+    return {**report, "sample_seconds": seconds,
+            "sampler": f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{model.config['K']}"}
+
+
+def lam_units(lam, normalizer, layout, horizon):
+    """Our λ expressed in the two other readings of Eq. 5 (module docstring)."""
+    q_range = float(normalizer.hi[layout.q_tot] - normalizer.lo[layout.q_tot])
+    return {"sum_over_matrix": lam * layout.n_features * horizon,
+            "q_in_data_units": lam * 2.0 / q_range if q_range > 0 else float("nan")}
+
+
+def fit_and_sample(args, progress=True):
+    """Algorithm 1 on D_real: train the model (Eq. 5), sample D_syn, write it and the report; returns the report."""
+    artifacts.prepare_output_dir(args.out)
+    use_diffusion_threads()
+    real = data.load_dataset(args.dataset)
+    ckpt_path = os.path.join(args.out, "model.pt")
+    model = prepare_model(args, real, ckpt_path)
+    tau0, valid, model.normalizer, real_matrix = prepare(real, model.normalizer)
+    model.config["horizon"] = int(tau0.shape[-1])
+    layout = data.layout_of(real)
+    training = fit(model, args, tau0, valid, layout.q_tot, ckpt_path, progress)
+    report = sample_synthetic(model, args, real, real_matrix, progress)
+    report.update(training, lam=model.config["lam"], lam_units=lam_units(model.config["lam"], model.normalizer,
+                                                                          layout, model.config["horizon"]),
+                  n_features=layout.n_features, horizon=model.config["horizon"],
+                  parameters=sum(p.numel() for p in model.diffusion.parameters()))
+    artifacts.write_json(os.path.join(args.out, "report.json"), report)
     return report
 
 
 def main(argv=None):
     args = parse_args(argv)
-    report = fit_and_sample(args)
+    with artifacts.one_line_errors():
+        report = fit_and_sample(args)
     print(format_report(report))
-    print(f"λ = {report['lam']}, {report['parameters']:,} parameters, "
-          f"{report['trained_steps'] / max(report['train_seconds'], 1e-9):.1f} training steps/s, "
-          f"{report['synthetic']['episodes'] / report['sample_seconds']:.1f} sampled episodes/s "
+    speed = (f"{report['trained_steps'] / report['train_seconds']:.1f} training steps/s"
+             if report["trained_steps"] else f"no training needed (the model had {report['model_steps']} steps)")
+    print(f"λ = {report['lam']}, {report['parameters']:,} parameters, {report['model_steps']} steps in all, "
+          f"{speed}, {report['synthetic']['episodes'] / report['sample_seconds']:.1f} sampled episodes/s "
           f"({report['sampler']}); wrote {args.out}/synthetic.h5 and report.json")
 
 

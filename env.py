@@ -117,12 +117,12 @@ class SmaxEnv:
         self.n_actions = self.smax.num_ally_actions
         self.episode_limit = self.smax.max_steps
         self._key = jax.random.PRNGKey(seed)
-        self._reset_batch = jax.jit(jax.vmap(self._reset_one))
-        self._step_batch = jax.jit(jax.vmap(self._step_one))
+        self._reset_batch = jax.jit(jax.vmap(self.reset_one))
+        self._step_batch = jax.jit(jax.vmap(self.step_one))
         self._state = None
         self._finished = None
 
-    # ---- one environment, pure JAX (vmapped above) -------------------------
+    # ---- one environment, pure JAX (vmapped above; behaviour.py trains on them) ----
     def _stack(self, per_agent):
         """Dict keyed by agent name -> array stacked over allies, (N, ...)."""
         import jax.numpy as jnp
@@ -133,13 +133,17 @@ class SmaxEnv:
         avail = self._stack(self.smax.get_avail_actions(state)).astype(bool)  # (N, A)
         return obs, avail
 
-    def _reset_one(self, key):
+    def reset_one(self, key):
+        """One new episode: key -> (state, obs (N, O), avail (N, A)); pure JAX."""
         _, state = self.smax.reset(key)
         obs, avail = self._obs_avail(state)
         return state, obs, avail
 
-    def _step_one(self, key, state, finished, actions):
-        """One SMAX step; an already finished episode is left untouched."""
+    def step_one(self, key, state, finished, actions):
+        """One SMAX step, pure JAX: -> (state, obs, avail, reward, done, won).
+
+        An already `finished` episode is left untouched (reward 0, done).
+        """
         import jax
         import jax.numpy as jnp
         acts = {a: actions[i] for i, a in enumerate(self.smax.agents)}
@@ -178,6 +182,14 @@ class SmaxEnv:
         self._finished = done
         return (np.array(obs, dtype=np.float32), np.array(avail),
                 np.array(reward, dtype=np.float32), np.array(done), np.array(won))
+
+    def fork(self, seed):
+        """A second batch of the same map with its own seeded episodes, sharing the compiled functions."""
+        import copy
+        import jax
+        other = copy.copy(self)
+        other._key, other._state, other._finished = jax.random.PRNGKey(seed), None, None
+        return other
 
     def close(self):
         self._state = None
@@ -249,6 +261,10 @@ class SmacEnv:
             self._obs[b], self._avail[b] = self._observe(env)
         return (self._obs.copy(), self._avail.copy(), reward,
                 self._finished.copy(), self._won.copy())
+
+    def fork(self, seed):
+        """Another batch of StarCraft II games of the same map, seeded with `seed`."""
+        return SmacEnv(self.scenario, self.n_envs, seed)
 
     def close(self):
         for env in self.envs:

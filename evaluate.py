@@ -1,39 +1,35 @@
-"""Evaluation in the simulator and the paper's behaviour statistics (§4.5, Fig. 1b, Table 1).
+"""The paper's behaviour statistics and the Table 1 sweep (§4.5, Fig. 1b, Fig. 3, Table 1).
 
-* `evaluate_policy` — greedy decentralised rollouts over legal actions, many
-  episodes in parallel through `env.py`: mean ± std return (SMAC scale),
-  normalised return (return / 20) and win rate.
-* `focus_fire_ratio` — Figure 1b: among steps where every living agent
-  attacks, the share where they all attack the same enemy.
+* `focus_fire_ratio` — Figure 1b: among steps where at least two agents are
+  alive and every living agent attacks, the share where they all attack
+  the same enemy.
+* `figure_1b`, `figure_3` — focus fire and a t-SNE of observations, the
+  original data against each D_syn.
+* `table1` — the sweep over maps, qualities, methods, learners and seeds
+  (`train.py` runs, reused when finished, in parallel single-threaded
+  workers), and the table in the paper's format. Where several λ are run,
+  λ is chosen per cell on the held-out evaluation (its own seeded episodes)
+  and the chosen λ's result on the reported evaluation is shown; every λ
+  stays in the CSV.
 
-A policy is any object with `reset(n_envs)` and `__call__(obs, avail) ->
-actions`, e.g. `qmix.GreedyPolicy`.
+Rollouts of a policy in the simulator live beside the policy, in
+`qmix.evaluate_policy`.
 """
+import argparse
+import csv
+import json
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from sklearn.manifold import TSNE
 
+import artifacts
+import data
 import env as envlib
-
-
-def evaluate_policy(policy, env):
-    """Play one batch of `env.n_envs` episodes with `policy`; returns the summary dict.
-
-    Build `env` once (`env.make_env(scenario, backend, n_envs, seed)`) and pass
-    it to every evaluation: compiling SMAX is the slow part, and successive
-    evaluations then see fresh, seeded start states.
-    """
-    obs, avail = env.reset()
-    policy.reset(env.n_envs)
-    returns = np.zeros(env.n_envs)
-    for _ in range(env.episode_limit):
-        obs, avail, reward, done, won = env.step(policy(obs, avail))
-        returns += reward                      # finished episodes return reward 0
-        if done.all():
-            break
-    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
-            "normalised_return": float(returns.mean() / envlib.MAX_RETURN),
-            "win_rate": float(won.mean())}
+import train
 
 
 def living_agents(avail, first_attack_action=5):
@@ -46,12 +42,14 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
     """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
 
     actions (E, T, N), avail (E, T, N, A), valid (E, T). An agent is living
-    when it may move (dead agents may only stop; SMAX and SMAC alike). Returns
-    (ratio, number of all-attack steps); the ratio is NaN when there are none.
+    when it may move (dead agents may only stop; SMAX and SMAC alike). An
+    all-attack step has at least two living agents (a lone survivor cannot
+    focus fire with anyone), all of them attacking. Returns (ratio, number
+    of all-attack steps); the ratio is NaN when there are none.
     """
     living = living_agents(avail, first_attack_action)                              # (E, T, N)
     attacking = actions >= first_attack_action                                       # (E, T, N)
-    all_attack = valid & living.any(-1) & np.all(attacking | ~living, axis=-1)       # (E, T)
+    all_attack = valid & (living.sum(-1) >= 2) & np.all(attacking | ~living, axis=-1)   # (E, T)
     target = np.where(living, actions, -1)
     first = np.take_along_axis(target, np.argmax(living, axis=-1)[..., None], axis=-1)
     same = np.all((target == first) | ~living, axis=-1)
@@ -65,24 +63,18 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
 def dataset_focus_fire(episodes, first_attack_action=5):
     """Figure 1b's ratio for a dataset (Episodes)."""
     T = episodes.rewards.shape[1]
-    valid = np.arange(T)[None, :] < episodes.lengths[:, None]
+    valid = data.valid_steps(episodes.lengths, T)
     return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action)
 
 
 def living_observations(episodes, n, seed):
     """Up to n observation vectors of living agents on valid steps, (n, O)."""
     T = episodes.rewards.shape[1]
-    valid = np.arange(T)[None, :] < episodes.lengths[:, None]                  # (E, T)
+    valid = data.valid_steps(episodes.lengths, T)                              # (E, T)
     living = living_agents(episodes.avail[:, :T]) & valid[..., None]             # (E, T, N)
     obs = episodes.obs[:, :T][living]                                          # (M, O)
     keep = np.random.default_rng(seed).permutation(len(obs))[:n]
     return obs[keep]
-
-
-def save_figure(fig, path):
-    import data
-    with data.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
 
 
 def synthetic_label(episodes):
@@ -101,9 +93,7 @@ def figure_labels(syns):
 
 def figure_1b(real, syns, path):
     """Bar chart of the focus-fire ratio, original vs each D_syn; returns the ratios (original first)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
     ratios = [dataset_focus_fire(ep)[0] for ep in [real] + list(syns)]
     labels = figure_labels(syns)
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 3))
@@ -111,17 +101,13 @@ def figure_1b(real, syns, path):
     ax.set(ylabel="focus-fire share of all-attack steps", ylim=(0, 1),
            title=f"Fig. 1b, {real.attrs['scenario']}-{real.attrs['quality']}")
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    artifacts.save_figure(fig, path)
     return ratios
 
 
 def figure_3(real, syns, path, n=1500, seed=0):
     """t-SNE of living agents' observations, original vs each D_syn (scikit-learn)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
+    plt = artifacts.pyplot()
     sets = [living_observations(ep, n, seed) for ep in [real] + list(syns)]
     xy = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(np.concatenate(sets))
     bounds = np.cumsum([0] + [len(x) for x in sets])
@@ -133,8 +119,7 @@ def figure_3(real, syns, path, n=1500, seed=0):
            xticks=[], yticks=[])
     ax.legend(markerscale=4)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    artifacts.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -143,67 +128,90 @@ def figure_3(real, syns, path, n=1500, seed=0):
 METHODS = ("original", "RAD-s", "RAD-m", "EAQ^-Q", "EAQ")
 
 
-def cell_stats(values):
-    return float(np.mean(values)), float(np.std(values))
+def table1_cells(rows):
+    """Per-run rows -> {(scenario, quality, algo, method): cell dict}, choosing λ for EAQ on held-out returns.
+
+    rows: dicts with scenario, quality, algo, method, lam, seed, return_mean
+    (the run's reported final evaluation) and heldout_return (its held-out
+    evaluation). A cell holds the mean and std over seeds of the reported
+    returns; for EAQ, of the λ whose mean held-out return is highest (ties:
+    the smaller λ), with that λ, its held-out mean and every λ's held-out mean.
+    """
+    groups = {}
+    for r in rows:
+        key = (r["scenario"], r["quality"], r["algo"], r["method"])
+        groups.setdefault(key, {}).setdefault(float(r["lam"]), []).append(r)
+    cells = {}
+    for key, by_lam in groups.items():
+        heldout = {lam: float(np.mean([r["heldout_return"] for r in runs])) for lam, runs in by_lam.items()}
+        lam = max(sorted(heldout), key=lambda x: heldout[x])
+        reported = [float(r["return_mean"]) for r in by_lam[lam]]
+        cells[key] = {"mean": float(np.mean(reported)), "std": float(np.std(reported)), "seeds": len(reported),
+                      "lam": lam, "heldout": heldout[lam], "heldout_by_lam": heldout}
+    return cells
 
 
 def table1_markdown(rows, algos=("cql", "bcq")):
-    """Table 1 in the paper's format from per-run rows.
+    """Table 1 in the paper's format from per-run rows (see `table1_cells`).
 
-    rows: dicts with scenario, quality, algo, method (one of METHODS), lam,
-    seed and return_mean (the run's final evaluation return). Each cell is
-    mean ± std over seeds; for EAQ the λ with the best mean is shown (and
-    named). Best cell per row and learner in bold; AVG-<quality> rows average
-    the cell means over scenarios; the last lines give EAQ's improvement
-    over original in normalised return (/20), per quality, averaged over
-    the learners.
+    Each cell is mean ± std over seeds of the reported evaluation; the EAQ
+    cell names its λ, chosen on the held-out evaluation. Best cell per row
+    and learner in bold; AVG-<quality> rows average the cell means over
+    scenarios; then EAQ's improvement over original in points of normalised
+    return (return / MAX_RETURN), per quality, averaged over the learners;
+    then, per EAQ cell, the λ selection (held-out mean of every λ).
     """
-    cells = {}
-    for r in rows:
-        key = (r["scenario"], r["quality"], r["algo"], r["method"], float(r["lam"]))
-        cells.setdefault(key, []).append(float(r["return_mean"]))
-    table, lams = {}, {}
-    for (scenario, quality, algo, method, lam), values in cells.items():
-        key = (scenario, quality, algo, method)
-        mean, std = cell_stats(values)
-        if key not in table or mean > table[key][0]:
-            table[key], lams[key] = (mean, std), lam
-    pairs = sorted({(s, q) for s, q, _, _ in table}, key=lambda p: (p[1] != "medium", p[0]))
+    cells = table1_cells(rows)
+    pairs = sorted({(s, q) for s, q, _, _ in cells}, key=lambda p: (p[1] != "medium", p[0]))
     header = "| scenario | " + " | ".join(f"{a.upper()} {m}" for a in algos for m in METHODS) + " |"
     lines = [header, "|---|" + "---|" * (len(algos) * len(METHODS))]
 
-    def row(label, values_by_algo):
+    def row(label, values):
+        """values: {(algo, method): (mean, std or None, suffix)}; missing cells print as —."""
         out = []
         for algo in algos:
-            present = [v for v in values_by_algo[algo] if v is not None]
-            best = max(v[0] for v in present) if present else None
-            for v in values_by_algo[algo]:
-                if v is None:
+            present = [values[(algo, m)][0] for m in METHODS if (algo, m) in values]
+            for method in METHODS:
+                if (algo, method) not in values:
                     out.append("—")
                     continue
-                text = f"{v[0]:.2f} ± {v[1]:.2f}" if v[1] is not None else f"{v[0]:.2f}"
-                text += v[2]
-                out.append(f"**{text}**" if v[0] == best else text)
+                mean, std, suffix = values[(algo, method)]
+                text = (f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}") + suffix
+                out.append(f"**{text}**" if mean == max(present) else text)
         return f"| {label} | " + " | ".join(out) + " |"
 
     for scenario, quality in pairs:
-        values = {algo: [(*table[k], f" (λ={lams[k]:g})" if m == "EAQ" else "") if k in table else None
-                         for m in METHODS for k in [(scenario, quality, algo, m)]] for algo in algos}
+        values = {}
+        for algo in algos:
+            for method in METHODS:
+                cell = cells.get((scenario, quality, algo, method))
+                if cell:
+                    suffix = f" (λ={cell['lam']:g})" if method == "EAQ" else ""
+                    values[(algo, method)] = (cell["mean"], cell["std"], suffix)
         lines.append(row(f"{scenario}-{quality}", values))
-    improvements = []
+    improvements, selections = [], []
     for quality in ("medium", "poor"):
-        scen = [s for s, q in pairs if q == quality]
-        if not scen:
+        scenarios = [s for s, q in pairs if q == quality]
+        if not scenarios:
             continue
-        avg = {algo: [(float(np.mean([table[(s, quality, algo, m)][0] for s in scen])), None, "")
-                      if all((s, quality, algo, m) in table for s in scen) else None for m in METHODS]
-               for algo in algos}
-        lines.append(row(f"AVG-{quality}", avg))
-        gains = [(avg[a][4][0] - avg[a][0][0]) / 20 for a in algos if avg[a][0] and avg[a][4]]
+        averages = {}
+        for algo in algos:
+            for method in METHODS:
+                keys = [(s, quality, algo, method) for s in scenarios]
+                if all(k in cells for k in keys):
+                    averages[(algo, method)] = (float(np.mean([cells[k]["mean"] for k in keys])), None, "")
+        lines.append(row(f"AVG-{quality}", averages))
+        gains = [(averages[(a, "EAQ")][0] - averages[(a, "original")][0]) / envlib.MAX_RETURN
+                 for a in algos if (a, "EAQ") in averages and (a, "original") in averages]
         if gains:
-            improvements.append(f"EAQ over original, {quality}: {100 * np.mean(gains):+.1f} % "
-                                f"normalised return (mean over {', '.join(a.upper() for a in algos)})")
-    return "\n".join(lines + [""] + improvements) + "\n"
+            improvements.append(f"EAQ over original, {quality}: {100 * np.mean(gains):+.1f} points of normalised "
+                                f"return (mean over {', '.join(a.upper() for a in algos)})")
+    for (scenario, quality, algo, method), cell in sorted(cells.items()):
+        if method == "EAQ" and algo in algos:
+            tried = ", ".join(f"λ={lam:g}: {h:.2f}" for lam, h in sorted(cell["heldout_by_lam"].items()))
+            selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} (held-out returns "
+                              f"{tried}; reported {cell['mean']:.2f})")
+    return "\n".join(lines + [""] + improvements + [""] * bool(selections) + selections) + "\n"
 
 
 METHOD_FLAGS = {"original": ["--aug", "none"], "RAD-s": ["--aug", "rad-s"], "RAD-m": ["--aug", "rad-m"],
@@ -227,7 +235,6 @@ def table1_runs(scenarios, qualities, algos, seeds, lams, methods=METHODS):
 def sharing_groups(runs):
     """Runs that share a diffusion model (train.eaq_dir) in one group, to run one after another in
     one worker; every other run alone. Largest groups first, so the workers finish together."""
-    import train
     groups = {}
     for method, flags in runs:
         targs = train.parse_args(flags)
@@ -245,9 +252,6 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININ
 
 def run_group_in_subprocess(group, log_dir):
     """`python train.py FLAGS` for each run of one group, single-threaded, logged to log_dir."""
-    import subprocess
-    import sys
-    import train
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     for _, flags in group:
         log = os.path.join(log_dir, os.path.basename(train.result_dir(train.parse_args(flags))) + ".log")
@@ -260,13 +264,11 @@ def run_group_in_subprocess(group, log_dir):
 
 def finished(flags):
     """Whether the train.py run with these flags has written its results.json."""
-    import train
     return os.path.exists(os.path.join(train.result_dir(train.parse_args(flags)), "results.json"))
 
 
 def run_sweep(runs, jobs, out):
     """Every run that has no results.json yet: in this process (jobs=1) or `jobs` single-threaded workers."""
-    import train
     todo = [(m, f) for m, f in runs if not finished(f)]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
     if jobs == 1:
@@ -274,7 +276,6 @@ def run_sweep(runs, jobs, out):
             print(f"[{i + 1}/{len(todo)}] {method}: {' '.join(flags)}", flush=True)
             train.run(train.parse_args(flags))
         return
-    from concurrent.futures import ThreadPoolExecutor
     log_dir = os.path.join(out, "logs")
     os.makedirs(log_dir, exist_ok=True)
     with ThreadPoolExecutor(jobs) as pool:
@@ -283,28 +284,24 @@ def run_sweep(runs, jobs, out):
 
 
 def table1_rows(runs):
-    """One row per finished run: its cell, seed, final evaluation and folder."""
-    import json
-    import train
+    """One row per finished run: its cell, seed, reported and held-out evaluations and folder."""
     rows = []
     for method, flags in runs:
         targs = train.parse_args(flags)
         run_dir = train.result_dir(targs)
         with open(os.path.join(run_dir, "results.json")) as f:
-            final = json.load(f)["final"]
+            results = json.load(f)
+        final = results["final"]
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
-                     "run_dir": run_dir})
+                     "heldout_return": results["heldout"]["return_mean"], "run_dir": run_dir})
     return rows
 
 
 def cell_curves(rows, path):
     """Learning curves per Table 1 cell of one map and quality: mean ± std over seeds, a panel per learner."""
-    import csv
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
     algos = sorted({r["algo"] for r in rows})
     fig, axes = plt.subplots(1, len(algos), figsize=(5 * len(algos), 3.5), squeeze=False, sharey=True)
     for ax, algo in zip(axes[0], algos):
@@ -326,37 +323,29 @@ def cell_curves(rows, path):
                xlabel="iteration", ylabel="evaluation return")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    artifacts.save_figure(fig, path)
 
 
 def run_table1(args, train_flags):
     """Run (or reuse) every cell of the sweep, then write table1.csv, table1.md and curves-<map>-<quality>.png."""
-    import csv
-    import data
-    import train
     runs = [(m, f + ["--iters", str(args.iters), "--out", args.out] + train_flags)
             for m, f in table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams, args.methods)]
     parsed = [train.parse_args(flags) for _, flags in runs]   # every bad flag fails before any work
-    if not args.table_only:                                   # datasets before any worker starts
-        for targs in {(a.scenario, a.quality): a for a in parsed}.values():
-            data.ensure_dataset(targs.scenario, targs.quality, targs.fraction, targs.data_seed,
-                                root=os.path.join(args.out, "datasets"))
     if args.table_only:
         runs = [(m, f) for m, f in runs if finished(f)]
         if not runs:
             raise SystemExit(f"no finished run of this sweep under {args.out}/results; run it without --table-only")
     else:
+        for targs in {(a.scenario, a.quality): a for a in parsed}.values():   # datasets before any worker
+            data.ensure_dataset(targs.scenario, targs.quality, targs.fraction, targs.data_seed,
+                                root=os.path.join(args.out, "datasets"), behaviour=targs.behaviour)
         run_sweep(runs, args.jobs, args.out)
     rows = table1_rows(runs)
     table_dir = os.path.join(args.out, "table1")
     os.makedirs(table_dir, exist_ok=True)
-    with data.atomic_path(os.path.join(table_dir, "table1.csv")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
+    artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
     markdown = table1_markdown(rows, tuple(args.algos))
-    with data.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
+    with artifacts.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
     for scenario in args.scenarios:
         for quality in args.qualities:
@@ -369,7 +358,6 @@ def run_table1(args, train_flags):
 
 def run_figures(args):
     """Figures 1b and 3 for one real dataset and the synthetic datasets made from it."""
-    import data
     real, syns = data.load_dataset(args.real), [data.load_dataset(p) for p in args.syn]
     os.makedirs(args.out, exist_ok=True)
     ratios = figure_1b(real, syns, os.path.join(args.out, "fig1b.png"))
@@ -379,7 +367,6 @@ def run_figures(args):
 
 
 def main(argv=None):
-    import argparse
     p = argparse.ArgumentParser(description="Table 1 sweep and the paper's figures (§4.5).")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("table1", help="the Table 1 sweep (resumable: finished runs are reused); "
@@ -390,7 +377,7 @@ def main(argv=None):
     t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Table 1 columns to run")
     t.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (paper: 5)")
     t.add_argument("--lams", nargs="+", type=float, default=[0.5, 0.1, 0.01],
-                   help="λ values for EAQ; the table shows the best mean per cell (as the paper tuned)")
+                   help="λ values for EAQ; each cell shows the λ with the best held-out evaluation")
     t.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
     t.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each single-threaded in its own process (2 on a 2-core machine)")
@@ -407,11 +394,13 @@ def main(argv=None):
     if args.command == "figures":
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
-        run_figures(args)
+        with artifacts.one_line_errors():
+            run_figures(args)
         return
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
-    run_table1(args, rest)
+    with artifacts.one_line_errors():
+        run_table1(args, rest)
 
 
 if __name__ == "__main__":

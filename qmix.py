@@ -3,32 +3,58 @@
 Both offline learners of the paper (`cql.py`, `bcq.py`) are QMIX with an
 extra loss, so everything they share lives here once:
 
-* `AgentNetwork` — one network shared by all agents (OG-MARL's QMIX
-  baseline): input = own observation, last action one-hot, agent id one-hot;
-  linear 64 -> ReLU -> GRU 64 -> ReLU -> linear to one Q per action.
+* `AgentNetwork` — one network shared by all agents: input = own
+  observation, last action one-hot (pymarl's QMIX input; `--no-last-action`
+  gives OG-MARL's), agent id one-hot; linear 64 -> ReLU -> GRU 64 -> ReLU ->
+  linear to one Q per action.
 * `QMixer` — Q_tot = mix(Q_1..Q_N; s) with hypernetworks conditioned on the
   state s (embedding 32, hypernetwork 64). The mixing weights pass through
   abs(), so dQ_tot/dQ_n >= 0 (monotonicity). The state is the *joint
   observation* (the agents' observations concatenated), for real and
   synthetic episodes alike, because Eq. 4 has no separate global state.
 * Episode minibatches, unrolling the GRU over (B, T, N), legal-action max,
-  double-Q targets, TD loss over valid steps, hard target updates, and the
-  training loop with periodic evaluation, CSV and learning-curve PNG.
+  double-Q targets, TD loss over valid steps, hard target updates, the
+  training loop, and the greedy decentralised rollouts that evaluate it.
+
+What comes from OG-MARL (the code the paper ran; read in its TF2
+`qmix_cql.py` / `qmix_bcq.py`, 2024) and where we differ, on purpose:
+
+* same: GRU agent 64/64 shared by all agents, QMIX mixer 32/64 with abs()
+  weights, Adam 3e-4, gamma 0.99, double-Q targets (online argmax over legal
+  actions, target-network value), TD loss 0.5 * MSE, hard target update
+  every 200 steps, CQL with 20 sampled legal joint actions and weight 3.0,
+  BCQ threshold 0.4 on BC probabilities renormalised over legal actions.
+* agent input: OG-MARL gives observation + agent id, no last action; we
+  add the last action (pymarl's QMIX input); `--no-last-action` is
+  OG-MARL's.
+* mixer state: OG-MARL's is SMAC's global state; ours the joint
+  observation (Eq. 4 carries no state), for every method alike.
+* minibatches: OG-MARL samples 32 windows of 20 steps from the episode
+  stream (RNN reset at episode starts, no padding); we sample 32 whole
+  episodes and mask the padded steps.
+* gradient clipping: none in OG-MARL's 2024 code (global norm 20 in its 2023
+  code); ours global norm 10 by default, `--grad-clip 0` is OG-MARL's.
+* optimisers: OG-MARL's BCQ steps Q + mixer and the BC network with two
+  Adams; we use one Adam on the sum of the two losses — the same updates,
+  since no parameter receives gradient from both (except through the
+  shared clipping norm).
 
 Shapes: obs (B, T+1, N, O), avail (B, T+1, N, A), actions (B, T, N),
 rewards / dones / valid (B, T); agent Q values (B, T+1, N, A); Q_tot (B, T).
 """
 import copy
-import csv
 import os
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+import artifacts
 import data
+import env as envlib
+import rad
 
 ILLEGAL = -1e9  # Q of an illegal action in a max (finite, so all-illegal padded steps stay finite)
 
@@ -114,13 +140,19 @@ def joint_state(obs):
     return obs.reshape(*obs.shape[:-2], -1)
 
 
-def agent_inputs(obs, actions, n_actions):
-    """Agent inputs (B, T+1, N, O + A + N): observation, last action one-hot, agent id one-hot."""
+def agent_inputs(obs, actions, n_actions, last_action=True):
+    """Agent inputs (B, T+1, N, I): observation, [last action one-hot,] agent id one-hot.
+
+    With last_action=False the input is OG-MARL's (observation and agent id only).
+    """
     B, T1, N, _ = obs.shape
-    last = torch.zeros(B, T1, N, n_actions)
-    last[:, 1:] = F.one_hot(actions, n_actions).float()
-    ids = torch.eye(N).expand(B, T1, N, N)
-    return torch.cat([obs, last, ids], dim=-1)
+    parts = [obs]
+    if last_action:
+        last = torch.zeros(B, T1, N, n_actions)
+        last[:, 1:] = F.one_hot(actions, n_actions).float()
+        parts.append(last)
+    parts.append(torch.eye(N).expand(B, T1, N, N))
+    return torch.cat(parts, dim=-1)
 
 
 def unroll(agent, inputs):
@@ -155,13 +187,20 @@ def td_targets(rewards, dones, q_tot_next, gamma):
 class QMIX(nn.Module):
     """Agent + mixer and their target copies; `td_loss` is the QMIX TD loss with double-Q targets."""
 
-    def __init__(self, n_agents, obs_dim, n_actions, hidden=64, embed=32, hyper=64, gamma=0.99):
+    def __init__(self, n_agents, obs_dim, n_actions, hidden=64, embed=32, hyper=64, gamma=0.99,
+                 last_action=True):
         super().__init__()
         self.n_agents, self.n_actions, self.gamma = n_agents, n_actions, gamma
-        self.agent = AgentNetwork(obs_dim + n_actions + n_agents, n_actions, hidden)
+        self.last_action = last_action
+        input_dim = obs_dim + (n_actions if last_action else 0) + n_agents
+        self.agent = AgentNetwork(input_dim, n_actions, hidden)
         self.mixer = QMixer(n_agents * obs_dim, n_agents, embed, hyper)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+
+    def inputs(self, batch):
+        """This learner's agent inputs for a minibatch, (B, T+1, N, I)."""
+        return agent_inputs(batch["obs"], batch["actions"], self.n_actions, self.last_action)
 
     def update_targets(self):
         """Hard target update: copy the online networks."""
@@ -170,7 +209,7 @@ class QMIX(nn.Module):
 
     def q_values(self, batch):
         """Online and target agent Q values, each (B, T+1, N, A)."""
-        inputs = agent_inputs(batch["obs"], batch["actions"], self.n_actions)
+        inputs = self.inputs(batch)
         with torch.no_grad():
             q_target = unroll(self.target_agent, inputs)
         return unroll(self.agent, inputs), q_target
@@ -193,6 +232,9 @@ class QMIX(nn.Module):
         return 0.5 * masked_mean((q_tot - y) ** 2, batch["valid"]), q_tot
 
 
+# ---------------------------------------------------------------------------
+# Decentralised execution and evaluation in the simulator (§4.5)
+# ---------------------------------------------------------------------------
 class GreedyPolicy:
     """Decentralised greedy execution: each agent's argmax over its allowed (legal) actions.
 
@@ -212,22 +254,71 @@ class GreedyPolicy:
         return avail
 
     def step_inputs(self, obs):
-        """This step's agent inputs (B*N, O + A + N): observation, last action one-hot, agent id."""
+        """This step's agent inputs (B*N, I): observation, [last action one-hot,] agent id."""
         B, N, _ = obs.shape
-        last = torch.zeros(B, N, self.qmix.n_actions)
-        if not self.first:
-            last = F.one_hot(self.last, self.qmix.n_actions).float()
-        return torch.cat([obs, last, torch.eye(N).expand(B, N, N)], dim=-1).reshape(B * N, -1)
+        parts = [obs]
+        if self.qmix.last_action:
+            last = torch.zeros(B, N, self.qmix.n_actions)
+            if not self.first:
+                last = F.one_hot(self.last, self.qmix.n_actions).float()
+            parts.append(last)
+        parts.append(torch.eye(N).expand(B, N, N))
+        return torch.cat(parts, dim=-1).reshape(B * N, -1)
+
+    def q_values(self, obs):
+        """Agent Q values (B, N, A) for this step's observations; advances the GRU state."""
+        B, N, _ = obs.shape
+        q, self.h = self.qmix.agent(self.step_inputs(obs), self.h)
+        return q.view(B, N, -1)
 
     @torch.no_grad()
     def __call__(self, obs, avail):
         """obs (B, N, O), avail (B, N, A) numpy -> actions (B, N) numpy."""
         obs, avail = torch.as_tensor(obs), torch.as_tensor(avail)
-        B, N, _ = obs.shape
-        q, self.h = self.qmix.agent(self.step_inputs(obs), self.h)
-        action = legal_argmax(q.view(B, N, -1), self.allowed(obs, avail))
+        action = legal_argmax(self.q_values(obs), self.allowed(obs, avail))
         self.last, self.first = action, False
         return action.numpy()
+
+
+def evaluate_policy(policy, env):
+    """Play one batch of `env.n_envs` episodes with `policy`; returns the summary dict.
+
+    A policy is any object with `reset(n_envs)` and `__call__(obs, avail) ->
+    actions`. Build `env` once (`env.make_env(scenario, backend, n_envs,
+    seed)`) and pass it to every evaluation: compiling SMAX is the slow part,
+    and successive evaluations then see fresh, seeded start states.
+    """
+    obs, avail = env.reset()
+    policy.reset(env.n_envs)
+    returns = np.zeros(env.n_envs)
+    for _ in range(env.episode_limit):
+        obs, avail, reward, done, won = env.step(policy(obs, avail))
+        returns += reward                      # finished episodes return reward 0
+        if done.all():
+            break
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "normalised_return": float(returns.mean() / envlib.MAX_RETURN),
+            "win_rate": float(won.mean())}
+
+
+# Evaluation episodes come from their own seeded streams, apart from training:
+# the reported one (every --eval-every iterations and at the end) and a
+# held-out one, played once at the end, on which λ is chosen (Table 1).
+EVAL_SEED_OFFSET = {"reported": 10_000, "heldout": 20_000}
+
+
+def make_eval_envs(scenario, backend, n_episodes, seed):
+    """The simulator batches of a run's two evaluation streams, {'reported': env, 'heldout': env}."""
+    reported = envlib.make_env(scenario, backend, n_envs=n_episodes, seed=seed + EVAL_SEED_OFFSET["reported"])
+    return {"reported": reported, "heldout": reported.fork(seed + EVAL_SEED_OFFSET["heldout"])}
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def use_learner_threads():
+    """The learner's torch thread count: artifacts.torch_threads() (1 unless EAQ_TORCH_THREADS says otherwise)."""
+    torch.set_num_threads(artifacts.torch_threads())
 
 
 def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval_every=1000,
@@ -237,12 +328,13 @@ def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval
     `learner` has `.qmix`, `.parameters()` and `.loss(batch) -> (loss, logs)`.
     Every `target_every` iterations the target networks are copied; every
     `eval_every` iterations (and at the end) `evaluate()` adds its numbers.
+    Minibatches come from a generator seeded with `seed`; everything else
+    random (initialisation, CQL samples, RAD) is seeded by the caller.
+    `grad_clip` <= 0 turns gradient clipping off.
     """
-    from tqdm import tqdm
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
-    rows, start = [], time.time()
+    rows = []
     bar = tqdm(range(1, iters + 1), desc=type(learner).__name__, disable=not progress)
     for it in bar:
         loss, logs = learner.loss(buffer.sample(batch_size, generator))
@@ -251,12 +343,13 @@ def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval
                                      "lower --lr or check the dataset")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
         optimizer.step()
         if it % target_every == 0:
             learner.qmix.update_targets()
         if evaluate and (it % eval_every == 0 or it == iters):
-            row = {"iteration": it, "seconds": time.time() - start, **logs, **evaluate()}
+            row = {"iteration": it, **logs, **evaluate()}
             rows.append(row)
             bar.set_postfix(ret=f"{row.get('return_mean', float('nan')):.2f}")
     return rows
@@ -264,13 +357,8 @@ def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval
 
 def write_metrics(rows, csv_path, png_path, title):
     """Metrics CSV and a learning-curve PNG (return vs iteration), both written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with data.atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
+    plt = artifacts.pyplot()
+    artifacts.write_csv(csv_path, rows)
     its = [r["iteration"] for r in rows]
     mean = np.array([r["return_mean"] for r in rows])
     std = np.array([r["return_std"] for r in rows])
@@ -279,40 +367,54 @@ def write_metrics(rows, csv_path, png_path, title):
     ax.fill_between(its, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel="iteration", ylabel="return (SMAC scale)", title=title)
     fig.tight_layout()
-    with data.atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    artifacts.save_figure(fig, png_path, dpi=100)
 
 
 # ---------------------------------------------------------------------------
-# The learners' shared command line (cql.py and bcq.py)
+# The learners' shared command line (cql.py, bcq.py and train.py)
 # ---------------------------------------------------------------------------
-def learner_parser(description):
-    """Flags both learners take; defaults are the paper's (15 000 iterations) and OG-MARL's QMIX."""
-    import argparse
-    import rad
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--dataset", action="append", required=True,
-                   help="HDF5 dataset; repeat to train on their union (e.g. D_real and D_syn)")
+def add_learner_flags(p):
+    """Flags every learner run takes; defaults are the paper's (15 000 iterations) and OG-MARL's QMIX."""
     p.add_argument("--iters", type=int, default=15000, help="training iterations (paper: 15 000)")
     p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch (OG-MARL: 32)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (OG-MARL: 3e-4)")
     p.add_argument("--gamma", type=float, default=0.99, help="discount (OG-MARL: 0.99)")
     p.add_argument("--target-every", type=int, default=200, help="hard target update period (OG-MARL: 200)")
-    p.add_argument("--aug", default="none", choices=rad.AUGMENTATIONS,
-                   help="observation augmentation of every minibatch (paper §4.2: RAD-s, RAD-m)")
+    p.add_argument("--grad-clip", type=float, default=10.0,
+                   help="global gradient-norm clip; 0 = none (OG-MARL's 2024 code; its 2023 code: 20)")
+    p.add_argument("--no-last-action", dest="last_action", action="store_false",
+                   help="agent input without the last action (OG-MARL's input: observation + agent id)")
     p.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations")
     p.add_argument("--eval-episodes", type=int, default=32, help="episodes per evaluation, played in parallel")
-    p.add_argument("--backend", default="smax", choices=("smax", "smac"), help="simulator for evaluation")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--backend", default="smax", choices=envlib.BACKENDS, help="simulator for evaluation")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the run: initialisation, minibatches, sampled actions, evaluation episodes")
+
+
+def learner_parser(description):
+    """cql.py / bcq.py's command line: datasets, the learner flags, RAD and the output folder."""
+    import argparse
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--dataset", action="append", required=True,
+                   help="HDF5 dataset; repeat to train on their union (e.g. D_real and D_syn)")
+    add_learner_flags(p)
+    p.add_argument("--aug", default="none", choices=rad.AUGMENTATIONS,
+                   help="observation augmentation of every minibatch (paper §4.2: RAD-s, RAD-m)")
     p.add_argument("--out", default=None, help="folder for metrics.csv and curve.png (default: runs/<learner>)")
     return p
 
 
 def check_learner_args(parser, args):
+    """One-line argparse errors for learner flag values that cannot work."""
     data.require_at_least_one(parser, args, ("iters", "batch_size", "target_every", "eval_every", "eval_episodes"))
+    data.require_seed(parser, args, ("seed",))
+    data.require_finite(parser, args, ("lr", "gamma", "grad_clip"))
+    if args.lr <= 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     if not 0.0 <= args.gamma <= 1.0:
         parser.error(f"--gamma must be in [0, 1], got {args.gamma}")
+    if args.grad_clip < 0:
+        parser.error(f"--grad-clip must be >= 0 (0 = no clipping), got {args.grad_clip}")
 
 
 def load_datasets(paths):
@@ -322,32 +424,53 @@ def load_datasets(paths):
     for path, ep in zip(paths[1:], episodes[1:]):
         for key in ("scenario", "n_agents", "obs_dim", "n_actions"):
             if ep.attrs[key] != first[key]:
-                raise ValueError(f"{path}: {key} {ep.attrs[key]!r} differs from {paths[0]}'s {first[key]!r}")
+                raise artifacts.InputError(f"{path}: {key} {ep.attrs[key]!r} differs from "
+                                           f"{paths[0]}'s {first[key]!r}")
     return episodes
 
 
-def run_learner(learner_cls, args, extra):
-    """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG; returns the last row."""
-    import env as envlib
-    import evaluate
-    episodes = load_datasets(args.dataset)
+def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, progress=True):
+    """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG into `out`.
+
+    `args` holds the learner flags (`add_learner_flags`). The run is a
+    function of args.seed: the networks are initialised right after
+    torch.manual_seed(seed), minibatches and the learners' own draws come
+    from generators seeded from it, and both evaluation streams from their
+    own seeded simulators. Returns a dict: the last metrics row ('final'),
+    the held-out evaluation, the number of training episodes.
+    """
+    artifacts.prepare_output_dir(out)
+    use_learner_threads()
+    episodes = load_datasets(dataset_paths)
     a = episodes[0].attrs
-    learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=args.aug,
-                          seed=args.seed, **extra)
+    torch.manual_seed(args.seed)
+    learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
+                          seed=args.seed, last_action=args.last_action, **(extra or {}))
     buffer = EpisodeBuffer(episodes)
-    eval_env = envlib.make_env(a["scenario"], args.backend, n_envs=args.eval_episodes,
-                               seed=args.seed + 10_000)
-    if (eval_env.obs_dim, eval_env.n_actions) != (a["obs_dim"], a["n_actions"]):
-        raise ValueError(f"{args.dataset[0]}: obs_dim/n_actions {a['obs_dim']}/{a['n_actions']} do not "
-                         f"match the {args.backend} simulator's {eval_env.obs_dim}/{eval_env.n_actions}")
+    envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
+    env = envs["reported"]
+    if (env.obs_dim, env.n_actions) != (a["obs_dim"], a["n_actions"]):
+        raise artifacts.InputError(f"{dataset_paths[0]}: obs_dim/n_actions {a['obs_dim']}/{a['n_actions']} do "
+                                   f"not match the {args.backend} simulator's {env.obs_dim}/{env.n_actions}")
 
     def evaluate_now():
-        return evaluate.evaluate_policy(learner.policy(), eval_env)
+        return evaluate_policy(learner.policy(), env)
 
     rows = train_loop(learner, buffer, args.iters, args.batch_size, args.lr, args.seed, evaluate_now,
-                      args.eval_every, args.target_every)
-    out = args.out or os.path.join("runs", type(learner).__name__.lower())
-    os.makedirs(out, exist_ok=True)
-    title = f"{type(learner).__name__} {a['scenario']} aug={args.aug} seed={args.seed}"
+                      args.eval_every, args.target_every, args.grad_clip, progress)
+    heldout = evaluate_policy(learner.policy(), envs["heldout"])
+    title = f"{type(learner).__name__} {a['scenario']} aug={aug} seed={args.seed}"
     write_metrics(rows, os.path.join(out, "metrics.csv"), os.path.join(out, "curve.png"), title)
-    return rows[-1], out
+    return {"final": rows[-1], "heldout": heldout, "training_episodes": int(buffer.n_episodes)}
+
+
+def run_and_report(learner_cls, args, extra):
+    """cql.py / bcq.py after their flags are checked: train, evaluate, print one summary line."""
+    out = args.out or os.path.join("runs", learner_cls.__name__.lower())
+    with artifacts.one_line_errors():
+        result = run_learner(learner_cls, args.dataset, args, out, args.aug, extra)
+    last, heldout = result["final"], result["heldout"]
+    print(f"{learner_cls.__name__} after {last['iteration']} iterations: return {last['return_mean']:.2f} ± "
+          f"{last['return_std']:.2f}, normalised {last['normalised_return']:.3f}, win rate "
+          f"{last['win_rate']:.2f} (held-out episodes: {heldout['return_mean']:.2f}); "
+          f"wrote {out}/metrics.csv and curve.png")

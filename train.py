@@ -3,28 +3,35 @@
     python train.py --scenario 3m --quality poor --lam 0.1
 
 1. D_real: the paper's "original" dataset, 3 % of OG-MARL's episode count
-   for the map and quality, generated with the calibrated behaviour policy
-   (`data.py`) on first use and cached under runs/datasets/.
+   for the map and quality, played by the shipped trained behaviour
+   policies (`behaviour.py`, `data.py`) on first use and cached under
+   runs/datasets/.
 2. Augmentation (`--aug`): `eaq` trains the diffusion model on D_real
    (Eq. 5 with `--lam`; `--lam 0` is EAQ^{-Q}) and samples D_syn with
    S = `--scale` times as many episodes (`diffusion.py`), cached under
    runs/eaq/; `rad-s` / `rad-m` scale the learner's observations (`rad.py`);
    `none` is the original dataset alone.
 3. The offline learner (`--algo cql|bcq`) trains for `--iters` iterations
-   on D_real (∪ D_syn), evaluating in the simulator every `--eval-every`.
+   on D_real (∪ D_syn), evaluating in the simulator every `--eval-every`
+   (the reported evaluation), and once more at the end on held-out
+   evaluation episodes (another seeded stream, used only to choose λ).
 4. A summary (dataset return, augmentation report, final return ± std,
    normalised return, win rate, wall time per stage) is printed and saved as
    runs/results/<configuration>/results.json beside metrics.csv and curve.png.
 
-Every stage is cached by its configuration, so a rerun with another
-`--algo` reuses the dataset and the diffusion model, and an identical rerun
-only prints the stored results.
+Every stage is cached under a name that is readable and ends in a short
+hash of its whole configuration (every flag that changes its result), so a
+rerun with another `--algo` reuses the dataset and the diffusion model, an
+identical rerun only prints the stored results, and a run that differs in
+any such flag runs anew. The whole run is a function of its seeds.
 """
 import argparse
+import hashlib
 import json
 import os
 import time
 
+import artifacts
 import bcq
 import cql
 import data
@@ -33,53 +40,71 @@ import env as envlib
 import qmix
 import rad
 
-ALGOS = {"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}
+ALGOS = {"cql": cql, "bcq": bcq}
+LEARNERS = {"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}
 AUGS = ("none", "rad-s", "rad-m", "eaq")
+ALGO_FLAGS = {"cql": ("alpha", "cql_samples"), "bcq": ("tau", "bcq_execution")}
+LEARNER_FLAGS = ("iters", "batch_size", "lr", "gamma", "target_every", "grad_clip", "last_action",
+                 "eval_every", "eval_episodes", "backend", "seed")
 
 
-def parse_args(argv=None):
+def build_parser():
+    d = diffusion.build_parser()
     p = argparse.ArgumentParser(description="EAQ: augment an offline SMAX dataset with the diffusion "
                                             "model and train an offline MARL learner on it (Alg. 1, §4).")
     p.add_argument("--scenario", default="3m", help="map (paper: 3m, 5m_vs_6m, 8m, 2s3z, 3s5z_vs_3s6z)")
     p.add_argument("--quality", default="poor", choices=data.QUALITIES, help="behaviour policy quality")
     p.add_argument("--algo", default="cql", choices=sorted(ALGOS), help="offline learner (§4.1)")
     p.add_argument("--aug", default="eaq", choices=AUGS, help="augmentation (§4.2); eaq with --lam 0 is EAQ^{-Q}")
-    p.add_argument("--lam", type=float, default=0.1, help="λ of Eq. 5 (paper tunes among 0.5, 0.1, 0.01)")
-    p.add_argument("--scale", type=int, default=5, help="upsampling scale S: |D_syn| = S |D_real| (paper: 5)")
     p.add_argument("--fraction", type=float, default=0.03,
                    help="D_real as a share of OG-MARL's episode count (paper: 3 %%)")
-    p.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the learner (and of the diffusion model, "
-                                                       "unless --diffusion-seed is given)")
+    p.add_argument("--behaviour", default="policies", choices=data.BEHAVIOURS,
+                   help="who made D_real: the shipped trained policies (OG-MARL's procedure) or the heuristic "
+                        "ε-mixture (ablation)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (shared by all runs)")
-    p.add_argument("--backend", default="smax", choices=envlib.BACKENDS, help="simulator for evaluation")
     p.add_argument("--out", default="runs", help="root folder of every cached stage")
-    g = p.add_argument_group("diffusion model (diffusion.py)")
-    g.add_argument("--diffusion-steps", type=int, default=3000, help="training steps (paper: silent)")
-    g.add_argument("--ddim-steps", type=int, default=20,
+    g = p.add_argument_group("diffusion model (diffusion.py; defaults are diffusion.py's)")
+    g.add_argument("--lam", type=float, default=d.get_default("lam"),
+                   help="λ of Eq. 5, our units (paper tunes among 0.5, 0.1, 0.01; diffusion.py explains units)")
+    g.add_argument("--scale", type=int, default=d.get_default("scale"),
+                   help="upsampling scale S: |D_syn| = S |D_real| (paper: 5)")
+    g.add_argument("--diffusion-steps", type=int, default=d.get_default("steps"), help="training steps (paper: silent)")
+    g.add_argument("--ddim-steps", type=int, default=d.get_default("ddim_steps"),
                    help="DDIM sampling steps; 0 = ancestral DDPM with all K = 1000 steps (≈ 1 h for 3m on a CPU)")
-    g.add_argument("--dim", type=int, default=32, help="U-Net base width")
+    g.add_argument("--dim", type=int, default=d.get_default("dim"), help="U-Net base width")
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
                         "learner seeds share one D_syn")
-    g.add_argument("--device", default="cpu",
+    g.add_argument("--device", default=d.get_default("device"),
                    help="torch device of the diffusion model (cpu, cuda, ...); the learners and the "
                         "simulator run on the CPU")
     g = p.add_argument_group("learner (cql.py / bcq.py)")
-    g.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations")
-    g.add_argument("--eval-episodes", type=int, default=32, help="episodes per evaluation")
+    qmix.add_learner_flags(g)
+    cql.add_flags(g)
+    bcq.add_flags(g)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         envlib.check_scenario(args.scenario, args.backend)
     except ValueError as err:
         p.error(str(err))
-    if args.lam < 0:
-        p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    data.require_at_least_one(p, args, ("scale", "iters", "diffusion_steps", "eval_every", "eval_episodes"))
-    if args.ddim_steps < 0:
-        p.error(f"--ddim-steps must be >= 0, got {args.ddim_steps}")
+    qmix.check_learner_args(p, args)
+    cql.check_flags(p, args)
+    bcq.check_flags(p, args)
+    data.require_seed(p, args, ("data_seed", "diffusion_seed"))
+    data.require_finite(p, args, ("lam",))
+    if args.lam < 0:
+        p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
+    data.require_at_least_one(p, args, ("scale", "diffusion_steps"))
+    K = diffusion.build_parser().get_default("K")
+    if not 0 <= args.ddim_steps <= K:
+        p.error(f"--ddim-steps must be in [0, K={K}], got {args.ddim_steps}")
     if args.dim < 8 or args.dim % 8:
         p.error(f"--dim must be a positive multiple of 8, got {args.dim}")
     diffusion.check_device(p, args.device)
@@ -88,54 +113,103 @@ def parse_args(argv=None):
     return args
 
 
+def short_hash(config):
+    """8 hex digits identifying a configuration dict (part of every cached stage's name)."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def real_dataset_path(args):
     """The D_real file of this configuration (data.ensure_dataset makes it on first use)."""
     return data.dataset_path(args.scenario, args.quality, args.fraction, args.data_seed,
-                             root=os.path.join(args.out, "datasets"))
+                             root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
+
+
+def diffusion_argv(args, real_path, out):
+    """The diffusion.py command line of this run's augmentation (every diffusion flag, once)."""
+    return ["--dataset", real_path, "--out", out, "--lam", repr(args.lam), "--steps", str(args.diffusion_steps),
+            "--dim", str(args.dim), "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
+            "--seed", str(args.diffusion_seed), "--device", args.device]
 
 
 def eaq_dir(args):
-    """The folder of this configuration's diffusion model and D_syn: runs/eaq/<D_real>-<Eq. 5 and sampling>."""
-    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    """runs/eaq/<D_real>-lam..-k..-dim..-ddim..-S..-s..-<hash of every diffusion flag>."""
+    real = real_dataset_path(args)
+    stem = os.path.splitext(os.path.basename(real))[0]
+    argv = diffusion_argv(args, os.path.basename(real), "")
+    key = short_hash(vars(diffusion.build_parser().parse_args(argv)))
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
-                                         f"-ddim{args.ddim_steps}-S{args.scale}-s{args.diffusion_seed}")
+                                         f"-ddim{args.ddim_steps}-S{args.scale}-s{args.diffusion_seed}-{key}")
+
+
+def result_dir(args):
+    """runs/results/<D_real>-<learner>-<augmentation>-it<iters>-s<seed>-<hash of the whole run>."""
+    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    config = {name: getattr(args, name) for name in LEARNER_FLAGS + ALGO_FLAGS[args.algo]}
+    config.update(algo=args.algo, aug=args.aug, dataset=stem)
+    aug = args.aug
+    if args.aug == "eaq":
+        config["eaq"] = os.path.basename(eaq_dir(args))
+        aug = "eaq-" + config["eaq"][len(stem) + 1:].rsplit("-", 1)[0]
+    return os.path.join(args.out, "results",
+                        f"{stem}-{args.algo}-{aug}-it{args.iters}-s{args.seed}-{short_hash(config)}")
+
+
+def read_json(path):
+    """A cached JSON file, or None if it is missing or damaged (then the stage runs again)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cached_augmentation(out):
+    """(D_syn path, report) of a finished diffusion stage in `out`, or None if any part is missing or damaged."""
+    syn_path, report = os.path.join(out, "synthetic.h5"), read_json(os.path.join(out, "report.json"))
+    if report is None or not os.path.exists(syn_path):
+        return None
+    try:
+        data.load_dataset(syn_path)
+    except artifacts.InputError as err:
+        print(f"sampling D_syn again: {err}")
+        return None
+    return syn_path, report
 
 
 def augment_with_eaq(args, real_path):
     """Train (or reuse) the diffusion model on D_real and sample D_syn; returns (D_syn path, report)."""
     out = eaq_dir(args)
-    syn_path, report_path = os.path.join(out, "synthetic.h5"), os.path.join(out, "report.json")
-    if os.path.exists(syn_path) and os.path.exists(report_path):
+    cached = cached_augmentation(out)
+    if cached:
         print(f"reusing the diffusion model and D_syn in {out}")
-        with open(report_path) as f:
-            return syn_path, json.load(f)
-    dargs = diffusion.parse_args(["--dataset", real_path, "--out", out, "--lam", str(args.lam),
-                                  "--steps", str(args.diffusion_steps), "--dim", str(args.dim),
-                                  "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
-                                  "--seed", str(args.diffusion_seed), "--device", args.device]
-                                 + (["--resume"] if os.path.exists(os.path.join(out, "model.pt")) else []))
+        return cached
+    resume = []
+    ckpt = os.path.join(out, "model.pt")
+    if os.path.exists(ckpt):
+        try:
+            model = diffusion.load_checkpoint(ckpt)
+            diffusion.check_resume(ckpt, model.config, diffusion.model_config(
+                diffusion.parse_args(diffusion_argv(args, real_path, out)), data.layout_of(data.load_dataset(real_path))))
+            resume = ["--resume"]
+        except artifacts.InputError as err:       # this run's own cache: train it again
+            print(f"training the diffusion model from scratch: {err}")
+    dargs = diffusion.parse_args(diffusion_argv(args, real_path, out) + resume)
     report = diffusion.fit_and_sample(dargs)
     print(diffusion.format_report(report))
-    return syn_path, report
-
-
-def result_dir(args):
-    """runs/results/<D_real>-<learner>-<augmentation (with its diffusion model)>-it<iters>-s<seed>."""
-    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
-    aug = "eaq-" + os.path.basename(eaq_dir(args))[len(stem) + 1:] if args.aug == "eaq" else args.aug
-    return os.path.join(args.out, "results", f"{stem}-{args.algo}-{aug}-it{args.iters}-s{args.seed}")
+    return os.path.join(out, "synthetic.h5"), report
 
 
 def summary_lines(results):
-    d, final = results["dataset"], results["final"]
+    d, final, heldout = results["dataset"], results["final"], results["heldout"]
     lines = [f"D_real: {d['episodes']} episodes, return {d['return_mean']:.2f} ± {d['return_std']:.2f}"]
     if results.get("augmentation_report"):
         syn = results["augmentation_report"]["synthetic"]
         lines.append(f"D_syn: {syn['episodes']} episodes, return {syn['return_mean']:.2f} ± "
                      f"{syn['return_std']:.2f}, mean Q̄ {syn['q_bar_mean']:.2f}")
-    lines.append(f"{results['algo'].upper()} + {results['aug']}: return {final['return_mean']:.2f} ± "
-                 f"{final['return_std']:.2f}, normalised {final['normalised_return']:.3f}, "
-                 f"win rate {final['win_rate']:.2f}")
+    lines.append(f"{results['algo'].upper()} + {results['aug']} on {results['training_episodes']} episodes: "
+                 f"return {final['return_mean']:.2f} ± {final['return_std']:.2f}, normalised "
+                 f"{final['normalised_return']:.3f}, win rate {final['win_rate']:.2f} "
+                 f"(held-out episodes: {heldout['return_mean']:.2f})")
     lines.append("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["seconds"].items()))
     return lines
 
@@ -144,16 +218,17 @@ def run(args):
     """All stages for one configuration; returns the results dict (cached in results.json)."""
     out = result_dir(args)
     results_path = os.path.join(out, "results.json")
-    if os.path.exists(results_path):
+    cached = read_json(results_path)
+    if cached is not None:
         print(f"reusing {results_path}")
-        with open(results_path) as f:
-            return json.load(f)
+        return cached
+    artifacts.prepare_output_dir(out, "--out")
     seconds = {}
     start = time.time()
     real_path = data.ensure_dataset(args.scenario, args.quality, args.fraction, args.data_seed,
-                                    root=os.path.join(args.out, "datasets"))
+                                    root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
     real = data.load_dataset(real_path, scenario=args.scenario, quality=args.quality)
-    print(data.describe(real.attrs))
+    print("D_real " + data.describe(real.attrs))
     seconds["dataset"] = time.time() - start
     datasets, report = [real_path], None
     if args.aug == "eaq":
@@ -163,26 +238,23 @@ def run(args):
         seconds["diffusion"] = time.time() - start
     start = time.time()
     learner_aug = args.aug if args.aug in rad.AUGMENTATIONS else "none"
-    largs = qmix.learner_parser("").parse_args(
-        sum((["--dataset", p] for p in datasets), []) +
-        ["--iters", str(args.iters), "--aug", learner_aug, "--eval-every", str(args.eval_every),
-         "--eval-episodes", str(args.eval_episodes), "--backend", args.backend,
-         "--seed", str(args.seed), "--out", out])
-    last, _ = qmix.run_learner(ALGOS[args.algo], largs, {})
+    result = qmix.run_learner(LEARNERS[args.algo], datasets, args, out, learner_aug,
+                              ALGOS[args.algo].learner_kwargs(args))
     seconds["learner"] = time.time() - start
     results = {"config": vars(args), "algo": args.algo,
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
                "dataset": {"path": real_path, "episodes": real.n_episodes,
-                           **{k: real.attrs[k] for k in ("return_mean", "return_std", "epsilon")}},
-               "augmentation_report": report, "final": last, "seconds": seconds}
-    data.write_json(results_path, results)
+                           **{k: real.attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
+               "augmentation_report": report, **result, "seconds": seconds}
+    artifacts.write_json(results_path, results)
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    results = run(args)
+    with artifacts.one_line_errors():
+        results = run(args)
     print("\n".join(summary_lines(results)))
     print(f"total {time.time() - start:.0f}s; results in {result_dir(args)}")
 

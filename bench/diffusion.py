@@ -28,7 +28,9 @@ def main():
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
+    p.add_argument("--no-sampling", action="store_true", help="time training only")
     args = p.parse_args()
+    D.use_diffusion_threads()
     episodes = data.load_dataset(args.dataset)
     tau0, valid, _, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
@@ -40,6 +42,10 @@ def main():
     D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, args.train_steps,
             batch_size=args.batch_size, progress=False)
     train_rate = args.train_steps / (time.time() - start)
+    if args.no_sampling:
+        print(f"{episodes.attrs['scenario']}: F={tau0.shape[1]} T={tau0.shape[2]}, training {train_rate:.2f} steps/s "
+              f"(batch {args.batch_size}, {torch.get_num_threads()} threads)")
+        return
     shape = (args.sample_batch,) + tuple(tau0.shape[1:])
     start = time.time()
     ema.ddim_sample(shape, args.ddim_steps)

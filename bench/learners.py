@@ -22,10 +22,12 @@ def main():
     p.add_argument("--dataset", required=True, help="HDF5 dataset")
     p.add_argument("--iters", type=int, default=100, help="timed iterations per learner")
     p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch")
+    p.add_argument("--algos", nargs="+", default=["cql", "bcq"], choices=["cql", "bcq"], help="learners to time")
     args = p.parse_args()
+    qmix.use_learner_threads()
     ep = data.load_dataset(args.dataset)
     buffer = qmix.EpisodeBuffer([ep])
-    for cls in (cql.QmixCQL, bcq.QmixBCQ):
+    for cls in [{"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}[a] for a in args.algos]:
         learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
         qmix.train_loop(learner, buffer, 5, args.batch_size, 3e-4, 0, progress=False)
         start = time.time()

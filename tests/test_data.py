@@ -1,8 +1,13 @@
-"""data.py: datasets (HDF5 schema), reward-to-go, the Eq. 4 matrix and its inverse."""
+"""data.py: datasets (HDF5 schema), reward-to-go, the Eq. 4 matrix and its inverse; artifacts.py's writes."""
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
 
+import artifacts
 import data
 
 
@@ -160,7 +165,7 @@ def copy_with(src, dst, edit):
 
 def test_malformed_files_are_refused(tmp_path, tiny_3m):
     src = tiny_3m[0]
-    with pytest.raises(FileNotFoundError, match="no such dataset file"):
+    with pytest.raises(artifacts.InputError, match="no such dataset file"):
         data.load_dataset(str(tmp_path / "missing.h5"))
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
@@ -204,20 +209,105 @@ def test_cli_refuses_to_overwrite(tiny_3m, capsys):
 def test_more_exploration_means_a_worse_behaviour_policy():
     import env as envlib
     env = envlib.make_env("3m", n_envs=48, seed=0)
-    greedy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 0.0, seed=1))
-    noisy, _ = data.collect_batch(env, data.BehaviourPolicy(env, 1.0, seed=1))
+    greedy, _ = data.collect_batch(env, data.HeuristicPolicy(env, 0.0, seed=1))
+    noisy, _ = data.collect_batch(env, data.HeuristicPolicy(env, 1.0, seed=1))
     assert greedy.returns().mean() > noisy.returns().mean() + 3.0
 
 
 def test_an_interrupted_write_leaves_no_file(tmp_path):
     target = tmp_path / "out.h5"
     with pytest.raises(RuntimeError):
-        with data.atomic_path(str(target)) as tmp:
+        with artifacts.atomic_path(str(target)) as tmp:
             with open(tmp, "w") as f:
                 f.write("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
-    with data.atomic_path(str(target)) as tmp:
+    with artifacts.atomic_path(str(target)) as tmp:
         with open(tmp, "w") as f:
             f.write("whole")
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "3m-poor.h5"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"3m-poor.tmp-{artifacts.HOST}-{int(dead.stdout)}.h5"     # left by a kill -9
+    orphan.write_text("half")
+    alive = tmp_path / f"3m-poor.tmp-{artifacts.HOST}-{os.getppid()}.h5"          # a live writer's: kept
+    alive.write_text("busy")
+    other = tmp_path / "3m-medium.tmp-x-1.h5"                                     # another target's: kept
+    other.write_text("other")
+    with artifacts.atomic_path(str(target)) as tmp:
+        with open(tmp, "w") as f:
+            f.write("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, alive.name, other.name])
+
+
+def test_constant_rows_decode_to_their_constant():
+    matrix = np.zeros((2, 3, 4), dtype=np.float32)
+    matrix[:, 0] = 7.0                                          # constant row
+    matrix[:, 1] = np.arange(4)                                 # varying row
+    norm = data.Normalizer.fit(matrix)
+    z = norm.normalize(matrix)
+    assert (z[:, 0] == -1).all()
+    generated = z + np.random.default_rng(0).uniform(-0.3, 0.3, z.shape).astype(np.float32)
+    np.testing.assert_array_equal(norm.unnormalize(generated)[:, 0], 7.0)
+    np.testing.assert_allclose(norm.unnormalize(z), matrix, atol=1e-6)
+
+
+def edit_copy(src, tmp_path, name, edit):
+    return copy_with(src, tmp_path / name, edit)
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("nan_obs", lambda f: f["obs"].__setitem__((1, 2, 0, 3), np.nan), r"obs holds NaN or inf at index \(1, 2, 0, 3\)"),
+    ("inf_reward", lambda f: f["rewards"].__setitem__((2, 0), np.inf), r"rewards holds NaN or inf at index \(2, 0\)"),
+    ("no_legal", lambda f: f["avail"].__setitem__((0, 1, 2), False),
+     r"avail has a valid step where an agent has no legal action at index \(0, 1, 2\)"),
+])
+def test_bad_contents_are_refused_naming_file_array_and_index(tmp_path, tiny_3m, name, edit, message):
+    with pytest.raises(artifacts.InputError, match=f"{name}.h5: {message}"):
+        data.load_dataset(edit_copy(tiny_3m[0], tmp_path, f"{name}.h5", edit))
+
+
+def test_illegal_and_non_integer_actions_are_refused(tmp_path, tiny_3m):
+    ep = data.load_dataset(tiny_3m[0])
+    e, t, n = 0, 0, 1
+    illegal = int(np.flatnonzero(~ep.avail[e, t, n])[0])        # an action agent n may not take at step 0
+
+    def set_illegal(f):
+        f["actions"][e, t, n] = illegal
+    with pytest.raises(artifacts.InputError, match=r"actions holds an action that avail marks illegal at index \(0, 0, 1\)"):
+        data.load_dataset(edit_copy(tiny_3m[0], tmp_path, "illegal.h5", set_illegal))
+
+    def float_actions(f):
+        actions = f["actions"][()].astype(np.float32) + 0.5
+        del f["actions"]
+        f["actions"] = actions
+    with pytest.raises(artifacts.InputError, match="actions has dtype float32, expected integers"):
+        data.load_dataset(edit_copy(tiny_3m[0], tmp_path, "float.h5", float_actions))
+
+
+def test_a_damaged_cached_dataset_is_made_again(tmp_path, capsys):
+    path = data.ensure_dataset("3m", "poor", 0.0002, 0, root=str(tmp_path))
+    good = data.load_dataset(path)
+    with open(path, "r+b") as f:                                  # truncate the cache
+        f.truncate(1000)
+    assert data.ensure_dataset("3m", "poor", 0.0002, 0, root=str(tmp_path)) == path
+    assert "rebuilding the cached dataset" in capsys.readouterr().out
+    np.testing.assert_array_equal(data.load_dataset(path).actions, good.actions)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--episodes", "0", "--episodes must be at least 1"),
+    ("--epsilon", "1.5", "--epsilon must be in [0, 1]"),
+    ("--epsilon", "-0.1", "--epsilon must be in [0, 1]"),
+    ("--seed", "4294967296", "--seed must be in [0, 1,000,000,000]"),
+    ("--scenario", "4m", "unknown scenario '4m'"),
+])
+def test_cli_refuses_bad_flags_before_any_work(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "d.h5"
+    with pytest.raises(SystemExit):
+        data.main(["--scenario", "3m", flag, value, "--out", str(out)])
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,10 +1,12 @@
 """diffusion.py: the temporal U-Net, Eq. 5, training, checkpoints and sampling."""
-import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import artifacts
 import data
 import diffusion as D
 
@@ -82,17 +84,14 @@ def test_q_sample_follows_the_schedule():
 
 
 def tiny_args(dataset, out, **over):
-    argv = ["--dataset", dataset, "--out", str(out), "--steps", "300", "--batch-size", "8",
-            "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--scale", "1",
-            "--checkpoint-every", "100", "--lam", "0.1"]
-    for key, value in over.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif flag in argv:
-            argv[argv.index(flag) + 1] = str(value)
-        else:
-            argv += [flag, str(value)]
+    """diffusion.py flags of a tiny model; keyword arguments override (True adds a switch)."""
+    flags = {"dataset": dataset, "out": str(out), "steps": 300, "batch_size": 8, "K": 50, "dim": 16,
+             "dim_mults": "1 2", "scale": 1, "checkpoint_every": 100, "lam": 0.1, **over}
+    argv = []
+    for key, value in flags.items():
+        argv.append("--" + key.replace("_", "-"))
+        if value is not True:
+            argv += str(value).split()
     return D.parse_args(argv)
 
 
@@ -104,32 +103,96 @@ def trained(tiny_3m, tmp_path_factory):
     return out, report
 
 
-def test_tiny_model_samples_valid_episodes(trained, tiny_3m):
+def test_tiny_model_learns_when_episodes_end(trained, tiny_3m):
     out, report = trained
     syn = data.load_dataset(str(out / "synthetic.h5"))           # passes the schema checks
-    real = data.load_dataset(tiny_3m[0])
-    assert syn.n_episodes == real.n_episodes and syn.attrs["synthetic"] and syn.attrs["lam"] == 0.1
-    T = syn.rewards.shape[1]
-    assert T == real.rewards.shape[1]
-    valid = data.valid_steps(syn.lengths, T)
-    legal = np.take_along_axis(syn.avail[:, :T], syn.actions[..., None], axis=-1)[..., 0]
-    assert legal[valid].all()
-    assert (syn.dones.sum(axis=1) == 1).all() and (syn.lengths >= 1).all() and (syn.lengths <= T).all()
+    assert syn.n_episodes == 24 and syn.attrs["synthetic"] and syn.attrs["lam"] == 0.1
+    assert syn.attrs["diffusion_steps"] == report["model_steps"] == 300
     stats, real_stats = report["synthetic"], report["real"]
     assert stats["ended_share"] > 0.5, "the model learned that episodes end"
     assert abs(stats["length_mean"] - real_stats["length_mean"]) < 3.0, "... and when they end"
 
 
+def test_report_gives_lambda_in_the_papers_units_and_the_hinge_share(trained):
+    _, report = trained
+    assert report["n_features"] == 3 * (75 + 2 * 8) + 3
+    assert 0.0 < report["hinge_active_share"] <= 1.0
+    units = report["lam_units"]
+    assert units["sum_over_matrix"] == pytest.approx(0.1 * report["n_features"] * report["horizon"])
+    assert units["q_in_data_units"] > 0
+
+
+def test_sampling_uses_the_ema_weights(trained, tiny_3m):
+    out, _ = trained
+    model = D.load_checkpoint(str(out / "model.pt"))
+    shape = (model.config["n_features"], model.config["horizon"])
+    ema = D.sample_matrices(model.ema, model.normalizer, 24, shape, ddim_steps=20, seed=0, progress=False)
+    online = D.sample_matrices(model.diffusion, model.normalizer, 24, shape, ddim_steps=20, seed=0, progress=False)
+    syn = data.load_dataset(str(out / "synthetic.h5"))
+    layout = data.feature_layout(3, 75, 8)
+    r = layout.reward
+    decoded = data.matrix_to_episodes(ema, layout, (model.normalizer.lo[r], model.normalizer.hi[r]))
+    np.testing.assert_array_equal(decoded.actions, syn.actions)
+    np.testing.assert_allclose(decoded.obs, syn.obs, atol=1e-6)
+    assert not np.allclose(online, ema), "the online weights would give other samples"
+
+
+def test_hinge_active_steps_are_counted():
+    diff, ema = D.build({"n_features": 3, "dim": 8, "dim_mults": [1], "K": 10})
+    tau0 = torch.zeros(4, 3, 5)
+    tau0[:, 1] = torch.linspace(-1, 1, 4)[:, None]              # episodes' Q̄ differ: someone is below the max
+    valid = torch.ones(4, 5, dtype=torch.bool)
+    opt = torch.optim.Adam(diff.parameters())
+    losses = D.train(diff, ema, opt, tau0, valid, 1, 0.1, 6, batch_size=4, progress=False)
+    assert losses["hinge_active_steps"] == 6, "an untrained model falls short of the batch max every step"
+
+
+def test_ema_update_moves_each_weight_by_one_minus_decay():
+    ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in ema.parameters()]
+    D.ema_update(ema, model, decay=0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+
+
+class Oracle(torch.nn.Module):
+    """A 'network' that always predicts the same clean episode tau0."""
+
+    def __init__(self, tau0):
+        super().__init__()
+        self.register_buffer("tau0", tau0)
+
+    def forward(self, tau_k, k):
+        return self.tau0.expand_as(tau_k)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_return_exactly_what_an_oracle_predicts(sampler):
+    tau0 = torch.linspace(-0.9, 0.9, 12).reshape(1, 3, 4)
+    diff = D.Diffusion(Oracle(tau0), K=50)
+    g = torch.Generator().manual_seed(0)
+    out = diff.sample((5, 3, 4), ddim_steps=7 if sampler == "ddim" else None, generator=g)
+    torch.testing.assert_close(out, tau0.expand(5, 3, 4), atol=1e-5, rtol=0)
+
+
+def test_the_q_hinge_raises_the_generated_q_bar(tiny_3m, tmp_path):
+    q = {}
+    for lam in (0.0, 1.0):
+        report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / f"lam{lam}", lam=lam, steps=400, scale=2),
+                                  progress=False)
+        q[lam] = report["synthetic"]["q_bar_mean"]
+    assert q[1.0] > q[0.0] + 1.0, q
+
+
 def test_checkpoint_reload_gives_identical_samples(trained):
     out, _ = trained
-    _, ema, ckpt = D.load_checkpoint(str(out / "model.pt"))
-    _, ema_again, _ = D.load_checkpoint(str(out / "model.pt"))
-    norm = data.Normalizer.from_state_dict(ckpt["normalizer"])
-    shape = (ckpt["config"]["n_features"], ckpt["config"]["horizon"])
-    a = D.sample_matrices(ema, norm, 3, shape, ddim_steps=5, seed=4, progress=False)
-    b = D.sample_matrices(ema_again, norm, 3, shape, ddim_steps=5, seed=4, progress=False)
+    model = D.load_checkpoint(str(out / "model.pt"))
+    again = D.load_checkpoint(str(out / "model.pt"))
+    shape = (model.config["n_features"], model.config["horizon"])
+    a = D.sample_matrices(model.ema, model.normalizer, 3, shape, ddim_steps=5, seed=4, progress=False)
+    b = D.sample_matrices(again.ema, again.normalizer, 3, shape, ddim_steps=5, seed=4, progress=False)
     np.testing.assert_array_equal(a, b)
-    assert ckpt["step"] == 300
+    assert model.step == 300
 
 
 def test_resume_continues_from_the_saved_step(tiny_3m, tmp_path):
@@ -139,19 +202,77 @@ def test_resume_continues_from_the_saved_step(tiny_3m, tmp_path):
     D.fit_and_sample(tiny_args(tiny_3m[0], split, steps=10, checkpoint_every=10), progress=False)
     report = D.fit_and_sample(tiny_args(tiny_3m[0], split, steps=20, checkpoint_every=10, resume=True),
                               progress=False)
-    assert report["trained_steps"] == 10
-    a = torch.load(straight / "model.pt", weights_only=False)
-    b = torch.load(split / "model.pt", weights_only=False)
+    assert report["trained_steps"] == 10 and report["model_steps"] == 20
+    assert report["train_seconds_total"] >= report["train_seconds"] > 0
+    a = torch.load(straight / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
     assert a["step"] == b["step"] == 20
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value)
 
 
+def test_a_finished_model_asked_for_fewer_steps_is_reused_and_reported_truthfully(tiny_3m, tmp_path):
+    D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=20, checkpoint_every=10), progress=False)
+    before = (tmp_path / "model.pt").stat().st_mtime_ns
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=10, resume=True), progress=False)
+    assert report["trained_steps"] == 0 and report["model_steps"] == 20
+    assert (tmp_path / "model.pt").stat().st_mtime_ns == before
+    assert data.load_dataset(str(tmp_path / "synthetic.h5")).attrs["diffusion_steps"] == 20
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dim": 8}, "--dim 16, not 8"),
+    ({"dim_mults": "1"}, "--dim-mults [1, 2], not [1]"),
+    ({"K": 40}, "--K 50, not 40"),
+    ({"seed": 3}, "--seed 0, not 3"),
+    ({"lam": 0.5}, "--lam 0.1, not 0.5"),
+    ({"lr": 1e-3}, "--lr 0.0002, not 0.001"),
+    ({"batch_size": 4}, "--batch-size 8, not 4"),
+])
+def test_resume_refuses_another_configuration(tiny_3m, tmp_path, change, message):
+    D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=5), progress=False)
+    with pytest.raises(artifacts.InputError, match=re.escape(message)):
+        D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=10, resume=True, **change), progress=False)
+
+
+def test_resume_refuses_a_dataset_with_other_contents(tiny_3m, tmp_path):
+    copy = tmp_path / "real.h5"
+    shutil.copy(tiny_3m[0], copy)
+    D.fit_and_sample(tiny_args(str(copy), tmp_path / "out", steps=5), progress=False)
+    data.save_dataset(data.load_dataset(str(copy)).select(np.arange(20)), str(copy))
+    with pytest.raises(artifacts.InputError, match=r"--dataset \(its contents\)"):
+        D.fit_and_sample(tiny_args(str(copy), tmp_path / "out", steps=10, resume=True), progress=False)
+
+
+class Payload:
+    """Unpickling this object would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    target = tmp_path / "pwned"
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": Payload(str(target)), "ema": {}, "optimizer": {}, "step": 0, "normalizer": {},
+                "config": {}}, ckpt)
+    with pytest.raises(artifacts.InputError, match="model.pt: not a readable EAQ checkpoint"):
+        D.load_checkpoint(str(ckpt))
+    assert not target.exists()
+
+
 def test_bad_flags_fail_with_a_message(tiny_3m, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        D.parse_args(["--dataset", tiny_3m[0], "--out", str(tmp_path), "--lam", "-1"])
-    assert "--lam must be >= 0" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    for flag, value, message in (("--lam", "-1", "--lam must be >= 0"), ("--lam", "nan", "--lam must be a finite"),
+                                 ("--lr", "nan", "--lr must be a finite"), ("--lr", "0", "--lr must be > 0"),
+                                 ("--ddim-steps", "2000", "--ddim-steps must be in [0, K=1000]"),
+                                 ("--seed", "-1", "--seed must be in [0, ")):
+        with pytest.raises(SystemExit):
+            D.parse_args(["--dataset", tiny_3m[0], "--out", str(tmp_path), flag, value])
+        assert message in capsys.readouterr().err
+    with pytest.raises(artifacts.InputError, match="nothing to resume"):
         D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "empty", resume=True), progress=False)
 
 
@@ -164,4 +285,3 @@ def test_nan_loss_stops_training():
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         D.train(diff, ema, opt, tau0, torch.ones(4, 6, dtype=torch.bool), 1, 0.1, 5,
                 batch_size=4, progress=False)
-    assert not os.path.exists("model.pt")

@@ -79,7 +79,7 @@ def test_time_limit_ends_every_episode_with_a_done():
 
 def test_heuristic_wins_some_3m_games_and_returns_stay_on_smac_scale():
     env = envlib.make_env("3m", n_envs=32, seed=0)
-    episodes, won = data.collect_batch(env, data.BehaviourPolicy(env, 0.0, seed=1))
+    episodes, won = data.collect_batch(env, data.HeuristicPolicy(env, 0.0, seed=1))
     returns = episodes.returns()
     assert won.sum() >= 5
     assert returns.max() <= envlib.MAX_RETURN + 1e-4

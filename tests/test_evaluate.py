@@ -6,35 +6,46 @@ import pytest
 
 import data
 import evaluate
+import train
 
 
 def tiny_rows():
-    """Two seeds per cell, CQL only; EAQ at two λ in 3m-medium."""
-    returns = {
-        ("medium", "original", 0.0): [2, 4], ("medium", "RAD-s", 0.0): [5, 5],
-        ("medium", "RAD-m", 0.0): [1, 3], ("medium", "EAQ^-Q", 0.0): [6, 8],
-        ("medium", "EAQ", 0.1): [8, 10], ("medium", "EAQ", 0.5): [4, 4],
-        ("poor", "original", 0.0): [1, 1], ("poor", "RAD-s", 0.0): [2, 2],
-        ("poor", "RAD-m", 0.0): [0, 2], ("poor", "EAQ^-Q", 0.0): [3, 3],
-        ("poor", "EAQ", 0.01): [2, 4],
+    """Two seeds per cell, CQL only; EAQ at two λ in 3m-medium, where the held-out evaluation
+    prefers λ = 0.5 although λ = 0.1 reports more: the table must show λ = 0.5."""
+    returns = {   # (quality, method, λ): [(reported, held-out) per seed]
+        ("medium", "original", 0.0): [(2, 0), (4, 0)], ("medium", "RAD-s", 0.0): [(5, 0), (5, 0)],
+        ("medium", "RAD-m", 0.0): [(1, 0), (3, 0)], ("medium", "EAQ^-Q", 0.0): [(6, 0), (8, 0)],
+        ("medium", "EAQ", 0.1): [(8, 3), (10, 3)], ("medium", "EAQ", 0.5): [(4, 5), (4, 6)],
+        ("poor", "original", 0.0): [(1, 0), (1, 0)], ("poor", "RAD-s", 0.0): [(2, 0), (2, 0)],
+        ("poor", "RAD-m", 0.0): [(0, 0), (2, 0)], ("poor", "EAQ^-Q", 0.0): [(3, 0), (3, 0)],
+        ("poor", "EAQ", 0.01): [(2, 1), (4, 1)],
     }
     return [{"scenario": "3m", "quality": q, "algo": "cql", "method": m, "lam": lam, "seed": seed,
-             "return_mean": r}
-            for (q, m, lam), values in returns.items() for seed, r in enumerate(values)]
+             "return_mean": r, "heldout_return": h}
+            for (q, m, lam), values in returns.items() for seed, (r, h) in enumerate(values)]
 
 
-def test_table1_markdown_matches_the_papers_format():
+def test_table1_markdown_matches_the_papers_format_and_picks_lambda_on_heldout_episodes():
     expected = (
         "| scenario | CQL original | CQL RAD-s | CQL RAD-m | CQL EAQ^-Q | CQL EAQ |\n"
         "|---|---|---|---|---|---|\n"
-        "| 3m-medium | 3.00 ± 1.00 | 5.00 ± 0.00 | 2.00 ± 1.00 | 7.00 ± 1.00 | **9.00 ± 1.00 (λ=0.1)** |\n"
+        "| 3m-medium | 3.00 ± 1.00 | 5.00 ± 0.00 | 2.00 ± 1.00 | **7.00 ± 1.00** | 4.00 ± 0.00 (λ=0.5) |\n"
         "| 3m-poor | 1.00 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 1.00 | **3.00 ± 0.00** | **3.00 ± 1.00 (λ=0.01)** |\n"
-        "| AVG-medium | 3.00 | 5.00 | 2.00 | 7.00 | **9.00** |\n"
+        "| AVG-medium | 3.00 | 5.00 | 2.00 | **7.00** | 4.00 |\n"
         "| AVG-poor | 1.00 | 2.00 | 1.00 | **3.00** | **3.00** |\n"
         "\n"
-        "EAQ over original, medium: +30.0 % normalised return (mean over CQL)\n"
-        "EAQ over original, poor: +10.0 % normalised return (mean over CQL)\n")
+        "EAQ over original, medium: +5.0 points of normalised return (mean over CQL)\n"
+        "EAQ over original, poor: +10.0 points of normalised return (mean over CQL)\n"
+        "\n"
+        "λ for 3m-medium CQL: 0.5 (held-out returns λ=0.1: 3.00, λ=0.5: 5.50; reported 4.00)\n"
+        "λ for 3m-poor CQL: 0.01 (held-out returns λ=0.01: 1.00; reported 3.00)\n")
     assert evaluate.table1_markdown(tiny_rows(), algos=("cql",)) == expected
+
+
+def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
+    rows = [{"scenario": "3m", "quality": "poor", "algo": "cql", "method": "EAQ", "lam": lam, "seed": 0,
+             "return_mean": r, "heldout_return": 2.0} for lam, r in ((0.5, 9.0), (0.01, 1.0))]
+    assert evaluate.table1_cells(rows)[("3m", "poor", "cql", "EAQ")]["lam"] == 0.01
 
 
 def test_table1_runs_cover_every_method_and_lambda():
@@ -46,16 +57,39 @@ def test_table1_runs_cover_every_method_and_lambda():
     assert eaq_q[eaq_q.index("--lam") + 1] == "0"
 
 
-def test_focus_fire_and_tsne_figures(tiny_3m, tmp_path):
-    real = data.load_dataset(tiny_3m[0])
-    ratio, n = evaluate.dataset_focus_fire(real)
-    assert n > 0 and 0.0 <= ratio <= 1.0
-    syn = real.select(np.arange(real.n_episodes)[::-1])       # stands in for D_syn
+def test_focus_fire_ratio_by_hand():
+    avail = np.ones((1, 5, 3, 8), dtype=bool)
+    avail[0, 3, 1:] = [False] * 4 + [True, False, False, False]    # agents 1 and 2 dead at t = 3
+    avail[0, 4, 2] = [False] * 4 + [True, False, False, False]     # agent 2 dead at t = 4
+    actions = np.array([[[5, 5, 5],      # all three on enemy 0: focus fire
+                         [5, 6, 5],      # split
+                         [0, 5, 5],      # one moves: not an all-attack step
+                         [6, 4, 4],      # a lone survivor attacking: not focus fire with anyone
+                         [7, 7, 4]]])    # the two living agents on enemy 2: focus fire
+    valid = np.ones((1, 5), dtype=bool)
+    ratio, n = evaluate.focus_fire_ratio(actions, avail, valid, first_attack_action=5)
+    assert n == 3 and ratio == pytest.approx(2 / 3)
+
+
+def hand_dataset(actions):
+    """One 3m-shaped episode per row of `actions` (T, N), every agent alive and every action legal."""
+    actions = np.asarray(actions)[None]                             # (1, T, N)
+    E, T, N = actions.shape
+    return data.Episodes(obs=np.zeros((E, T + 1, N, 2), np.float32), avail=np.ones((E, T + 1, N, 8), bool),
+                         actions=actions, rewards=np.zeros((E, T), np.float32),
+                         dones=np.eye(T, dtype=bool)[None, -1], lengths=np.array([T], np.int32),
+                         attrs={"scenario": "3m", "quality": "poor"})
+
+
+def test_figure_1b_bars_are_each_datasets_focus_fire_and_figure_3_is_drawn(tiny_3m, tmp_path):
+    real = hand_dataset([[5, 5, 5], [5, 6, 7], [5, 6, 6], [6, 6, 6]])       # focus fire 2 of 4
+    syn = hand_dataset([[5, 5, 5], [7, 7, 7], [5, 5, 6]])                  # 2 of 3
     syn.attrs["lam"] = 0.1
     assert evaluate.synthetic_label(syn) == "EAQ (λ=0.1)" and evaluate.synthetic_label(real) == "EAQ^-Q"
-    ratios = evaluate.figure_1b(real, [syn, syn], str(tmp_path / "fig1b.png"))
-    assert ratios[0] == ratios[1] == ratios[2] == ratio
-    evaluate.figure_3(real, [syn], str(tmp_path / "fig3.png"), n=100)
+    ratios = evaluate.figure_1b(real, [syn], str(tmp_path / "fig1b.png"))
+    assert ratios == [pytest.approx(0.5), pytest.approx(2 / 3)]
+    tiny = data.load_dataset(tiny_3m[0])
+    evaluate.figure_3(tiny, [tiny.select(np.arange(4))], str(tmp_path / "fig3.png"), n=100)
     assert (tmp_path / "fig1b.png").stat().st_size > 1000 and (tmp_path / "fig3.png").stat().st_size > 1000
 
 
@@ -68,19 +102,22 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(tmp_path):
     table = tmp_path / "table1"
     rows = (table / "table1.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
+    assert "heldout_return" in rows[0]
     assert len(os.listdir(tmp_path / "logs")) == 4
     assert len(os.listdir(tmp_path / "eaq")) == 1                # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
     assert markdown.count("| 3m-poor |") == 1 and "| — | — | — |" in markdown    # RAD-s/m, EAQ^-Q not run
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
-    results = tmp_path / "results" / "3m-poor-eps0.5-n24-s0-cql-none-it5-s1" / "results.json"
-    stamp = results.stat().st_mtime_ns
+    seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
+                                               "--iters", "5", "--out", str(tmp_path)] + tiny))
+    results = os.path.join(seed1, "results.json")
+    stamp = os.stat(results).st_mtime_ns
     evaluate.main(argv + tiny)                                   # everything finished: nothing reruns
-    assert results.stat().st_mtime_ns == stamp
+    assert os.stat(results).st_mtime_ns == stamp
     (table / "table1.csv").unlink()
     evaluate.main(argv + tiny + ["--table-only", "--seeds", "0", "1", "2"])    # seed 2 never ran
     assert len((table / "table1.csv").read_text().splitlines()) == 1 + 4
-    assert not (tmp_path / "results" / "3m-poor-eps0.5-n24-s0-cql-none-it5-s2").exists()
+    assert len(os.listdir(tmp_path / "results")) == 4
 
 
 def test_table1_bad_train_flag_fails_before_any_run(tmp_path, capsys):

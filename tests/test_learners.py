@@ -1,4 +1,9 @@
-"""qmix.py, cql.py, bcq.py, rad.py and the rollouts of evaluate.py."""
+"""qmix.py, cql.py, bcq.py, rad.py: networks, targets, penalties, policies, rollouts, seeding."""
+import csv
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +12,10 @@ import bcq
 import cql
 import data
 import env as envlib
-import evaluate
 import qmix
 import rad
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_mixer_is_monotonic_in_every_agent_q():
@@ -64,20 +70,8 @@ def test_legal_argmax_and_sampled_actions_are_legal():
     assert torch.gather(avail.expand(20, *avail.shape), -1, draws[..., None]).all()
 
 
-def action_gap(learner, batch):
-    """Mean Q of the data actions minus mean Q of the other legal actions, over valid steps."""
-    with torch.no_grad():
-        q = qmix.unroll(learner.qmix.agent, qmix.agent_inputs(batch["obs"], batch["actions"],
-                                                               learner.qmix.n_actions))[:, :-1]
-    avail = batch["avail"][:, :-1]
-    data_q = q.gather(-1, batch["actions"][..., None])[..., 0]
-    others = avail & ~torch.nn.functional.one_hot(batch["actions"], q.shape[-1]).bool()
-    other_q = (q * others).sum(-1) / others.sum(-1).clamp(min=1)
-    mask = batch["valid"][..., None].expand_as(data_q)
-    return qmix.masked_mean(data_q - other_q, mask).item()
-
-
-def gap_after_updates(ep, batch, alpha):
+def penalty_after_updates(ep, batch, alpha):
+    """CQL's penalty (soft max over sampled joint actions minus the data action) after 30 updates."""
     torch.manual_seed(0)
     learner = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions, alpha=alpha, seed=0)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -86,14 +80,15 @@ def gap_after_updates(ep, batch, alpha):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return action_gap(learner, batch)
+    learner.generator.manual_seed(123)                        # the same sampled actions for both
+    return learner.loss(batch)[1]["cql_penalty"]
 
 
 def test_cql_penalty_lowers_absent_actions_relative_to_data_actions(tiny_3m):
     ep = data.load_dataset(tiny_3m[0])
     batch = qmix.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
-    without, with_cql = gap_after_updates(ep, batch, 0.0), gap_after_updates(ep, batch, 3.0)
-    assert with_cql > without + 0.1, (with_cql, without)
+    without, with_cql = penalty_after_updates(ep, batch, 0.0), penalty_after_updates(ep, batch, 3.0)
+    assert with_cql < without - 0.5, (with_cql, without)
 
 
 def test_bcq_allows_only_legal_actions_near_the_most_likely():
@@ -138,15 +133,6 @@ def test_rad_factors_lie_in_range_with_the_right_shapes():
         rad.rad_factors((2, 3), "rad-x", g)
 
 
-def test_focus_fire_ratio_by_hand():
-    avail = np.ones((1, 4, 2, 7), dtype=bool)
-    avail[0, 3, 1] = [False] * 4 + [True, False, False]        # agent 1 dead at t = 3
-    actions = np.array([[[5, 5], [5, 6], [0, 5], [6, 4]]])     # same, split, one moves, lone survivor
-    valid = np.ones((1, 4), dtype=bool)
-    ratio, n = evaluate.focus_fire_ratio(actions, avail, valid, first_attack_action=5)
-    assert n == 3 and ratio == pytest.approx(2 / 3)
-
-
 class RandomPolicy:
     def __init__(self, seed):
         self.rng = np.random.default_rng(seed)
@@ -166,11 +152,10 @@ def test_short_cql_run_on_good_data_beats_random_play(tiny_3m, tmp_path):
     qmix.train_loop(learner, qmix.EpisodeBuffer([ep]), iters=150, batch_size=16, lr=3e-4, seed=0,
                     progress=False)
     eval_env = envlib.make_env("3m", n_envs=32, seed=123)
-    trained = evaluate.evaluate_policy(learner.policy(), eval_env)
-    random = evaluate.evaluate_policy(RandomPolicy(0), eval_env)
+    trained = qmix.evaluate_policy(learner.policy(), eval_env)
+    random = qmix.evaluate_policy(RandomPolicy(0), eval_env)
     assert random["return_mean"] < 3.0
     assert trained["return_mean"] > random["return_mean"] + 3.0
-    assert trained["normalised_return"] == pytest.approx(trained["return_mean"] / 20)
 
 
 def test_mixer_shares_hypernetwork_weights_across_sampled_joint_actions():
@@ -181,3 +166,131 @@ def test_mixer_shares_hypernetwork_weights_across_sampled_joint_actions():
     assert together.shape == (4, 2, 5)
     for m in range(4):
         torch.testing.assert_close(together[m], mixer(q[m], state))
+
+
+class SumMixer(torch.nn.Module):
+    """VDN-style stand-in for the QMIX mixer: Q_tot = sum of the agents' Q (makes targets computable by hand)."""
+
+    def forward(self, q_agents, state):
+        return q_agents.sum(-1)
+
+
+def with_sum_mixers(model):
+    model.mixer, model.target_mixer = SumMixer(), SumMixer()
+    return model
+
+
+def test_double_q_target_and_discount_by_hand():
+    model = with_sum_mixers(qmix.QMIX(n_agents=2, obs_dim=2, n_actions=3, gamma=0.5))
+    batch = hand_batch()                                       # lasts 2 steps; action 2 illegal at t = 1
+    q = torch.zeros(1, 4, 2, 3)
+    q_target = torch.zeros(1, 4, 2, 3)
+    q[0, 0, 0, 0], q[0, 0, 1, 1] = 1.0, 2.0                    # data actions at t = 0: (0, 1) -> Q_tot 3
+    q[0, 1, 0, 1], q[0, 1, 1, 0] = 4.0, 0.5                    # data actions at t = 1: (1, 0) -> Q_tot 4.5
+    q[0, 1, :, 2] = 9.0                                        # illegal at t = 1: never the argmax
+    q[0, 1, 0, 0] = 5.0                                        # online argmax at t = 1: agent 0 -> 0, agent 1 -> 0
+    q_target[0, 1, 0] = torch.tensor([7.0, 100.0, 100.0])      # the target net values the online argmax,
+    q_target[0, 1, 1] = torch.tensor([-1.0, 100.0, 100.0])     # not its own max (double Q)
+    loss, q_tot = model.td_loss(batch, q, q_target)
+    torch.testing.assert_close(q_tot[0, :2], torch.tensor([3.0, 4.5]))
+    y0 = 1.0 + 0.5 * (7.0 - 1.0)                               # r_0 + gamma * Q_tot_target(s_1, a*)
+    y1 = 2.0                                                   # terminal: no bootstrap
+    assert loss.item() == pytest.approx(0.5 * ((3.0 - y0) ** 2 + (4.5 - y1) ** 2) / 2)
+
+
+def test_bcq_target_uses_only_allowed_actions():
+    model = with_sum_mixers(qmix.QMIX(n_agents=2, obs_dim=2, n_actions=3, gamma=1.0))
+    batch = hand_batch()
+    q = torch.zeros(1, 4, 2, 3)
+    q[0, 1] = torch.tensor([[3.0, 1.0, 0.0], [3.0, 1.0, 0.0]])     # online argmax: action 0 for both
+    q_target = torch.zeros(1, 4, 2, 3)
+    q_target[0, 1] = torch.tensor([[10.0, 20.0, 0.0], [10.0, 20.0, 0.0]])
+    allowed = torch.zeros(1, 3, 2, 3, dtype=torch.bool)
+    allowed[..., 1] = True                                         # BC allows only action 1
+    _, q_tot = model.td_loss(batch, q, q_target)
+    loss_free, _ = model.td_loss(batch, q, q_target)
+    loss_bcq, _ = model.td_loss(batch, q, q_target, allowed_next=allowed)
+    y_free, y_bcq = 1.0 + 20.0, 1.0 + 40.0                        # Q_tot target at t = 1: 10+10 or 20+20
+    q0 = q_tot[0, 0].item()
+    assert loss_free.item() == pytest.approx(0.5 * ((q0 - y_free) ** 2 + (q_tot[0, 1].item() - 2.0) ** 2) / 2)
+    assert loss_bcq.item() == pytest.approx(0.5 * ((q0 - y_bcq) ** 2 + (q_tot[0, 1].item() - 2.0) ** 2) / 2)
+
+
+def test_cql_penalty_exact_value():
+    q = torch.tensor([[[[1.0, 2.0], [0.0, 3.0]]]])              # (B=1, T=1, N=2, A=2)
+    sampled = torch.tensor([[[[0, 0]]], [[[1, 1]]]])             # M = 2 joint actions: (0, 0) and (1, 1)
+    q_tot_data = torch.tensor([[2.0]])                          # data action (1, 0): 2 + 0
+    penalty = cql.cql_penalty(SumMixer(), q, torch.zeros(1, 1, 4), q_tot_data, torch.ones(1, 1), sampled)
+    expected = np.log(np.exp(1.0) + np.exp(5.0) + np.exp(2.0)) - 2.0
+    assert penalty.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cql_penalty_ignores_padded_steps():
+    q = torch.randn(1, 2, 2, 3)
+    sampled = torch.randint(3, (4, 1, 2, 2))
+    q_tot = q.max(-1).values.sum(-1)
+    full = cql.cql_penalty(SumMixer(), q, torch.zeros(1, 2, 6), q_tot, torch.tensor([[1.0, 0.0]]), sampled)
+    first = cql.cql_penalty(SumMixer(), q[:, :1], torch.zeros(1, 1, 6), q_tot[:, :1], torch.ones(1, 1),
+                            sampled[:, :, :1])
+    assert full.item() == pytest.approx(first.item())
+
+
+def test_target_networks_update_every_target_every_iterations(tiny_3m):
+    ep = data.load_dataset(tiny_3m[0])
+    torch.manual_seed(0)
+    learner = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions)
+    buffer = qmix.EpisodeBuffer([ep])
+
+    def target_equals_online():
+        return all(torch.equal(a, b) for a, b in zip(learner.qmix.agent.state_dict().values(),
+                                                     learner.qmix.target_agent.state_dict().values()))
+    qmix.train_loop(learner, buffer, iters=3, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
+    assert target_equals_online(), "copied at iteration 3"
+    qmix.train_loop(learner, buffer, iters=2, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
+    assert not target_equals_online(), "not copied at iterations 1-2 of the next loop"
+
+
+@pytest.mark.parametrize("last_action", [True, False])
+def test_greedy_policy_computes_the_training_q_values(last_action):
+    torch.manual_seed(0)
+    model = qmix.QMIX(n_agents=3, obs_dim=4, n_actions=5, last_action=last_action)
+    policy = qmix.GreedyPolicy(model)
+    policy.reset(2)
+    obs = torch.randn(2, 6, 3, 4)                               # (B, T+1, N, O)
+    avail = torch.ones(2, 6, 3, 5, dtype=torch.bool)
+    step_q, actions = [], []
+    with torch.no_grad():
+        for t in range(6):
+            q = policy.q_values(obs[:, t])
+            a = qmix.legal_argmax(q, avail[:, t])
+            policy.last, policy.first = a, False
+            step_q.append(q)
+            actions.append(a)
+        unrolled = qmix.unroll(model.agent, qmix.agent_inputs(obs, torch.stack(actions[:-1], 1), 5, last_action))
+    torch.testing.assert_close(torch.stack(step_q, 1), unrolled)
+    assert model.agent.fc1.in_features == 4 + 3 + (5 if last_action else 0)
+
+
+def test_bcq_greedy_execution_is_plain_greedy_over_legal_actions():
+    learner = bcq.QmixBCQ(n_agents=2, obs_dim=3, n_actions=4, execution="greedy")
+    assert type(learner.policy()) is qmix.GreedyPolicy
+    assert isinstance(bcq.QmixBCQ(2, 3, 4).policy(), bcq.BCQPolicy)
+
+
+def run_cli(script, dataset, out, seed, *extra):
+    subprocess.run([sys.executable, os.path.join(ROOT, script), "--dataset", dataset, "--iters", "6",
+                    "--batch-size", "4", "--eval-every", "3", "--eval-episodes", "3", "--seed", str(seed),
+                    "--out", str(out), *extra], check=True, capture_output=True, cwd=ROOT,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("script, extra", [("cql.py", ["--aug", "rad-m"]), ("bcq.py", [])])
+def test_a_learner_run_is_a_function_of_its_seed(tiny_3m, tmp_path, script, extra):
+    first = run_cli(script, tiny_3m[0], tmp_path / "a", 0, *extra)
+    again = run_cli(script, tiny_3m[0], tmp_path / "b", 0, *extra)
+    other = run_cli(script, tiny_3m[0], tmp_path / "c", 1, *extra)
+    assert first == again, "the same seed in another process gives the same metrics.csv"
+    loss = "cql_penalty" if script == "cql.py" else "bc_loss"
+    assert [r[loss] for r in first] != [r[loss] for r in other], "another seed gives other numbers"

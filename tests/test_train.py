@@ -1,7 +1,11 @@
-"""train.py: the end-to-end command, its stage cache and its flag checks."""
+"""train.py: the end-to-end command, its stage cache keys, seeding and its flag checks."""
+import csv
 import json
-import math
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,10 +13,14 @@ import torch
 import diffusion
 import train
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--scenario", "3m", "--quality", "poor", "--fraction", "0.0005", "--iters", "10",
         "--diffusion-steps", "10", "--dim", "8", "--ddim-steps", "2", "--scale", "2",
         "--eval-every", "5", "--eval-episodes", "4"]
-EAQ_TINY = "eaq-lam0.1-k10-dim8-ddim2-S2-s0"                        # λ, steps, width, sampler, S, seed
+
+
+def run_dir(out, *extra):
+    return train.result_dir(train.parse_args(TINY + ["--out", str(out), *extra]))
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +30,13 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_tiny_end_to_end_run_writes_finite_results(tiny_run):
-    path = tiny_run / "results" / f"3m-poor-eps0.5-n24-s0-cql-{EAQ_TINY}-it10-s0" / "results.json"
-    results = json.loads(path.read_text())
-    final = results["final"]
-    for key in ("return_mean", "return_std", "normalised_return", "win_rate"):
-        assert math.isfinite(final[key])
-    assert final["normalised_return"] == pytest.approx(final["return_mean"] / 20)
+def test_tiny_end_to_end_run_trains_on_real_and_synthetic_episodes(tiny_run):
+    results = json.loads((tiny_run / os.path.relpath(run_dir(tiny_run), tiny_run) / "results.json").read_text())
     assert results["dataset"]["episodes"] == 24                      # round(0.0005 * 48 779)
     assert results["augmentation_report"]["synthetic"]["episodes"] == 48   # S = 2
-    assert (path.parent / "metrics.csv").exists() and (path.parent / "curve.png").exists()
+    assert results["training_episodes"] == (1 + 2) * 24, "the learner sees D_real ∪ D_syn, (1 + S) |D_real|"
+    assert results["final"]["iteration"] == 10 and "return_mean" in results["heldout"]
+    assert os.path.exists(os.path.join(run_dir(tiny_run), "metrics.csv"))
 
 
 def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, monkeypatch, capsys):
@@ -40,15 +45,58 @@ def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, mon
     monkeypatch.setattr(diffusion, "fit_and_sample", no_retraining)
     train.main(TINY + ["--out", str(tiny_run), "--algo", "bcq"])
     assert "reusing the diffusion model" in capsys.readouterr().out
-    assert (tiny_run / "results" / f"3m-poor-eps0.5-n24-s0-bcq-{EAQ_TINY}-it10-s0" / "results.json").exists()
+    assert os.path.exists(os.path.join(run_dir(tiny_run, "--algo", "bcq"), "results.json"))
     assert len(os.listdir(tiny_run / "datasets")) == 1
+    train.main(TINY + ["--out", str(tiny_run)])                      # identical: only prints the stored results
+    assert "reusing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--eval-episodes", "8"), ("--eval-every", "2"), ("--backend", "smac"), ("--lr", "1e-3"),
+    ("--batch-size", "16"), ("--gamma", "0.9"), ("--target-every", "100"), ("--grad-clip", "0"),
+    ("--alpha", "1.0"), ("--cql-samples", "5"), ("--data-seed", "1"), ("--lam", "0.5"),
+    ("--diffusion-steps", "11"), ("--ddim-steps", "3"), ("--diffusion-seed", "3"), ("--seed", "2"),
+])
+def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, value):
+    assert run_dir(tmp_path, flag, value) != run_dir(tmp_path)
+    assert run_dir(tmp_path) == run_dir(tmp_path), "the same flags give the same key"
+
+
+def test_diffusion_flags_key_the_diffusion_stage_and_learner_flags_do_not(tmp_path):
+    base = train.parse_args(TINY + ["--out", str(tmp_path)])
+    for extra in (["--lam", "0.5"], ["--dim", "16"], ["--scale", "3"], ["--diffusion-seed", "4"]):
+        assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) != train.eaq_dir(base)
+    for extra in (["--algo", "bcq"], ["--seed", "3", "--diffusion-seed", "0"], ["--lr", "1e-3"]):
+        assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) == train.eaq_dir(base)
+
+
+def metrics_of(out, *extra):
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--out", str(out), *extra],
+                   check=True, capture_output=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(os.path.join(run_dir(out, *extra), "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_same_command_in_two_processes_gives_the_same_numbers(tiny_run, tmp_path):
+    shutil.copytree(tiny_run / "datasets", tmp_path / "a" / "datasets")
+    shutil.copytree(tiny_run / "datasets", tmp_path / "b" / "datasets")
+    first, again = metrics_of(tmp_path / "a"), metrics_of(tmp_path / "b")   # diffusion model, D_syn, learner
+    assert first == again
+    other = metrics_of(tmp_path / "b", "--seed", "1")
+    assert [r["td_loss"] for r in other] != [r["td_loss"] for r in first]
 
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--lam", "-1", "--lam must be >= 0"),
+    ("--lam", "nan", "--lam must be a finite number"),
+    ("--lam", "inf", "--lam must be a finite number"),
     ("--scenario", "4m", "unknown scenario '4m'"),
     ("--fraction", "0", "--fraction must be in (0, 1]"),
     ("--iters", "0", "--iters must be at least 1"),
+    ("--ddim-steps", "1001", "--ddim-steps must be in [0, K=1000]"),
+    ("--seed", "99999999999", "--seed must be in [0, 1,000,000,000]"),
+    ("--lr", "0", "--lr must be > 0"),
+    ("--alpha", "nan", "--alpha must be a finite number >= 0"),
     ("--device", "tpu9", "--device 'tpu9' is not a torch device"),
     pytest.param("--device", "cuda", "--device cuda: CUDA is not available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
@@ -58,3 +106,14 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys, flag, value, message):
         train.main([flag, value, "--out", str(tmp_path / "runs")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    start = time.time()
+    with pytest.raises(SystemExit) as stop:
+        train.main(TINY + ["--out", str(blocker)])
+    assert stop.value.code == 2 and time.time() - start < 5
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "cannot write there" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,142 @@
+"""How every stage writes its files (the running artefacts: datasets, checkpoints, JSON, CSV, PNG).
+
+Every file the project writes goes through `atomic_path`: it is written
+under a temporary name beside its target and renamed only when complete,
+so an interrupted run never leaves a half-written file that a later run
+would trust. A run killed mid-write (kill -9) cannot clean up after itself;
+the next write of the same target removes the orphaned temporary.
+
+Temporary names carry the host and the process id (`<stem>.tmp-<host>-<pid><ext>`),
+so a temporary is only removed when the process that wrote it is known to
+be gone (same host, no such process), never one that another process or
+another node is still writing.
+
+This module sits below every other one (it imports nothing of ours).
+"""
+import contextlib
+import csv
+import glob
+import json
+import os
+import socket
+import sys
+
+class InputError(ValueError):
+    """A refused input (file, flag, checkpoint): the message names it, what is wrong and the fix.
+
+    Command-line entry points print it as one line (`one_line_errors`);
+    any other exception is a bug and keeps its traceback.
+    """
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """Turn an InputError raised inside the block into `error: <message>` on stderr and exit status 2."""
+    try:
+        yield
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
+
+
+def _temporary_name(path):
+    root, ext = os.path.splitext(path)
+    return f"{root}.tmp-{HOST}-{os.getpid()}{ext}"
+
+
+def _process_is_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:          # alive, owned by another user
+        return False
+    return False
+
+
+def remove_stale_temporaries(path):
+    """Delete temporaries of `path` left by processes of this host that no longer exist; returns them."""
+    root, ext = os.path.splitext(path)
+    removed = []
+    for tmp in glob.glob(glob.escape(root) + f".tmp-{HOST}-*{ext}"):
+        pid = tmp[len(root) + len(f".tmp-{HOST}-"):len(tmp) - len(ext)]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_is_gone(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+                removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary name beside `path`; rename it to `path` only if the block succeeds."""
+    remove_stale_temporaries(path)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def write_csv(path, rows):
+    """Write a list of dicts (same keys) as CSV with a header row, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def torch_threads():
+    """Torch threads per process: 1, unless the environment variable EAQ_TORCH_THREADS sets another count.
+
+    Measured on a 2-core machine (README "Reliability"): with two threads a
+    learner runs 1.6x and the diffusion model 1.5x faster alone, but two such
+    processes side by side fall 5x (barrier-synchronised threads wait for
+    each other's descheduled partner); with one thread each, a second process
+    costs nothing. One thread also makes results independent of the core count.
+    """
+    value = os.environ.get("EAQ_TORCH_THREADS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"EAQ_TORCH_THREADS={value!r}: must be a positive integer (torch threads per process)")
+    return int(value)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no screen needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path, dpi=110):
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+
+
+def prepare_output_dir(path, flag="--out"):
+    """Create the folder `path` and check it is writable, before any work; raise an InputError if not."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{flag} {path}: exists and is not a folder; choose another {flag}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{HOST}-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise InputError(f"{flag} {path}: cannot write there ({err.strerror}); choose another {flag}") from None
+    return path

@@ -1,0 +1,619 @@
+"""Behaviour policies: where the offline datasets come from (paper §4.3, OG-MARL's procedure).
+
+The paper trains on OG-MARL's SMAC datasets, made like this (OG-MARL's
+dataset cards): a MARL system was trained online on the map, stopped at a
+target level of performance, and its policy rolled out ε-greedily with
+ε = 0.05; this was repeated with 4 independently trained policies and the
+episodes combined. Poor, Medium and Good are therefore different trained
+policies, not noise around one good policy. This file does the same on SMAX.
+
+The learner that makes the policies is ours to choose (the datasets need
+policies of a given level, not a particular algorithm): shared-parameter
+IPPO (independent PPO with one network for all agents; Schulman et al.
+2017, de Witt et al. 2020), the robust baseline on SMAX — OG-MARL used QMIX,
+which JaxMARL reports as fragile on SMAX.
+
+* Networks (pure JAX): actor and critic are separate MLPs shared by all
+  agents; input = the agent's observation and its id one-hot; two tanh
+  layers of 64; the actor gives one logit per action, illegal actions
+  masked out; the critic gives V(o_n).
+* Training: per training seed, `n_envs` SMAX games in parallel (a finished
+  game restarts at once), rollouts of `n_steps` steps, GAE(γ, λ) on the team
+  reward, clipped PPO for `epochs` x `minibatches`, Adam with a linearly
+  decaying learning rate. One checkpoint interval (many PPO updates) is one
+  jitted program, `jax.vmap`-ed over the training seeds, so 4 seeds cost
+  little more than one on a CPU.
+* Checkpoints: at env step 0 and every `--checkpoint-every` env steps (per
+  seed), the actor's parameters (safetensors: loading one runs no code) and
+  its evaluation, played exactly as the data will be collected: ε-greedy
+  over legal actions with ε = 0.05, `--eval-episodes` games: mean ± std
+  return (SMAC scale, best 20), win rate.
+* Selection (`pick_checkpoints`): for each map, quality and training seed,
+  the checkpoint whose evaluated mean return is closest to OG-MARL's mean
+  for that map and quality (`OG_MARL`); where no checkpoint reaches the
+  target, that is the best one, and the manifest says so (`reached`).
+  The chosen actors are shipped in `policies/<map>/<quality>-seed<k>.safetensors`
+  with `policies/manifest.json`; data.py makes datasets from them.
+
+    python behaviour.py --scenario 3m        # train 4 seeds, pick, ship into policies/
+    python behaviour.py --scenario 3m --ship-only   # pick again from runs/behaviour/3m
+
+Shapes: obs (E, N, O), agent inputs (E, N, O + N), logits (E, N, A);
+rollouts carry a leading step axis (S, E, N, ...); a seed axis leads all of
+them inside the vmapped program.
+"""
+import argparse
+import functools
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+import artifacts
+import env as envlib
+
+EPSILON = 0.05            # OG-MARL's exploration when collecting the datasets
+ILLEGAL = -1e9            # logit of an illegal action (finite: no NaN in the entropy)
+POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
+MANIFEST = "manifest.json"
+QUALITIES = ("good", "medium", "poor")
+# Environment steps per training seed, per map: enough to pass OG-MARL's Good
+# level where our budget (about one CPU-hour per map for 4 seeds) allows.
+ENV_STEPS = {"3m": 3_000_000, "8m": 3_000_000, "2s3z": 4_000_000, "5m_vs_6m": 6_000_000,
+             "3s5z_vs_3s6z": 6_000_000}
+
+# OG-MARL's SMAC v1 datasets, the paper's source: (mean return, std return,
+# episode count) per map and quality, from OG-MARL's dataset statistics.
+# The means are the targets the behaviour policies are picked for.
+OG_MARL = {
+    ("3m", "poor"): (4.69, 2.14, 48779), ("3m", "medium"): (9.96, 6.06, 41619),
+    ("3m", "good"): (16.49, 5.92, 43559),
+    ("8m", "poor"): (5.28, 0.56, 20629), ("8m", "medium"): (10.14, 3.34, 39208),
+    ("8m", "good"): (16.86, 4.33, 30638),
+    ("5m_vs_6m", "poor"): (7.45, 1.48, 45501), ("5m_vs_6m", "medium"): (12.62, 5.06, 39284),
+    ("5m_vs_6m", "good"): (16.58, 4.69, 36311),
+    ("2s3z", "poor"): (6.88, 2.06, 9942), ("2s3z", "medium"): (12.57, 3.14, 18605),
+    ("2s3z", "good"): (18.32, 2.95, 18616),
+    ("3s5z_vs_3s6z", "poor"): (5.90, 2.22, 17807), ("3s5z_vs_3s6z", "medium"): (10.69, 1.49, 18866),
+    ("3s5z_vs_3s6z", "good"): (16.56, 3.72, 7315),
+}
+
+
+# ---------------------------------------------------------------------------
+# Networks (pure functions of a parameter pytree)
+# ---------------------------------------------------------------------------
+def init_mlp(key, sizes, out_scale):
+    """Orthogonally initialised MLP layers [{'w': (in, out), 'b': (out,)}, ...]."""
+    import jax
+    import jax.numpy as jnp
+    layers = []
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        scale = out_scale if i == len(sizes) - 2 else np.sqrt(2.0)
+        layers.append({"w": jax.nn.initializers.orthogonal(scale)(k, (n_in, n_out)), "b": jnp.zeros(n_out)})
+    return layers
+
+
+def mlp(layers, x):
+    """tanh hidden layers, linear output: (..., in) -> (..., out)."""
+    import jax.numpy as jnp
+    for layer in layers[:-1]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ layers[-1]["w"] + layers[-1]["b"]
+
+
+def agent_inputs(obs):
+    """Each agent's observation and id one-hot: (..., N, O) -> (..., N, O + N)."""
+    import jax.numpy as jnp
+    N = obs.shape[-2]
+    ids = jnp.broadcast_to(jnp.eye(N, dtype=obs.dtype), obs.shape[:-1] + (N,))
+    return jnp.concatenate([obs, ids], axis=-1)
+
+
+def masked_logits(actor, inputs, avail):
+    """Actor logits with illegal actions at ILLEGAL: (..., I), (..., A) -> (..., A)."""
+    import jax.numpy as jnp
+    return jnp.where(avail, mlp(actor, inputs), ILLEGAL)
+
+
+def epsilon_greedy(key, logits, avail, epsilon):
+    """argmax over legal actions, or with probability epsilon a uniformly random legal one (per agent)."""
+    import jax
+    import jax.numpy as jnp
+    k_explore, k_random = jax.random.split(key)
+    greedy = jnp.argmax(logits, axis=-1)
+    random = jax.random.categorical(k_random, jnp.where(avail, 0.0, -jnp.inf))
+    explore = jax.random.uniform(k_explore, greedy.shape) < epsilon
+    return jnp.where(explore, random, greedy)
+
+
+def init_params(key, obs_dim, n_agents, n_actions, hidden):
+    import jax
+    k_actor, k_critic = jax.random.split(key)
+    sizes = [obs_dim + n_agents, hidden, hidden]
+    return {"actor": init_mlp(k_actor, sizes + [n_actions], 0.01),
+            "critic": init_mlp(k_critic, sizes + [1], 1.0)}
+
+
+# ---------------------------------------------------------------------------
+# PPO (one checkpoint interval = one jitted program, vmapped over seeds)
+# ---------------------------------------------------------------------------
+def gae(values, rewards, dones, last_value, gamma, lam):
+    """Generalised advantage estimates and value targets.
+
+    values (S, E, N), rewards / dones (S, E) (the team's), last_value (E, N)
+    -> (advantages (S, E, N), targets (S, E, N)). A done (win, loss or time
+    limit) ends the bootstrap, as SMAC treats its time limit as terminal.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def backwards(carry, step):
+        advantage, next_value = carry
+        value, reward, done = step
+        not_done = 1.0 - done[:, None]
+        delta = reward[:, None] + gamma * next_value * not_done - value
+        advantage = delta + gamma * lam * not_done * advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(backwards, (jnp.zeros_like(last_value), last_value),
+                                 (values, rewards, dones.astype(values.dtype)), reverse=True)
+    return advantages, advantages + values
+
+
+def ppo_loss(params, batch, clip, vf_coef, ent_coef):
+    """Clipped PPO surrogate + clipped value loss - entropy bonus, on a flat minibatch."""
+    import jax
+    import jax.numpy as jnp
+    logits = masked_logits(params["actor"], batch["inputs"], batch["avail"])   # (M, A)
+    log_probs = jax.nn.log_softmax(logits)
+    logp = jnp.take_along_axis(log_probs, batch["action"][:, None], axis=-1)[:, 0]
+    ratio = jnp.exp(logp - batch["logp"])
+    adv = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
+    policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv).mean()
+    value = mlp(params["critic"], batch["inputs"])[:, 0]
+    value_clipped = batch["value"] + jnp.clip(value - batch["value"], -clip, clip)
+    value_loss = 0.5 * jnp.maximum((value - batch["target"]) ** 2,
+                                   (value_clipped - batch["target"]) ** 2).mean()
+    entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
+    return policy_loss + vf_coef * value_loss - ent_coef * entropy
+
+
+def tree_where(cond, a, b):
+    """Per-environment select between two pytrees whose leaves lead with (E, ...)."""
+    import jax
+    import jax.numpy as jnp
+    return jax.tree.map(lambda x, y: jnp.where(cond.reshape(cond.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+class Trainer:
+    """Shared-parameter IPPO on one SMAX map; `run_interval` and `evaluate` are jitted and vmapped over seeds."""
+
+    def __init__(self, scenario, n_envs=64, n_steps=128, epochs=4, minibatches=4, lr=1e-3, gamma=0.99,
+                 gae_lambda=0.95, clip=0.2, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, hidden=64,
+                 updates_per_interval=8, intervals=100, eval_episodes=128):
+        import jax
+        import optax
+        self.sim = envlib.make_env(scenario, "smax", n_envs=1, seed=0)
+        self.n_agents, self.obs_dim, self.n_actions = self.sim.n_agents, self.sim.obs_dim, self.sim.n_actions
+        self.n_envs, self.n_steps, self.epochs, self.minibatches = n_envs, n_steps, epochs, minibatches
+        self.gamma, self.gae_lambda, self.clip = gamma, gae_lambda, clip
+        self.vf_coef, self.ent_coef, self.hidden = vf_coef, ent_coef, hidden
+        self.eval_episodes = eval_episodes
+        self.updates_per_interval = updates_per_interval
+        schedule = optax.linear_schedule(lr, 0.0, intervals * updates_per_interval * epochs * minibatches)
+        self.optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                                     optax.adam(schedule, eps=1e-5))
+        self.run_interval = jax.jit(jax.vmap(self._run_interval))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate))
+
+    @property
+    def steps_per_update(self):
+        return self.n_envs * self.n_steps
+
+    def init(self, seed):
+        """The training state of one seed (params, optimiser, games in progress, key)."""
+        import jax
+        key = jax.random.PRNGKey(seed)
+        key, k_params, k_reset = jax.random.split(key, 3)
+        params = init_params(k_params, self.obs_dim, self.n_agents, self.n_actions, self.hidden)
+        env_state, obs, avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, self.n_envs))
+        return {"params": params, "opt": self.optimizer.init(params), "env": env_state,
+                "obs": obs, "avail": avail, "key": key}
+
+    def _env_step(self, carry, _):
+        """One step of all n_envs games with the current policy, restarting finished games."""
+        import jax
+        import jax.numpy as jnp
+        params, env_state, obs, avail, key = carry
+        key, k_act, k_step, k_reset = jax.random.split(key, 4)
+        inputs = agent_inputs(obs)                                              # (E, N, O+N)
+        logits = masked_logits(params["actor"], inputs, avail)                 # (E, N, A)
+        action = jax.random.categorical(k_act, logits)                         # (E, N)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
+        value = mlp(params["critic"], inputs)[..., 0]                          # (E, N)
+        E = obs.shape[0]
+        env_state, next_obs, next_avail, reward, done, _ = jax.vmap(self.sim.step_one)(
+            jax.random.split(k_step, E), env_state, jnp.zeros(E, dtype=bool), action)
+        fresh_state, fresh_obs, fresh_avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, E))
+        env_state = tree_where(done, fresh_state, env_state)
+        next_obs = jnp.where(done[:, None, None], fresh_obs, next_obs)
+        next_avail = jnp.where(done[:, None, None], fresh_avail, next_avail)
+        transition = {"inputs": inputs, "avail": avail, "action": action, "logp": logp, "value": value,
+                      "reward": reward / envlib.REWARD_SCALE, "done": done}
+        return (params, env_state, next_obs, next_avail, key), transition
+
+    def _update(self, state, _):
+        """Collect one rollout and run PPO's epochs of minibatch updates on it."""
+        import jax
+        import optax
+        carry = (state["params"], state["env"], state["obs"], state["avail"], state["key"])
+        (params, env_state, obs, avail, key), traj = jax.lax.scan(self._env_step, carry, None, self.n_steps)
+        last_value = mlp(params["critic"], agent_inputs(obs))[..., 0]           # (E, N)
+        advantage, target = gae(traj["value"], traj["reward"], traj["done"], last_value,
+                                self.gamma, self.gae_lambda)
+        batch = {k: traj[k] for k in ("inputs", "avail", "action", "logp", "value")}
+        batch.update(advantage=advantage, target=target)
+        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), batch)   # (S*E*N, ...)
+        M = flat["action"].shape[0]
+        loss_fn = functools.partial(ppo_loss, clip=self.clip, vf_coef=self.vf_coef, ent_coef=self.ent_coef)
+
+        def minibatch_step(carry, mb):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, mb)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, M)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((self.minibatches, -1) + x.shape[1:]), flat)
+            carry, losses = jax.lax.scan(minibatch_step, carry, mbs)
+            return carry, losses.mean()
+
+        key, k_epochs = jax.random.split(key)
+        (params, opt_state), losses = jax.lax.scan(epoch, (params, state["opt"]),
+                                                   jax.random.split(k_epochs, self.epochs))
+        new_state = {"params": params, "opt": opt_state, "env": env_state, "obs": obs, "avail": avail,
+                     "key": key}
+        return new_state, losses.mean()
+
+    def _run_interval(self, state):
+        """`updates_per_interval` PPO updates (rollout + epochs) in one lax.scan -> (state, losses)."""
+        import jax
+        return jax.lax.scan(self._update, state, None, self.updates_per_interval)
+
+    def _evaluate(self, actor, key):
+        """eval_episodes games, ε-greedy (ε = 0.05) as the data are collected -> (returns (G,), won (G,))."""
+        import jax
+        import jax.numpy as jnp
+        G = self.eval_episodes
+        key, k_reset = jax.random.split(key)
+        env_state, obs, avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, G))
+
+        def step(carry):
+            env_state, obs, avail, finished, returns, won, key = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            action = epsilon_greedy(k_act, masked_logits(actor, agent_inputs(obs), avail), avail, EPSILON)
+            env_state, obs, avail, reward, done, won = jax.vmap(self.sim.step_one)(
+                jax.random.split(k_step, G), env_state, finished, action)
+            return env_state, obs, avail, done, returns + reward, won, key
+
+        def playing(carry):
+            return ~carry[3].all()             # every game ends by the 100-step limit
+
+        init = (env_state, obs, avail, jnp.zeros(G, bool), jnp.zeros(G), jnp.zeros(G, bool), key)
+        _, _, _, _, returns, won, _ = jax.lax.while_loop(playing, step, init)
+        return returns, won
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints (safetensors: tensors and string metadata only, no code on load)
+# ---------------------------------------------------------------------------
+def actor_tensors(actor):
+    """Actor layers -> flat {'actor.<i>.w': array, 'actor.<i>.b': array} of float32 numpy arrays."""
+    tensors = {}
+    for i, layer in enumerate(actor):
+        tensors[f"actor.{i}.w"] = np.asarray(layer["w"], dtype=np.float32)
+        tensors[f"actor.{i}.b"] = np.asarray(layer["b"], dtype=np.float32)
+    return tensors
+
+
+def save_policy(path, actor, metadata):
+    """Write one actor and its metadata (values become strings) as a safetensors file, atomically."""
+    from safetensors.numpy import save_file
+    with artifacts.atomic_path(path) as tmp:
+        save_file(actor_tensors(actor), tmp, metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def rebuild_hint(path):
+    scenario = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return (f"restore it with `git checkout -- {path}` or retrain it with "
+            f"`python behaviour.py --scenario {scenario}`")
+
+
+POLICY_KEYS = ("scenario", "n_agents", "obs_dim", "n_actions", "seed", "env_steps")
+
+
+def load_policy(path):
+    """-> (actor layers as numpy, metadata dict); a missing or corrupt file raises a one-line InputError."""
+    from safetensors import safe_open
+    if not os.path.exists(path):
+        raise artifacts.InputError(f"{path}: no such behaviour-policy file; {rebuild_hint(path)}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:      # safetensors raises its own error types for every kind of damage
+        raise artifacts.InputError(f"{path}: not a readable behaviour-policy file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); {rebuild_hint(path)}") from None
+    missing = [k for k in POLICY_KEYS if k not in metadata]
+    n_layers = len(tensors) // 2
+    layers = [{"w": tensors.get(f"actor.{i}.w"), "b": tensors.get(f"actor.{i}.b")} for i in range(n_layers)]
+    if missing or not layers or any(v is None for layer in layers for v in layer.values()):
+        raise artifacts.InputError(f"{path}: not a behaviour-policy file (missing {', '.join(missing) or 'actor layers'}); "
+                         f"{rebuild_hint(path)}")
+    widths = [metadata["obs_dim"] + metadata["n_agents"]] + [layer["b"].shape[0] for layer in layers]
+    if widths[-1] != metadata["n_actions"] or any(
+            layer["w"].shape != (a, b) for layer, a, b in zip(layers, widths[:-1], widths[1:])):
+        raise artifacts.InputError(f"{path}: actor shapes do not fit its metadata; {rebuild_hint(path)}")
+    if not all(np.isfinite(v).all() for layer in layers for v in layer.values()):
+        raise artifacts.InputError(f"{path}: actor holds NaN or inf; {rebuild_hint(path)}")
+    return layers, metadata
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class TrainedPolicy:
+    """A saved actor as a behaviour policy for data.py: ε-greedy over legal actions, all agents at once.
+
+    Same interface as data.HeuristicPolicy: `reset()` at each batch of
+    episodes, `__call__(obs (B, N, O), avail (B, N, A)) -> actions (B, N)`.
+    """
+
+    def __init__(self, path, env, epsilon=EPSILON, seed=0):
+        import jax
+        self.actor, self.metadata = load_policy(path)
+        found = tuple(self.metadata[k] for k in ("scenario", "n_agents", "obs_dim", "n_actions"))
+        wanted = (env.scenario, env.n_agents, env.obs_dim, env.n_actions)
+        if found != wanted:
+            raise artifacts.InputError(f"{path}: a policy for {found[0]} (N, O, A = {found[1:]}), "
+                             f"not for {wanted[0]} (N, O, A = {wanted[1:]})")
+        self.epsilon, self.path = float(epsilon), path
+        self._key = jax.random.PRNGKey(seed)
+        self._act = jax.jit(lambda actor, key, obs, avail, eps: epsilon_greedy(
+            key, masked_logits(actor, agent_inputs(obs), avail), avail, eps))
+
+    def reset(self):
+        """Nothing to reset: the policy is memoryless."""
+
+    def __call__(self, obs, avail):
+        import jax
+        self._key, key = jax.random.split(self._key)
+        return np.asarray(self._act(self.actor, key, obs, avail, self.epsilon), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Picking and shipping the policies
+# ---------------------------------------------------------------------------
+def pick_checkpoints(records, target):
+    """For each training seed, the checkpoint whose mean return is closest to `target`.
+
+    records: dicts with seed, env_steps, return_mean (any order). Ties go to
+    the earlier checkpoint. Returns {seed: record + {'reached': bool}}, where
+    `reached` says whether any checkpoint of that seed scored >= target
+    (if not, the pick is simply the seed's best checkpoint).
+    """
+    picks = {}
+    for seed in sorted({r["seed"] for r in records}):
+        mine = sorted((r for r in records if r["seed"] == seed), key=lambda r: r["env_steps"])
+        best = min(mine, key=lambda r: abs(r["return_mean"] - target))
+        picks[seed] = {**best, "reached": max(r["return_mean"] for r in mine) >= target}
+    return picks
+
+
+def read_manifest(policy_dir=POLICY_DIR):
+    path = os.path.join(policy_dir, MANIFEST)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise artifacts.InputError(f"{path}: not a readable policy manifest ({err}); restore it with "
+                         f"`git checkout -- {path}`") from None
+
+
+def shipped_policies(scenario, quality, policy_dir=POLICY_DIR):
+    """The manifest entries (one per training seed) of the shipped policies for a map and quality."""
+    entries = read_manifest(policy_dir).get(scenario, {}).get(quality)
+    if not entries:
+        raise artifacts.InputError(f"no shipped behaviour policy for {scenario}-{quality} in {policy_dir}; "
+                         f"train them with `python behaviour.py --scenario {scenario}` or use "
+                         f"--behaviour heuristic")
+    return entries
+
+
+def ship(scenario, run_dir, policy_dir=POLICY_DIR):
+    """Pick each quality's checkpoints from a training run and copy them into policy_dir with the manifest."""
+    with open(os.path.join(run_dir, "log.json")) as f:
+        log = json.load(f)
+    os.makedirs(os.path.join(policy_dir, scenario), exist_ok=True)
+    manifest = read_manifest(policy_dir)
+    manifest[scenario] = {}
+    for quality in QUALITIES:
+        target = OG_MARL[(scenario, quality)][0]
+        entries = []
+        for seed, pick in pick_checkpoints(log["checkpoints"], target).items():
+            actor, metadata = load_policy(os.path.join(run_dir, pick["file"]))
+            name = f"{quality}-seed{seed}.safetensors"
+            path = os.path.join(policy_dir, scenario, name)
+            save_policy(path, actor, {**metadata, "quality": quality, "target_return": target})
+            entries.append({"file": f"{scenario}/{name}", "seed": seed, "env_steps": pick["env_steps"],
+                            "return_mean": pick["return_mean"], "return_std": pick["return_std"],
+                            "win_rate": pick["win_rate"], "target_return": target, "reached": pick["reached"],
+                            "sha256": file_sha256(path), "epsilon": EPSILON, "command": log["command"]})
+        manifest[scenario][quality] = entries
+    artifacts.write_json(os.path.join(policy_dir, MANIFEST), dict(sorted(manifest.items())))
+    return manifest[scenario]
+
+
+# ---------------------------------------------------------------------------
+# Command line: train, checkpoint, evaluate, pick, ship
+# ---------------------------------------------------------------------------
+def train(args, progress=True):
+    """Train len(args.seeds) policies at once; checkpoints and log.json in args.out/<scenario>/."""
+    import jax
+    from tqdm import tqdm
+    run_dir = os.path.join(args.out, args.scenario)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    steps_per_update = args.n_envs * args.n_steps
+    updates_per_interval = args.checkpoint_every // steps_per_update
+    intervals = -(-args.env_steps // args.checkpoint_every)
+    trainer = Trainer(args.scenario, args.n_envs, args.n_steps, args.epochs, args.minibatches, args.lr,
+                      args.gamma, args.gae_lambda, args.clip, args.vf_coef, args.ent_coef,
+                      args.max_grad_norm, args.hidden, updates_per_interval, intervals, args.eval_episodes)
+    states = [trainer.init(s) for s in args.seeds]
+    state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states)               # seed axis first
+    eval_key = jax.random.PRNGKey(10_000 + args.seeds[0])
+    log = {"scenario": args.scenario, "config": vars(args), "command": training_command(args), "checkpoints": []}
+    start = time.time()
+    bar = tqdm(total=intervals * args.checkpoint_every, desc=f"IPPO {args.scenario} x{len(args.seeds)} seeds",
+               unit="step", unit_scale=True, disable=not progress)
+    for interval in range(intervals + 1):
+        env_steps = interval * updates_per_interval * steps_per_update
+        if interval:
+            state, _ = trainer.run_interval(state)
+            bar.update(updates_per_interval * steps_per_update)
+        eval_key, k = jax.random.split(eval_key)
+        returns, won = trainer.evaluate(state["params"]["actor"], jax.random.split(k, len(args.seeds)))
+        returns, won = np.asarray(returns), np.asarray(won)                         # (seeds, G)
+        for i, seed in enumerate(args.seeds):
+            actor = jax.tree.map(lambda x: np.asarray(x[i]), state["params"]["actor"])
+            record = {"seed": seed, "env_steps": env_steps, "return_mean": float(returns[i].mean()),
+                      "return_std": float(returns[i].std()), "win_rate": float(won[i].mean()),
+                      "seconds": time.time() - start, "file": f"checkpoints/seed{seed}-{env_steps:09d}.safetensors"}
+            save_policy(os.path.join(run_dir, record["file"]), actor,
+                        {"scenario": args.scenario, "n_agents": trainer.n_agents, "obs_dim": trainer.obs_dim,
+                         "n_actions": trainer.n_actions, "seed": seed, "env_steps": env_steps,
+                         "return_mean": record["return_mean"], "return_std": record["return_std"],
+                         "win_rate": record["win_rate"], "epsilon": EPSILON})
+            log["checkpoints"].append(record)
+        artifacts.write_json(os.path.join(run_dir, "log.json"), log)
+        bar.set_postfix(ret=" ".join(f"{r.mean():.1f}" for r in returns))
+    bar.close()
+    log["seconds"] = time.time() - start
+    artifacts.write_json(os.path.join(run_dir, "log.json"), log)
+    plot_training(log, os.path.join(run_dir, "training.png"))
+    return log
+
+
+def training_command(args):
+    """The behaviour.py command line that reproduces a training run (every flag that differs from its default)."""
+    defaults = vars(parse_args(["--scenario", args.scenario]))
+    flags = []
+    for key, value in vars(args).items():
+        if key in ("out", "policies", "ship_only", "scenario") or value == defaults[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
+    return " ".join(["python behaviour.py --scenario", args.scenario] + flags)
+
+
+def plot_training(log, path):
+    """Evaluated return vs environment steps per seed, with OG-MARL's three targets."""
+    plt = artifacts.pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for seed in sorted({r["seed"] for r in log["checkpoints"]}):
+        mine = [r for r in log["checkpoints"] if r["seed"] == seed]
+        ax.plot([r["env_steps"] for r in mine], [r["return_mean"] for r in mine], label=f"seed {seed}")
+    for quality in QUALITIES:
+        target = OG_MARL.get((log["scenario"], quality))
+        if target:
+            ax.axhline(target[0], ls="--", lw=0.8, color="gray")
+            ax.text(0, target[0], f" {quality}", va="bottom", fontsize=7, color="gray")
+    ax.set(xlabel="environment steps", ylabel=f"return (ε = {EPSILON})",
+           title=f"IPPO behaviour policies, {log['scenario']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    artifacts.save_figure(fig, path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train the behaviour policies that make the offline datasets "
+                                            "(OG-MARL's procedure, paper §4.3) and ship the picked checkpoints.")
+    p.add_argument("--scenario", default="3m", help="SMAX map (paper: 3m, 5m_vs_6m, 8m, 2s3z, 3s5z_vs_3s6z)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="independent training seeds (OG-MARL: 4 policies per dataset)")
+    p.add_argument("--env-steps", type=int, default=None,
+                   help="environment steps per seed (default: ENV_STEPS of the map, sized to reach Good)")
+    p.add_argument("--checkpoint-every", type=int, default=16_384,
+                   help="environment steps between checkpoints (a multiple of n-envs x n-steps)")
+    p.add_argument("--eval-episodes", type=int, default=128, help="ε-greedy games per checkpoint evaluation")
+    p.add_argument("--n-envs", type=int, default=128, help="games played in parallel per seed (JaxMARL: 128)")
+    p.add_argument("--n-steps", type=int, default=128, help="steps per rollout (JaxMARL: 128)")
+    p.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout (JaxMARL: 4)")
+    p.add_argument("--minibatches", type=int, default=4, help="PPO minibatches per epoch (JaxMARL: 4)")
+    p.add_argument("--lr", type=float, default=4e-3, help="Adam learning rate, decays linearly to 0 (JaxMARL: 4e-3)")
+    p.add_argument("--gamma", type=float, default=0.99, help="discount")
+    p.add_argument("--gae-lambda", type=float, default=0.95, help="GAE λ")
+    p.add_argument("--clip", type=float, default=0.05, help="PPO ratio and value clip (JaxMARL's SMAX: 0.05)")
+    p.add_argument("--vf-coef", type=float, default=0.5, help="value loss weight")
+    p.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus weight")
+    p.add_argument("--max-grad-norm", type=float, default=0.25, help="global gradient-norm clip (JaxMARL: 0.25)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden width of actor and critic")
+    p.add_argument("--out", default=os.path.join("runs", "behaviour"), help="training runs: OUT/<scenario>/")
+    p.add_argument("--policies", default=POLICY_DIR, help="where the picked policies are shipped")
+    p.add_argument("--ship-only", action="store_true", help="do not train: pick and ship from OUT/<scenario>/")
+    args = p.parse_args(argv)
+    try:
+        envlib.check_scenario(args.scenario)
+    except ValueError as err:
+        p.error(str(err))
+    for name in ("checkpoint_every", "eval_episodes", "n_envs", "n_steps", "epochs",
+                 "minibatches", "hidden"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.env_steps is None:
+        args.env_steps = ENV_STEPS.get(args.scenario, 4_000_000)
+    if args.checkpoint_every % (args.n_envs * args.n_steps):
+        p.error(f"--checkpoint-every must be a multiple of n-envs x n-steps = {args.n_envs * args.n_steps}, "
+                f"got {args.checkpoint_every}")
+    if args.env_steps < 1:
+        p.error(f"--env-steps must be at least 1, got {args.env_steps}")
+    if (args.n_envs * args.n_steps) % args.minibatches:
+        p.error(f"--minibatches must divide n-envs x n-steps = {args.n_envs * args.n_steps}")
+    for name in ("lr", "gamma", "gae_lambda", "clip", "vf_coef", "ent_coef", "max_grad_norm"):
+        value = getattr(args, name)
+        if not np.isfinite(value) or value < 0 or (name in ("lr", "clip", "max_grad_norm") and value == 0):
+            p.error(f"--{name.replace('_', '-')} must be a finite positive number, got {value}")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error("--seeds must be distinct non-negative integers")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_dir = os.path.join(args.out, args.scenario)
+    if not args.ship_only:
+        log = train(args)
+        steps = max(r["env_steps"] for r in log["checkpoints"])
+        print(f"trained {len(args.seeds)} seeds x {steps:,} env steps in {log['seconds'] / 60:.1f} min "
+              f"({len(args.seeds) * steps / log['seconds']:,.0f} env steps/s); {run_dir}/log.json")
+    if (args.scenario, "poor") not in OG_MARL:
+        print(f"{args.scenario} has no OG-MARL targets: nothing to ship")
+        return
+    with artifacts.one_line_errors():
+        shipped = ship(args.scenario, run_dir, args.policies)
+    for quality, entries in shipped.items():
+        picks = ", ".join(f"seed {e['seed']}: {e['return_mean']:.2f} @ {e['env_steps']:,}"
+                          + ("" if e["reached"] else " (target not reached)") for e in entries)
+        print(f"{args.scenario}-{quality} (OG-MARL {OG_MARL[(args.scenario, quality)][0]:.2f}): {picks}")
+
+
+if __name__ == "__main__":
+    main()
