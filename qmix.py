@@ -60,18 +60,28 @@ ILLEGAL = -1e9  # Q of an illegal action in a max (finite, so all-illegal padded
 
 
 class AgentNetwork(nn.Module):
-    """Shared recurrent agent: (inputs (M, I), hidden (M, H)) -> (Q (M, A), hidden)."""
+    """Shared recurrent agent: linear -> ReLU -> GRU -> ReLU -> linear, one Q per action.
+
+    `forward` takes one step (execution); `sequence` a whole episode at once
+    (training), with torch's fused GRU instead of a Python loop over time.
+    """
 
     def __init__(self, input_dim, n_actions, hidden=64):
         super().__init__()
         self.hidden = hidden
         self.fc1 = nn.Linear(input_dim, hidden)
-        self.gru = nn.GRUCell(hidden, hidden)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
         self.fc2 = nn.Linear(hidden, n_actions)
 
     def forward(self, x, h):
-        h = self.gru(F.relu(self.fc1(x)), h)
-        return self.fc2(F.relu(h)), h
+        """One step: inputs (M, I), hidden (M, H) -> (Q (M, A), hidden (M, H))."""
+        out, h = self.gru(F.relu(self.fc1(x))[:, None], h[None])
+        return self.fc2(F.relu(out[:, 0])), h[0]
+
+    def sequence(self, x):
+        """A whole sequence from a zero hidden state: inputs (M, T, I) -> Q (M, T, A)."""
+        out, _ = self.gru(F.relu(self.fc1(x)))
+        return self.fc2(F.relu(out))
 
 
 class QMixer(nn.Module):
@@ -95,12 +105,14 @@ class QMixer(nn.Module):
         extra = q_agents.shape[:q_agents.dim() - len(lead) - 1]
         s = state.reshape(-1, state.shape[-1])                                # (L, S)
         w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed)       # (L, N, E)
-        b1 = self.hyper_b1(s).view(-1, 1, self.embed)                         # (L, 1, E)
-        w2 = self.hyper_w2(s).abs().view(-1, self.embed, 1)                   # (L, E, 1)
-        v = self.value(s).view(-1, 1, 1)                                      # (L, 1, 1)
-        q = q_agents.reshape(*extra, -1, 1, self.n_agents)                    # (*extra, L, 1, N)
-        hidden = F.elu(q @ w1 + b1)                                           # (*extra, L, 1, E)
-        return (hidden @ w2 + v).reshape(*extra, *lead)
+        b1 = self.hyper_b1(s)                                                 # (L, E)
+        w2 = self.hyper_w2(s).abs()                                           # (L, E)
+        v = self.value(s)[:, 0]                                               # (L,)
+        q = q_agents.reshape(*extra, -1, self.n_agents)                       # (*extra, L, N)
+        # q @ w1 per state, written as a broadcast sum: thousands of 1 x N @ N x E
+        # products are far slower as a batched matmul than as one elementwise op.
+        hidden = F.elu((q[..., None] * w1).sum(-2) + b1)                      # (*extra, L, E)
+        return ((hidden * w2).sum(-1) + v).reshape(*extra, *lead)
 
 
 # ---------------------------------------------------------------------------
@@ -157,13 +169,10 @@ def agent_inputs(obs, actions, n_actions, last_action=True):
 
 def unroll(agent, inputs):
     """Run the shared GRU agent over time: inputs (B, T, N, I) -> Q (B, T, N, A)."""
-    B, T, N, _ = inputs.shape
-    h = torch.zeros(B * N, agent.hidden)
-    qs = []
-    for t in range(T):
-        q, h = agent(inputs[:, t].reshape(B * N, -1), h)
-        qs.append(q.view(B, N, -1))
-    return torch.stack(qs, dim=1)
+    B, T, N, I = inputs.shape
+    per_agent = inputs.permute(0, 2, 1, 3).reshape(B * N, T, I)             # (B*N, T, I)
+    q = agent.sequence(per_agent)                                           # (B*N, T, A)
+    return q.view(B, N, T, -1).permute(0, 2, 1, 3)                          # (B, T, N, A)
 
 
 def legal_argmax(q, avail):
