@@ -307,7 +307,7 @@ def generate_dataset(scenario, quality, n_episodes, seed, path, behaviour="polic
     returns, lengths, wins = [], [], []
     with artifacts.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            writer = _EpisodeWriter(f, env.episode_limit, env.n_agents, env.obs_dim, env.n_actions)
+            writer = EpisodeWriter(f, env.episode_limit, env.n_agents, env.obs_dim, env.n_actions)
             with tqdm(total=n_episodes, desc=f"{scenario}-{quality}", unit="ep",
                       disable=not progress) as bar:
                 for policy, count in sources:
@@ -377,7 +377,7 @@ def dataset_path(scenario, quality, fraction, seed, root=os.path.join("runs", "d
     return os.path.join(root, f"{scenario}-{quality}-{tag}-eps{eps:g}-n{n}-s{seed}.h5")
 
 
-class _EpisodeWriter:
+class EpisodeWriter:
     """Appends padded episode batches to resizable, compressed HDF5 datasets."""
 
     def __init__(self, f, limit, n_agents, obs_dim, n_actions):
@@ -457,13 +457,28 @@ def load_dataset(path, scenario=None, quality=None):
                                 attrs=attrs)
         except (OSError, ValueError) as err:
             raise artifacts.InputError(f"{path}: damaged HDF5 data ({err})") from None
-    problem = _schema_problem(episodes)
+    problem = schema_problem(episodes, attrs["n_agents"], attrs["obs_dim"], attrs["n_actions"])
     if problem:
         raise artifacts.InputError(f"{path}: {problem}")
     for key, wanted in (("scenario", scenario), ("quality", quality)):
         if wanted is not None and attrs[key] != wanted:
             raise artifacts.InputError(f"{path}: holds {key} {attrs[key]!r} but {wanted!r} was requested")
     return episodes
+
+
+def read_attrs(path):
+    """A dataset file's attrs alone (cheap: no arrays read); refuses a missing or unreadable file."""
+    if not os.path.exists(path):
+        raise artifacts.InputError(f"{path}: no such dataset file")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    except OSError as err:
+        raise artifacts.InputError(f"{path}: not a readable HDF5 dataset ({err})") from None
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise artifacts.InputError(f"{path}: not an EAQ dataset, missing {', '.join(missing)}")
+    return attrs
 
 
 def _plain(value):
@@ -475,13 +490,11 @@ def _plain(value):
     return value
 
 
-def _schema_problem(ep):
-    """What is wrong with the shapes and contents of `ep`, or None."""
-    a = ep.attrs
+def schema_problem(ep, N, O, A):
+    """What is wrong with the shapes and contents of Episodes `ep` (N agents, O features, A actions), or None."""
     E, T = ep.rewards.shape if ep.rewards.ndim == 2 else (None, None)
     if E is None:
         return f"rewards has shape {ep.rewards.shape}, expected (E, T)"
-    N, O, A = a["n_agents"], a["obs_dim"], a["n_actions"]
     expected = {"obs": (E, T + 1, N, O), "avail": (E, T + 1, N, A), "actions": (E, T, N),
                 "dones": (E, T), "lengths": (E,)}
     for name, shape in expected.items():

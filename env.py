@@ -41,6 +41,9 @@ BACKENDS = ("smax", "smac")
 REWARD_SCALE = 10.0  # SMAX team return <= 2.0  ->  SMAC-scale return <= 20
 MAX_RETURN = 20.0    # normalised return = return / MAX_RETURN
 PAPER_SCENARIOS = ("3m", "5m_vs_6m", "8m", "2s3z", "3s5z_vs_3s6z")
+# The first attack action of each backend's action layout: SMAX has 4 moves
+# and stop before its attacks, SMAC no-op, stop and 4 moves.
+FIRST_ATTACK_ACTION = {"smax": 5, "smac": 6}
 
 
 @contextlib.contextmanager
@@ -103,7 +106,7 @@ class SmaxEnv:
     """
 
     backend = "smax"
-    first_attack_action = 5  # 4 moves, stop, then one attack per enemy
+    first_attack_action = FIRST_ATTACK_ACTION["smax"]  # 4 moves, stop, then one attack per enemy
 
     def __init__(self, scenario, n_envs, seed):
         import jax
@@ -210,7 +213,7 @@ class SmacEnv:
     """
 
     backend = "smac"
-    first_attack_action = 6
+    first_attack_action = FIRST_ATTACK_ACTION["smac"]
 
     def __init__(self, scenario, n_envs, seed):
         try:

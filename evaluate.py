@@ -32,13 +32,13 @@ import env as envlib
 import train
 
 
-def living_agents(avail, first_attack_action=5):
-    """(..., N) bool: agents that may move (dead agents may only stop; SMAX moves are 0-3, SMAC's 2-5)."""
-    moves = slice(0, 4) if first_attack_action == 5 else slice(2, 6)
+def living_agents(avail, first_attack=envlib.FIRST_ATTACK_ACTION["smax"]):
+    """(..., N) bool: agents that may move (dead agents may only stop or no-op; SMAX moves are 0-3, SMAC's 2-5)."""
+    moves = slice(0, 4) if first_attack == envlib.FIRST_ATTACK_ACTION["smax"] else slice(2, 6)
     return avail[..., moves].any(axis=-1)
 
 
-def focus_fire_ratio(actions, avail, valid, first_attack_action):
+def focus_fire_ratio(actions, avail, valid, first_attack):
     """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
 
     actions (E, T, N), avail (E, T, N, A), valid (E, T). An agent is living
@@ -47,8 +47,8 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
     focus fire with anyone), all of them attacking. Returns (ratio, number
     of all-attack steps); the ratio is NaN when there are none.
     """
-    living = living_agents(avail, first_attack_action)                              # (E, T, N)
-    attacking = actions >= first_attack_action                                       # (E, T, N)
+    living = living_agents(avail, first_attack)                                      # (E, T, N)
+    attacking = actions >= first_attack                                              # (E, T, N)
     all_attack = valid & (living.sum(-1) >= 2) & np.all(attacking | ~living, axis=-1)   # (E, T)
     target = np.where(living, actions, -1)
     first = np.take_along_axis(target, np.argmax(living, axis=-1)[..., None], axis=-1)
@@ -60,18 +60,23 @@ def focus_fire_ratio(actions, avail, valid, first_attack_action):
 # ---------------------------------------------------------------------------
 # Figures 1b and 3: what the augmentation does to the data
 # ---------------------------------------------------------------------------
-def dataset_focus_fire(episodes, first_attack_action=5):
-    """Figure 1b's ratio for a dataset (Episodes)."""
+def first_attack_action(episodes):
+    """The first attack action of a dataset's action layout (SMAX: 5, SMAC: 6), from its backend attr."""
+    return envlib.FIRST_ATTACK_ACTION[episodes.attrs.get("backend", "smax")]
+
+
+def dataset_focus_fire(episodes):
+    """Figure 1b's ratio for a dataset (Episodes), in its backend's action layout."""
     T = episodes.rewards.shape[1]
     valid = data.valid_steps(episodes.lengths, T)
-    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action)
+    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action(episodes))
 
 
 def living_observations(episodes, n, seed):
     """Up to n observation vectors of living agents on valid steps, (n, O)."""
     T = episodes.rewards.shape[1]
     valid = data.valid_steps(episodes.lengths, T)                              # (E, T)
-    living = living_agents(episodes.avail[:, :T]) & valid[..., None]             # (E, T, N)
+    living = living_agents(episodes.avail[:, :T], first_attack_action(episodes)) & valid[..., None]   # (E, T, N)
     obs = episodes.obs[:, :T][living]                                          # (M, O)
     keep = np.random.default_rng(seed).permutation(len(obs))[:n]
     return obs[keep]

@@ -438,6 +438,18 @@ def load_datasets(paths):
     return episodes
 
 
+def check_simulator(path, attrs, backend):
+    """Refuse, before any training, a dataset whose shapes the evaluation simulator does not share."""
+    try:
+        env = envlib.make_env(attrs["scenario"], backend, n_envs=1)
+    except ImportError as err:
+        raise artifacts.InputError(str(err)) from None
+    if (env.obs_dim, env.n_actions) != (attrs["obs_dim"], attrs["n_actions"]):
+        raise artifacts.InputError(f"{path}: obs_dim/n_actions {attrs['obs_dim']}/{attrs['n_actions']} do not match "
+                                   f"the {backend} simulator's {env.obs_dim}/{env.n_actions}; a {attrs['backend']} "
+                                   f"dataset is evaluated with --backend {attrs['backend']}")
+
+
 def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, progress=True):
     """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG into `out`.
 
@@ -456,11 +468,9 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
                           seed=args.seed, last_action=args.last_action, **(extra or {}))
     buffer = EpisodeBuffer(episodes)
+    check_simulator(dataset_paths[0], a, args.backend)
     envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
     env = envs["reported"]
-    if (env.obs_dim, env.n_actions) != (a["obs_dim"], a["n_actions"]):
-        raise artifacts.InputError(f"{dataset_paths[0]}: obs_dim/n_actions {a['obs_dim']}/{a['n_actions']} do "
-                                   f"not match the {args.backend} simulator's {env.obs_dim}/{env.n_actions}")
 
     def evaluate_now():
         return evaluate_policy(learner.policy(), env)

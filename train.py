@@ -62,6 +62,9 @@ def build_parser():
                    help="who made D_real: the shipped trained policies (OG-MARL's procedure) or the heuristic "
                         "ε-mixture (ablation)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (shared by all runs)")
+    p.add_argument("--dataset", default=None,
+                   help="use this HDF5 file as D_real instead of generating one (e.g. OG-MARL data converted by "
+                        "ogmarl.py; evaluate SMAC data with --backend smac); its map and quality come from the file")
     p.add_argument("--out", default="runs", help="root folder of every cached stage")
     g = p.add_argument_group("diffusion model (diffusion.py; defaults are diffusion.py's)")
     g.add_argument("--lam", type=float, default=d.get_default("lam"),
@@ -88,6 +91,12 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    if args.dataset is not None:
+        try:
+            attrs = data.read_attrs(args.dataset)
+        except artifacts.InputError as err:
+            p.error(str(err))
+        args.scenario, args.quality = attrs["scenario"], attrs["quality"]
     try:
         envlib.check_scenario(args.scenario, args.backend)
     except ValueError as err:
@@ -119,9 +128,19 @@ def short_hash(config):
 
 
 def real_dataset_path(args):
-    """The D_real file of this configuration (data.ensure_dataset makes it on first use)."""
+    """The D_real file of this configuration (data.ensure_dataset makes it on first use, unless --dataset)."""
+    if args.dataset is not None:
+        return args.dataset
     return data.dataset_path(args.scenario, args.quality, args.fraction, args.data_seed,
                              root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
+
+
+def real_dataset_stem(args):
+    """D_real's name in the cached stages' names: the file's stem (plus a digest of its contents for --dataset)."""
+    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    if args.dataset is not None:
+        stem += "-" + diffusion.file_digest(args.dataset)[:6]
+    return stem
 
 
 def diffusion_argv(args, real_path, out):
@@ -133,9 +152,8 @@ def diffusion_argv(args, real_path, out):
 
 def eaq_dir(args):
     """runs/eaq/<D_real>-lam..-k..-dim..-ddim..-S..-s..-<hash of every diffusion flag>."""
-    real = real_dataset_path(args)
-    stem = os.path.splitext(os.path.basename(real))[0]
-    argv = diffusion_argv(args, os.path.basename(real), "")
+    stem = real_dataset_stem(args)
+    argv = diffusion_argv(args, stem, "")
     key = short_hash(vars(diffusion.build_parser().parse_args(argv)))
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
                                          f"-ddim{args.ddim_steps}-S{args.scale}-s{args.diffusion_seed}-{key}")
@@ -143,7 +161,7 @@ def eaq_dir(args):
 
 def result_dir(args):
     """runs/results/<D_real>-<learner>-<augmentation>-it<iters>-s<seed>-<hash of the whole run>."""
-    stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
+    stem = real_dataset_stem(args)
     config = {name: getattr(args, name) for name in LEARNER_FLAGS + ALGO_FLAGS[args.algo]}
     config.update(algo=args.algo, aug=args.aug, dataset=stem)
     aug = args.aug
@@ -225,9 +243,10 @@ def run(args):
     artifacts.prepare_output_dir(out, "--out")
     seconds = {}
     start = time.time()
-    real_path = data.ensure_dataset(args.scenario, args.quality, args.fraction, args.data_seed,
-                                    root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
+    real_path = args.dataset or data.ensure_dataset(args.scenario, args.quality, args.fraction, args.data_seed,
+                                                    root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
     real = data.load_dataset(real_path, scenario=args.scenario, quality=args.quality)
+    qmix.check_simulator(real_path, real.attrs, args.backend)
     print("D_real " + data.describe(real.attrs))
     seconds["dataset"] = time.time() - start
     datasets, report = [real_path], None

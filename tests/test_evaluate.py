@@ -67,7 +67,7 @@ def test_focus_fire_ratio_by_hand():
                          [6, 4, 4],      # a lone survivor attacking: not focus fire with anyone
                          [7, 7, 4]]])    # the two living agents on enemy 2: focus fire
     valid = np.ones((1, 5), dtype=bool)
-    ratio, n = evaluate.focus_fire_ratio(actions, avail, valid, first_attack_action=5)
+    ratio, n = evaluate.focus_fire_ratio(actions, avail, valid, first_attack=5)
     assert n == 3 and ratio == pytest.approx(2 / 3)
 
 

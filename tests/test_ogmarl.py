@@ -1,0 +1,186 @@
+"""ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import artifacts
+import bcq
+import cql
+import data
+import diffusion as D
+import evaluate
+import ogmarl
+import qmix
+
+N, O, A, S = 3, 30, 9, 48                      # SMAC's 3m: 3 agents, 30 features, 9 actions, state 48
+LENGTHS = (4, 2, 5)                             # three finished episodes
+TRAILING = 3                                    # then 3 rows of an unfinished one
+
+
+def vault_rows(rng):
+    """The rows of a small 3m vault: episodes one after another along time, as OG-MARL stores them."""
+    rows = sum(LENGTHS) + TRAILING
+    obs = rng.normal(size=(rows, N, O)).astype(np.float32)
+    legals = np.ones((rows, N, A), np.float32)
+    actions = rng.integers(0, A, size=(rows, N))
+    team = rng.uniform(0, 2, size=rows).astype(np.float32)
+    terminals = np.zeros((rows, N), np.float32)
+    for end in np.cumsum(LENGTHS) - 1:
+        terminals[end] = 1.0
+    for t in range(LENGTHS[0], sum(LENGTHS[:2])):  # agent 1 is dead throughout the 2nd episode
+        obs[t, 1] = 0.0
+        legals[t, 1] = np.eye(A)[0]             # a dead agent may only no-op
+        actions[t, 1] = 0
+    return {"observations": obs, "actions": actions.astype(np.int32), "rewards": np.repeat(team[:, None], N, 1),
+            "terminals": terminals, "truncations": np.zeros((rows, N), np.float32), "legals": legals,
+            "state": rng.normal(size=(rows, S)).astype(np.float32)}
+
+
+def write_vault(path, rows):
+    """A flashbax vault in OG-MARL's layout: metadata.json, zarr arrays in one OCDBT store, vault_index."""
+    import tensorstore as ts
+    os.makedirs(path)
+    base = f"file://{os.path.abspath(path)}"
+    leaves = {"observations.": rows["observations"], "actions.": rows["actions"], "rewards.": rows["rewards"],
+              "terminals.": rows["terminals"], "truncations.": rows["truncations"],
+              "infos.legals.": rows["legals"], "infos.state.": rows["state"]}
+    shapes, dtypes = {}, {}
+    for key, array in leaves.items():
+        store = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": key},
+                         "metadata": {"compressor": {"id": "gzip", "level": 5}}},
+                        shape=(1, int(10e12)) + array.shape[1:], dtype=array.dtype, create=True).result()
+        store[:, :len(array)].write(array[None]).result()
+        name = key.rstrip(".").split(".")
+        (shapes.setdefault("infos", {}) if name[0] == "infos" else shapes)[name[-1]] = str((1, 5000) + array.shape[1:])
+        (dtypes.setdefault("infos", {}) if name[0] == "infos" else dtypes)[name[-1]] = array.dtype.name
+    index = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": "vault_index"},
+                     "metadata": {}}, shape=(1,), dtype=np.int32, create=True).result()
+    index.write(np.array([len(rows["actions"])], np.int32)).result()
+    with open(os.path.join(path, "metadata.json"), "w") as f:
+        json.dump({"version": 1.2, "structure_shape": shapes, "structure_dtype": dtypes}, f)
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory):
+    rows = vault_rows(np.random.default_rng(0))
+    path = str(tmp_path_factory.mktemp("vaults") / "3m.vlt" / "Good")
+    write_vault(path, rows)
+    return path, rows
+
+
+@pytest.fixture(scope="module")
+def converted(vault, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("converted") / "ogmarl-3m-good.h5")
+    ogmarl.main([vault[0], "--out", out])
+    return out
+
+
+def test_every_array_of_the_converted_episodes_by_hand(vault, converted):
+    _, rows = vault
+    ep = data.load_dataset(converted, scenario="3m", quality="good")
+    assert ep.lengths.tolist() == list(LENGTHS) and ep.n_episodes == 3
+    starts = np.cumsum((0,) + LENGTHS[:-1])
+    for e, (start, n) in enumerate(zip(starts, LENGTHS)):
+        np.testing.assert_array_equal(ep.obs[e, :n], rows["observations"][start:start + n])
+        assert (ep.obs[e, n] == 0).all() and not ep.avail[e, n].any(), "the final observation is not stored"
+        np.testing.assert_array_equal(ep.actions[e, :n], rows["actions"][start:start + n])
+        np.testing.assert_array_equal(ep.avail[e, :n], rows["legals"][start:start + n] > 0.5)
+        np.testing.assert_allclose(ep.rewards[e, :n], rows["rewards"][start:start + n, 0])
+        assert ep.dones[e].tolist() == [False] * (n - 1) + [True] + [False] * (ep.dones.shape[1] - n)
+        assert ep.returns()[e] == pytest.approx(rows["rewards"][start:start + n, 0].sum(), rel=1e-6)
+    assert ep.avail[1, :2, 1].tolist() == [[True] + [False] * 8] * 2, "the dead agent may only no-op"
+    a = ep.attrs
+    assert (a["backend"], a["source"], a["n_agents"], a["obs_dim"], a["n_actions"]) == ("smac", "og-marl", N, O, A)
+    assert a["dropped_unfinished_rows"] == TRAILING and a["final_observation"] == "absent (zeros)"
+    assert a["return_mean"] == pytest.approx(ep.returns().mean(), rel=1e-6)
+
+
+def test_a_fraction_keeps_whole_episodes_chosen_by_the_seed(vault, tmp_path):
+    out = str(tmp_path / "part.h5")
+    ogmarl.convert(vault[0], out, fraction=0.5, seed=1, progress=False)
+    part = data.load_dataset(out)
+    assert part.n_episodes == 2 and part.attrs["vault_episodes"] == 3
+    assert set(part.lengths.tolist()) <= set(LENGTHS)
+
+
+def test_learners_and_the_diffusion_model_run_on_the_converted_file(converted, tmp_path):
+    ep = data.load_dataset(converted)
+    buffer = qmix.EpisodeBuffer([ep])
+    for cls in (cql.QmixCQL, bcq.QmixBCQ):
+        learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
+        rows = qmix.train_loop(learner, buffer, iters=3, batch_size=2, lr=1e-3, seed=0,
+                               evaluate=lambda: {"return_mean": 0.0}, eval_every=3, progress=False)
+        assert np.isfinite(rows[-1]["td_loss"])
+    argv = ["--dataset", converted, "--out", str(tmp_path / "eaq"), "--steps", "3", "--dim", "8",
+            "--dim-mults", "1", "--K", "10", "--ddim-steps", "2", "--scale", "1"]
+    report = D.fit_and_sample(D.parse_args(argv), progress=False)
+    syn = data.load_dataset(str(tmp_path / "eaq" / "synthetic.h5"))
+    assert syn.attrs["backend"] == "smac" and report["synthetic"]["episodes"] == 3
+    assert evaluate.first_attack_action(syn) == 6, "figures read SMAC's action layout"
+
+
+def test_focus_fire_reads_the_datasets_action_layout():
+    """Action 5 is SMAX's first attack but one of SMAC's moves."""
+    def one_step(backend):
+        return data.Episodes(np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2, 3, 9), bool),
+                             np.array([[[5, 5, 5]]]), np.zeros((1, 1), np.float32), np.array([[True]]),
+                             np.array([1], np.int32), attrs={"backend": backend})
+    assert evaluate.dataset_focus_fire(one_step("smax")) == (1.0, 1)
+    ratio, n = evaluate.dataset_focus_fire(one_step("smac"))
+    assert n == 0 and np.isnan(ratio), "in SMAC's layout nobody attacks"
+
+
+def edited_vault(tmp_path, name, edit):
+    rows = vault_rows(np.random.default_rng(0))
+    edit(rows)
+    path = str(tmp_path / name / "Good")
+    write_vault(path, rows)
+    return path
+
+
+def longer(rows):
+    """84 rows (the 14 rows six times) with no terminal before row 62: a first episode of 67 steps."""
+    for key in rows:
+        rows[key] = np.concatenate([rows[key]] * 6)
+    rows["terminals"][:62] = 0.0
+
+
+@pytest.mark.parametrize("edit, flags, message", [
+    (lambda rows: None, ["--scenario", "8m"], "a vault of 3m, not 8m (from its path)"),
+    (lambda rows: rows["rewards"].__setitem__((2, 1), 9.0), [], "the agents' reward copies differ at row 2"),
+    (longer, [], "an episode of 67 steps, longer than 3m's limit of 60"),
+])
+def test_bad_vaults_are_refused_in_one_line_and_write_nothing(tmp_path, capsys, edit, flags, message):
+    path = edited_vault(tmp_path, "3m.vlt", edit)
+    out = tmp_path / "out.h5"
+    with pytest.raises(SystemExit):
+        ogmarl.main([path, "--out", str(out)] + flags)
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_a_folder_that_is_not_a_vault_is_refused(tmp_path):
+    with pytest.raises(artifacts.InputError, match="not a flashbax vault"):
+        ogmarl.convert(str(tmp_path), str(tmp_path / "x.h5"), "3m", "good", progress=False)
+
+
+def test_a_vault_of_another_map_by_its_contents_is_refused(tmp_path):
+    path = edited_vault(tmp_path, "2s3z.vlt", lambda rows: None)    # 3 agents, 9 actions: not 2s3z (5, 11)
+    with pytest.raises(artifacts.InputError, match="SMAC's 2s3z has 5 and 11: a vault of another map"):
+        ogmarl.convert(path, str(tmp_path / "y.h5"), progress=False)
+
+
+def test_train_py_takes_the_converted_file_as_d_real_and_needs_smac_to_evaluate_it(converted, tmp_path, capsys):
+    import train
+    args = train.parse_args(["--dataset", converted, "--backend", "smac", "--out", str(tmp_path)])
+    assert (args.scenario, args.quality) == ("3m", "good")
+    name = os.path.basename(train.result_dir(args))
+    assert name.startswith("ogmarl-3m-good-" + D.file_digest(converted)[:6] + "-cql-eaq-")
+    with pytest.raises(SystemExit):                             # SMAX's 3m has other observations
+        train.main(["--dataset", converted, "--out", str(tmp_path), "--iters", "2"])
+    err = capsys.readouterr().err
+    assert "do not match the smax simulator's 75/8" in err and "--backend smac" in err
+    assert not os.path.exists(tmp_path / "eaq"), "refused before the diffusion model trains"
