@@ -704,6 +704,65 @@ class Normalizer:
 
 
 # ---------------------------------------------------------------------------
+# Behaviour statistics of a dataset: attacks, action histograms, focus fire (Fig. 1b)
+# ---------------------------------------------------------------------------
+def living_agents(avail, first_attack=envlib.FIRST_ATTACK_ACTION["smax"]):
+    """(..., N) bool: agents that may move (dead agents may only stop or no-op; SMAX moves are 0-3, SMAC's 2-5)."""
+    moves = slice(0, 4) if first_attack == envlib.FIRST_ATTACK_ACTION["smax"] else slice(2, 6)
+    return avail[..., moves].any(axis=-1)
+
+
+def focus_fire_ratio(actions, avail, valid, first_attack):
+    """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
+
+    actions (E, T, N), avail (E, T, N, A), valid (E, T). An agent is living
+    when it may move (dead agents may only stop; SMAX and SMAC alike). An
+    all-attack step has at least two living agents (a lone survivor cannot
+    focus fire with anyone), all of them attacking. Returns (ratio, number
+    of all-attack steps); the ratio is NaN when there are none.
+    """
+    living = living_agents(avail, first_attack)                                      # (E, T, N)
+    attacking = actions >= first_attack                                              # (E, T, N)
+    all_attack = valid & (living.sum(-1) >= 2) & np.all(attacking | ~living, axis=-1)   # (E, T)
+    target = np.where(living, actions, -1)
+    first = np.take_along_axis(target, np.argmax(living, axis=-1)[..., None], axis=-1)
+    same = np.all((target == first) | ~living, axis=-1)
+    n = int(all_attack.sum())
+    return (float((same & all_attack).sum() / n) if n else float("nan")), n
+
+
+def first_attack_action(episodes):
+    """The first attack action of a dataset's action layout (SMAX: 5, SMAC: 6), from its backend attr."""
+    return envlib.FIRST_ATTACK_ACTION[episodes.attrs.get("backend", "smax")]
+
+
+def dataset_focus_fire(episodes):
+    """Figure 1b's ratio for a dataset (Episodes), in its backend's action layout."""
+    T = episodes.rewards.shape[1]
+    valid = valid_steps(episodes.lengths, T)
+    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action(episodes))
+
+
+def attack_share(episodes):
+    """Share of valid agent-steps whose action is an attack (in the dataset's action layout)."""
+    valid = valid_steps(episodes.lengths, episodes.rewards.shape[1])
+    return float((episodes.actions >= first_attack_action(episodes))[valid].mean())
+
+
+def action_histograms(episodes):
+    """(N, A): each agent's distribution of actions over its valid steps."""
+    valid = valid_steps(episodes.lengths, episodes.rewards.shape[1])           # (E, T)
+    counts = np.stack([np.bincount(episodes.actions[..., n][valid], minlength=episodes.n_actions)
+                       for n in range(episodes.n_agents)]).astype(np.float64)  # (N, A)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def action_tv_distance(a, b):
+    """Total-variation distance between two datasets' per-agent action histograms, averaged over agents."""
+    return float(0.5 * np.abs(action_histograms(a) - action_histograms(b)).sum(axis=1).mean())
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 def describe(attrs):

@@ -379,10 +379,10 @@ def sample_matrices(ema, normalizer, n, shape, ddim_steps=None, batch_size=256, 
     return np.concatenate(out)
 
 
-def matrix_stats(matrix, layout, reward_range):
-    """Report entries of one set of episode matrices (E, F, T) in data units."""
+def matrix_stats(matrix, layout, reward_range, backend="smax"):
+    """Report entries of one set of episode matrices (E, F, T) in data units, and the decoded Episodes."""
     lengths, ended = data.episode_ends(matrix[:, layout.done])
-    episodes = data.matrix_to_episodes(matrix, layout, reward_range)
+    episodes = data.matrix_to_episodes(matrix, layout, reward_range, attrs={"backend": backend})
     T = matrix.shape[-1]
     valid = data.valid_steps(lengths, T)                                    # (E, T)
     raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)],
@@ -391,6 +391,7 @@ def matrix_stats(matrix, layout, reward_range):
     q_row = matrix[:, layout.q_tot]
     rtg = data.reward_to_go(episodes.rewards, lengths)
     returns = episodes.returns()
+    focus, all_attack_steps = data.dataset_focus_fire(episodes)
     return {
         "episodes": int(matrix.shape[0]),
         "ended_share": float(ended.mean()),
@@ -400,29 +401,68 @@ def matrix_stats(matrix, layout, reward_range):
         "return_mean": float(returns.mean()), "return_std": float(returns.std()),
         "q_bar_mean": float(((q_row * valid).sum(1) / valid.sum(1)).mean()),
         "q_consistency": float(np.abs(q_row - rtg)[valid].mean()),
-    }
+        "attack_share": data.attack_share(episodes),
+        "focus_fire_share": focus, "all_attack_steps": all_attack_steps,
+    }, episodes
 
 
-def synthetic_report(real_matrix, syn_matrix, layout, reward_range):
-    """D_real vs D_syn side by side."""
-    return {"real": matrix_stats(real_matrix, layout, reward_range),
-            "synthetic": matrix_stats(syn_matrix, layout, reward_range)}
+# What a faithful D_syn must show against D_real (README "What the diffusion model generated").
+FIDELITY_BAR = {"attack_share_rel": 0.25, "action_tv": 0.1, "ended_share": 0.9, "legal_before_repair": 0.98,
+                "length_rel": 0.1}
+
+
+def fidelity_misses(report):
+    """The ways a D_syn misses the fidelity bar, as short sentences (empty if it meets it)."""
+    real, syn, bar = report["real"], report["synthetic"], FIDELITY_BAR
+    misses = []
+    if abs(syn["attack_share"] - real["attack_share"]) > bar["attack_share_rel"] * real["attack_share"]:
+        misses.append(f"attack share {syn['attack_share']:.3f} vs D_real's {real['attack_share']:.3f} "
+                      f"(±{bar['attack_share_rel']:.0%})")
+    if report["action_tv_distance"] > bar["action_tv"]:
+        misses.append(f"action-histogram distance {report['action_tv_distance']:.3f} > {bar['action_tv']}")
+    if syn["ended_share"] < bar["ended_share"]:
+        misses.append(f"confident dones {syn['ended_share']:.0%} < {bar['ended_share']:.0%}")
+    if syn["legal_before_repair"] < bar["legal_before_repair"]:
+        misses.append(f"legal before repair {syn['legal_before_repair']:.3f} < {bar['legal_before_repair']}")
+    if abs(syn["length_mean"] - real["length_mean"]) > bar["length_rel"] * real["length_mean"]:
+        misses.append(f"mean length {syn['length_mean']:.1f} vs {real['length_mean']:.1f} (±{bar['length_rel']:.0%})")
+    return misses
+
+
+def synthetic_report(real_matrix, syn_matrix, layout, reward_range, backend="smax"):
+    """D_real vs D_syn side by side, the action-histogram distance and the fidelity verdict."""
+    real, real_episodes = matrix_stats(real_matrix, layout, reward_range, backend)
+    syn, syn_episodes = matrix_stats(syn_matrix, layout, reward_range, backend)
+    report = {"real": real, "synthetic": syn,
+              "action_tv_distance": data.action_tv_distance(real_episodes, syn_episodes)}
+    report["fidelity_misses"] = fidelity_misses(report)
+    return report
 
 
 def format_report(report):
     rows = [("episodes", "{:d}"), ("ended_share", "{:.3f}"), ("length_mean", "{:.1f}"),
             ("length_std", "{:.1f}"), ("length_min", "{:d}"), ("length_max", "{:d}"),
             ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
-            ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}")]
+            ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
+            ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
     for key, fmt in rows:
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
                      f"{fmt.format(report['synthetic'][key]):>10s}")
+    lines.append(f"action-histogram TV distance (D_real vs D_syn): {report['action_tv_distance']:.3f}")
     lam = report["lam_units"]
     lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
                  f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "
                  f"with Q̄ in data units: λ_data = {lam['q_in_data_units']:g}")
+    lines.append(fidelity_line(report))
     return "\n".join(lines)
+
+
+def fidelity_line(report):
+    """One line: whether D_syn meets the fidelity bar, and how it misses it."""
+    misses = report.get("fidelity_misses", [])
+    return ("D_syn meets the fidelity bar" if not misses
+            else "D_syn MISSES the fidelity bar: " + "; ".join(misses))
 
 
 # ---------------------------------------------------------------------------
@@ -589,7 +629,7 @@ def sample_synthetic(model, args, real, real_matrix, progress=True):
     syn = data.matrix_to_episodes(syn_matrix, layout, reward_range, attrs)
     syn.attrs.update(data.return_stats(syn))
     data.save_dataset(syn, os.path.join(args.out, "synthetic.h5"))
-    report = synthetic_report(real_matrix, syn_matrix, layout, reward_range)
+    report = synthetic_report(real_matrix, syn_matrix, layout, reward_range, real.attrs.get("backend", "smax"))
     return {**report, "sample_seconds": seconds,
             "sampler": f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{model.config['K']}"}
 

@@ -1,16 +1,15 @@
-"""The paper's behaviour statistics and the Table 1 sweep (§4.5, Fig. 1b, Fig. 3, Table 1).
+"""The paper's figures of the data and the Table 1 sweep (§4.5, Fig. 1b, Fig. 3, Table 1).
 
-* `focus_fire_ratio` — Figure 1b: among steps where at least two agents are
-  alive and every living agent attacks, the share where they all attack
-  the same enemy.
-* `figure_1b`, `figure_3` — focus fire and a t-SNE of observations, the
-  original data against each D_syn.
+* `figure_1b`, `figure_3` — focus fire (`data.focus_fire_ratio`: among
+  steps where at least two agents are alive and every living agent attacks,
+  the share where they all attack the same enemy) and a t-SNE of
+  observations, the original data against each D_syn.
 * `table1` — the sweep over maps, qualities, methods, learners and seeds
   (`train.py` runs, reused when finished, in parallel single-threaded
-  workers), and the table in the paper's format. Where several λ are run,
-  λ is chosen per cell on the held-out evaluation (its own seeded episodes)
-  and the chosen λ's result on the reported evaluation is shown; every λ
-  stays in the CSV.
+  workers on this machine or as Ray tasks on a cluster), and the table in
+  the paper's format. Where several λ are run, λ is chosen per cell on the
+  held-out evaluation (its own seeded episodes) and the chosen λ's result
+  on the reported evaluation is shown; every λ stays in the CSV.
 
 Rollouts of a policy in the simulator live beside the policy, in
 `qmix.evaluate_policy`.
@@ -21,10 +20,11 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 from sklearn.manifold import TSNE
+from tqdm import tqdm
 
 import artifacts
 import data
@@ -32,51 +32,14 @@ import env as envlib
 import train
 
 
-def living_agents(avail, first_attack=envlib.FIRST_ATTACK_ACTION["smax"]):
-    """(..., N) bool: agents that may move (dead agents may only stop or no-op; SMAX moves are 0-3, SMAC's 2-5)."""
-    moves = slice(0, 4) if first_attack == envlib.FIRST_ATTACK_ACTION["smax"] else slice(2, 6)
-    return avail[..., moves].any(axis=-1)
-
-
-def focus_fire_ratio(actions, avail, valid, first_attack):
-    """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
-
-    actions (E, T, N), avail (E, T, N, A), valid (E, T). An agent is living
-    when it may move (dead agents may only stop; SMAX and SMAC alike). An
-    all-attack step has at least two living agents (a lone survivor cannot
-    focus fire with anyone), all of them attacking. Returns (ratio, number
-    of all-attack steps); the ratio is NaN when there are none.
-    """
-    living = living_agents(avail, first_attack)                                      # (E, T, N)
-    attacking = actions >= first_attack                                              # (E, T, N)
-    all_attack = valid & (living.sum(-1) >= 2) & np.all(attacking | ~living, axis=-1)   # (E, T)
-    target = np.where(living, actions, -1)
-    first = np.take_along_axis(target, np.argmax(living, axis=-1)[..., None], axis=-1)
-    same = np.all((target == first) | ~living, axis=-1)
-    n = int(all_attack.sum())
-    return (float((same & all_attack).sum() / n) if n else float("nan")), n
-
-
 # ---------------------------------------------------------------------------
 # Figures 1b and 3: what the augmentation does to the data
 # ---------------------------------------------------------------------------
-def first_attack_action(episodes):
-    """The first attack action of a dataset's action layout (SMAX: 5, SMAC: 6), from its backend attr."""
-    return envlib.FIRST_ATTACK_ACTION[episodes.attrs.get("backend", "smax")]
-
-
-def dataset_focus_fire(episodes):
-    """Figure 1b's ratio for a dataset (Episodes), in its backend's action layout."""
-    T = episodes.rewards.shape[1]
-    valid = data.valid_steps(episodes.lengths, T)
-    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action(episodes))
-
-
 def living_observations(episodes, n, seed):
     """Up to n observation vectors of living agents on valid steps, (n, O)."""
     T = episodes.rewards.shape[1]
     valid = data.valid_steps(episodes.lengths, T)                              # (E, T)
-    living = living_agents(episodes.avail[:, :T], first_attack_action(episodes)) & valid[..., None]   # (E, T, N)
+    living = data.living_agents(episodes.avail[:, :T], data.first_attack_action(episodes)) & valid[..., None]   # (E, T, N)
     obs = episodes.obs[:, :T][living]                                          # (M, O)
     keep = np.random.default_rng(seed).permutation(len(obs))[:n]
     return obs[keep]
@@ -99,7 +62,7 @@ def figure_labels(syns):
 def figure_1b(real, syns, path):
     """Bar chart of the focus-fire ratio, original vs each D_syn; returns the ratios (original first)."""
     plt = artifacts.pyplot()
-    ratios = [dataset_focus_fire(ep)[0] for ep in [real] + list(syns)]
+    ratios = [data.dataset_focus_fire(ep)[0] for ep in [real] + list(syns)]
     labels = figure_labels(syns)
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 3))
     ax.bar(labels, ratios, color=FIGURE_COLORS[:len(labels)])
@@ -256,7 +219,12 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININ
 
 
 def run_group_in_subprocess(group, log_dir):
-    """`python train.py FLAGS` for each run of one group, single-threaded, logged to log_dir."""
+    """`python train.py FLAGS` for each run of one group, single-threaded, logged to log_dir; returns len(group).
+
+    Raises RuntimeError naming the run and its log if one fails. A run killed
+    half-way leaves no results.json (it is written last, atomically), so a
+    later sweep runs it again.
+    """
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     for _, flags in group:
         log = os.path.join(log_dir, os.path.basename(train.result_dir(train.parse_args(flags))) + ".log")
@@ -265,6 +233,7 @@ def run_group_in_subprocess(group, log_dir):
                                   env={**os.environ, **SINGLE_THREAD_ENV})
         if done.returncode:
             raise RuntimeError(f"train.py {' '.join(flags)} failed (exit {done.returncode}); see {log}")
+    return len(group)
 
 
 def finished(flags):
@@ -272,20 +241,87 @@ def finished(flags):
     return os.path.exists(os.path.join(train.result_dir(train.parse_args(flags)), "results.json"))
 
 
-def run_sweep(runs, jobs, out):
-    """Every run that has no results.json yet: in this process (jobs=1) or `jobs` single-threaded workers."""
+def run_with_workers(groups, jobs, log_dir, progress):
+    """Each group in one of `jobs` local single-threaded workers; returns the failures' messages."""
+    failures = []
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(run_group_in_subprocess, g, log_dir): len(g) for g in groups}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except RuntimeError as err:
+                failures.append(str(err))
+            progress.update(futures[future])
+            progress.set_postfix(failures=len(failures))
+    return failures
+
+
+RAY_RETRIES = 3     # a task whose worker or node dies is started again this many times
+
+
+def ray_address(value):
+    """argparse type of --ray: 'local', 'auto' or HOST:PORT, checked before anything starts."""
+    if value in ("local", "auto"):
+        return value
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not local, auto or HOST:PORT (e.g. 10.0.0.1:6379)")
+
+
+def run_with_ray(groups, address, log_dir, progress):
+    """Each group as one Ray task (1 CPU, single-threaded inside); returns the failures' messages.
+
+    'local' starts a Ray instance on this machine with all its cores; 'auto'
+    or HOST:PORT joins a running cluster. Tasks run train.py from this
+    repository's path and write under --out, so both must be on storage every
+    node sees. A task whose worker or node dies is retried by Ray; a run that
+    fails is reported and its cell left out of the table.
+    """
+    import ray
+    repo = os.path.dirname(os.path.abspath(__file__))
+    runtime_env = {"env_vars": {"PYTHONPATH": repo, **SINGLE_THREAD_ENV}}
+    if address == "local":
+        ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(run_group_in_subprocess)
+        pending = {task.remote(g, log_dir): len(g) for g in groups}
+        failures = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayError as err:     # the run failed, or its worker died RAY_RETRIES + 1 times
+                cause = getattr(err, "cause", None)
+                failures.append(str(cause) if cause is not None else str(err).strip().splitlines()[0])
+            progress.update(pending.pop(done[0]))
+            progress.set_postfix(failures=len(failures))
+        return failures
+    finally:
+        ray.shutdown()
+
+
+def run_sweep(runs, jobs, out, ray=None):
+    """Every run that has no results.json yet: in this process (jobs=1), in `jobs` single-threaded local
+    workers, or as Ray tasks (`ray` = local, auto or HOST:PORT). Returns the failed runs' messages."""
     todo = [(m, f) for m, f in runs if not finished(f)]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
-    if jobs == 1:
+    if not todo:
+        return []
+    if jobs == 1 and ray is None:
         for i, (method, flags) in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {method}: {' '.join(flags)}", flush=True)
             train.run(train.parse_args(flags))
-        return
+        return []
     log_dir = os.path.join(out, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    with ThreadPoolExecutor(jobs) as pool:
-        for future in [pool.submit(run_group_in_subprocess, g, log_dir) for g in sharing_groups(todo)]:
-            future.result()
+    groups = sharing_groups(todo)
+    with tqdm(total=len(todo), desc="runs", unit="run") as progress:
+        if ray is None:
+            return run_with_workers(groups, jobs, log_dir, progress)
+        return run_with_ray(groups, ray, log_dir, progress)
 
 
 def table1_rows(runs):
@@ -336,15 +372,16 @@ def run_table1(args, train_flags):
     runs = [(m, f + ["--iters", str(args.iters), "--out", args.out] + train_flags)
             for m, f in table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams, args.methods)]
     parsed = [train.parse_args(flags) for _, flags in runs]   # every bad flag fails before any work
-    if args.table_only:
-        runs = [(m, f) for m, f in runs if finished(f)]
-        if not runs:
-            raise SystemExit(f"no finished run of this sweep under {args.out}/results; run it without --table-only")
-    else:
+    failures = []
+    if not args.table_only:
         for targs in {(a.scenario, a.quality): a for a in parsed}.values():   # datasets before any worker
             data.ensure_dataset(targs.scenario, targs.quality, targs.fraction, targs.data_seed,
                                 root=os.path.join(args.out, "datasets"), behaviour=targs.behaviour)
-        run_sweep(runs, args.jobs, args.out)
+        failures = run_sweep(runs, args.jobs, args.out, args.ray)
+    runs = [(m, f) for m, f in runs if finished(f)]
+    if not runs:
+        raise SystemExit(f"no finished run of this sweep under {args.out}/results"
+                         + ("" if args.table_only else "; every run failed, see the logs in OUT/logs"))
     rows = table1_rows(runs)
     table_dir = os.path.join(args.out, "table1")
     os.makedirs(table_dir, exist_ok=True)
@@ -359,6 +396,9 @@ def run_table1(args, train_flags):
                 cell_curves(cell, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
     print(markdown)
     print(f"wrote {table_dir}/table1.csv, table1.md and the learning curves per map and quality")
+    if failures:
+        print(f"{len(failures)} group(s) of runs failed; their cells are missing (—):", *failures, sep="\n  ")
+        raise SystemExit(1)
 
 
 def run_figures(args):
@@ -386,6 +426,10 @@ def main(argv=None):
     t.add_argument("--iters", type=int, default=15000, help="learner iterations (paper: 15 000)")
     t.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each single-threaded in its own process (2 on a 2-core machine)")
+    t.add_argument("--ray", nargs="?", const="local", default=None, type=ray_address, metavar="ADDRESS",
+                   help="run on Ray, one single-threaded task per run (per shared diffusion model): 'local' "
+                        "(the default when --ray is given alone) starts Ray on this machine, 'auto' or HOST:PORT "
+                        "joins a cluster; --out must be on storage every node sees")
     t.add_argument("--out", default="runs", help="root folder of the cached runs; the table goes to OUT/table1/")
     t.add_argument("--table-only", action="store_true",
                    help="start no run: write the table and curves from the runs finished so far")
@@ -404,6 +448,11 @@ def main(argv=None):
         return
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401  (only the Ray path needs it)
+        except ImportError:
+            p.error("--ray needs the ray package: pip install ray==2.60.0")
     with artifacts.one_line_errors():
         run_table1(args, rest)
 

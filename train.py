@@ -224,6 +224,7 @@ def summary_lines(results):
         syn = results["augmentation_report"]["synthetic"]
         lines.append(f"D_syn: {syn['episodes']} episodes, return {syn['return_mean']:.2f} ± "
                      f"{syn['return_std']:.2f}, mean Q̄ {syn['q_bar_mean']:.2f}")
+        lines.append(diffusion.fidelity_line(results["augmentation_report"]))
     lines.append(f"{results['algo'].upper()} + {results['aug']} on {results['training_episodes']} episodes: "
                  f"return {final['return_mean']:.2f} ± {final['return_std']:.2f}, normalised "
                  f"{final['normalised_return']:.3f}, win rate {final['win_rate']:.2f} "

@@ -311,3 +311,15 @@ def test_cli_refuses_bad_flags_before_any_work(tmp_path, capsys, flag, value, me
         data.main(["--scenario", "3m", flag, value, "--out", str(out)])
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_attack_share_and_action_histogram_distance_by_hand():
+    ep = data.Episodes(np.zeros((1, 3, 2, 2), np.float32), np.ones((1, 3, 2, 7), bool),
+                       np.array([[[5, 0], [6, 4]]]), np.zeros((1, 2), np.float32), np.array([[False, True]]),
+                       np.array([2], np.int32), attrs={"backend": "smax"})
+    assert data.attack_share(ep) == 0.5                           # 5 and 6 attack; 0 and 4 do not
+    other = data.Episodes(ep.obs, ep.avail, np.array([[[5, 0], [5, 0]]]), ep.rewards, ep.dones, ep.lengths,
+                          attrs={"backend": "smax"})
+    # agent 0: {5: .5, 6: .5} vs {5: 1} -> TV 0.5; agent 1: {0: .5, 4: .5} vs {0: 1} -> TV 0.5
+    assert data.action_tv_distance(ep, other) == pytest.approx(0.5)
+    assert data.action_tv_distance(ep, ep) == 0.0

@@ -285,3 +285,25 @@ def test_nan_loss_stops_training():
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         D.train(diff, ema, opt, tau0, torch.ones(4, 6, dtype=torch.bool), 1, 0.1, 5,
                 batch_size=4, progress=False)
+
+
+def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
+    real = data.load_dataset(tiny_3m[0])
+    layout = data.layout_of(real)
+    matrix = data.episodes_to_matrix(real)
+    r = layout.reward
+    reward_range = (float(matrix[:, r].min()), float(matrix[:, r].max()))
+    same = D.synthetic_report(matrix, matrix.copy(), layout, reward_range)
+    assert same["fidelity_misses"] == [] and same["action_tv_distance"] == 0.0
+    assert same["real"]["attack_share"] == pytest.approx(data.attack_share(real))
+    assert same["real"]["attack_share"] > 0.1
+    passive = matrix.copy()
+    valid = data.valid_steps(real.lengths, matrix.shape[-1])
+    for n in range(layout.n_agents):
+        rows = passive[:, layout.action(n)]                       # (E, A, T) one-hot action rows
+        rows[:] = 0.0
+        rows[:, 4] = valid                                        # every agent stops, every step
+    report = D.synthetic_report(matrix, passive, layout, reward_range)
+    assert report["synthetic"]["attack_share"] == 0.0 and report["action_tv_distance"] > 0.5
+    assert any(m.startswith("attack share 0.000") for m in report["fidelity_misses"])
+    assert "MISSES the fidelity bar" in D.fidelity_line(report)

@@ -1,5 +1,7 @@
-"""evaluate.py: the Table 1 writer and the figures."""
+"""evaluate.py: the Table 1 writer, the sweep (local workers and Ray) and the figures."""
+import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -67,7 +69,7 @@ def test_focus_fire_ratio_by_hand():
                          [6, 4, 4],      # a lone survivor attacking: not focus fire with anyone
                          [7, 7, 4]]])    # the two living agents on enemy 2: focus fire
     valid = np.ones((1, 5), dtype=bool)
-    ratio, n = evaluate.focus_fire_ratio(actions, avail, valid, first_attack=5)
+    ratio, n = data.focus_fire_ratio(actions, avail, valid, first_attack=5)
     assert n == 3 and ratio == pytest.approx(2 / 3)
 
 
@@ -93,31 +95,75 @@ def test_figure_1b_bars_are_each_datasets_focus_fire_and_figure_3_is_drawn(tiny_
     assert (tmp_path / "fig1b.png").stat().st_size > 1000 and (tmp_path / "fig3.png").stat().st_size > 1000
 
 
-def test_table1_sweep_in_two_workers_writes_table_and_curves(tmp_path):
-    tiny = ["--fraction", "0.0005", "--diffusion-steps", "4", "--dim", "8", "--ddim-steps", "2",
-            "--scale", "1", "--eval-every", "5", "--eval-episodes", "2", "--diffusion-seed", "0"]
-    argv = ["table1", "--qualities", "poor", "--algos", "cql", "--seeds", "0", "1", "--lams", "0.1",
-            "--methods", "original", "EAQ", "--iters", "5", "--jobs", "2", "--out", str(tmp_path)]
-    evaluate.main(argv + tiny)
-    table = tmp_path / "table1"
+TINY_SWEEP = ["--fraction", "0.0005", "--diffusion-steps", "4", "--dim", "8", "--ddim-steps", "2",
+              "--scale", "1", "--eval-every", "5", "--eval-episodes", "2", "--diffusion-seed", "0"]
+SWEEP = ["table1", "--qualities", "poor", "--algos", "cql", "--seeds", "0", "1", "--lams", "0.1",
+         "--methods", "original", "EAQ", "--iters", "5"]
+
+
+@pytest.fixture(scope="module")
+def two_worker_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    evaluate.main(SWEEP + ["--jobs", "2", "--out", str(out)] + TINY_SWEEP)
+    return out
+
+
+def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
+    out = two_worker_sweep
+    table = out / "table1"
     rows = (table / "table1.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
     assert "heldout_return" in rows[0]
-    assert len(os.listdir(tmp_path / "logs")) == 4
-    assert len(os.listdir(tmp_path / "eaq")) == 1                # both seeds share one D_syn
+    assert len(os.listdir(out / "logs")) == 4
+    assert len(os.listdir(out / "eaq")) == 1                     # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
     assert markdown.count("| 3m-poor |") == 1 and "| — | — | — |" in markdown    # RAD-s/m, EAQ^-Q not run
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
     seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
-                                               "--iters", "5", "--out", str(tmp_path)] + tiny))
+                                               "--iters", "5", "--out", str(out)] + TINY_SWEEP))
     results = os.path.join(seed1, "results.json")
     stamp = os.stat(results).st_mtime_ns
-    evaluate.main(argv + tiny)                                   # everything finished: nothing reruns
+    evaluate.main(SWEEP + ["--jobs", "2", "--out", str(out)] + TINY_SWEEP)    # everything finished: nothing reruns
     assert os.stat(results).st_mtime_ns == stamp
     (table / "table1.csv").unlink()
-    evaluate.main(argv + tiny + ["--table-only", "--seeds", "0", "1", "2"])    # seed 2 never ran
-    assert len((table / "table1.csv").read_text().splitlines()) == 1 + 4
-    assert len(os.listdir(tmp_path / "results")) == 4
+    evaluate.main(SWEEP + ["--out", str(out), "--table-only", "--seeds", "0", "1", "2"] + TINY_SWEEP)
+    assert len((table / "table1.csv").read_text().splitlines()) == 1 + 4               # seed 2 never ran
+    assert len(os.listdir(out / "results")) == 4
+
+
+def table_without_paths(out):
+    with open(out / "table1" / "table1.csv") as f:
+        rows = [{k: v for k, v in row.items() if k != "run_dir"} for row in csv.DictReader(f)]
+    return rows, (out / "table1" / "table1.md").read_text()
+
+
+def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_sweep, tmp_path):
+    shutil.copytree(two_worker_sweep / "datasets", tmp_path / "datasets")     # the same D_real, not made again
+    evaluate.main(SWEEP + ["--ray", "local", "--out", str(tmp_path)] + TINY_SWEEP)
+    assert table_without_paths(tmp_path) == table_without_paths(two_worker_sweep)
+    assert len(os.listdir(tmp_path / "eaq")) == 1, "the runs sharing a diffusion model ran in one task"
+
+
+def test_a_failing_ray_task_is_reported_and_its_cell_left_out(two_worker_sweep, tmp_path):
+    for folder in ("datasets", "results"):                      # the original runs finished in the fixture
+        shutil.copytree(two_worker_sweep / folder, tmp_path / folder)
+    base = ["--quality", "poor", "--algo", "cql", "--seed", "0", "--iters", "5", "--out", str(tmp_path)] + TINY_SWEEP
+    runs = [("original", base + ["--aug", "none"]),
+            ("RAD-s", base + ["--aug", "rad-s", "--backend", "smac"])]      # fails: no StarCraft II here
+    failures = evaluate.run_sweep(runs, jobs=1, out=str(tmp_path), ray="local")
+    assert len(failures) == 1 and "--backend smac" in failures[0] and "failed (exit 2)" in failures[0]
+    markdown = evaluate.table1_markdown(evaluate.table1_rows([r for r in runs if evaluate.finished(r[1])]),
+                                        algos=("cql",))
+    assert "| 3m-poor | " in markdown and "| — |" in markdown
+
+
+@pytest.mark.parametrize("value", ["somewhere", "host:port", "host:0", "host:70000", ":6379"])
+def test_bad_ray_addresses_fail_before_anything_starts(tmp_path, capsys, value):
+    with pytest.raises(SystemExit):
+        evaluate.main(["table1", "--seeds", "0", "--out", str(tmp_path / "runs"), "--ray", value])
+    err = capsys.readouterr().err
+    assert "is not local, auto or HOST:PORT" in err and len(err.strip().splitlines()[-1:]) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_table1_bad_train_flag_fails_before_any_run(tmp_path, capsys):

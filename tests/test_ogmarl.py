@@ -118,7 +118,7 @@ def test_learners_and_the_diffusion_model_run_on_the_converted_file(converted, t
     report = D.fit_and_sample(D.parse_args(argv), progress=False)
     syn = data.load_dataset(str(tmp_path / "eaq" / "synthetic.h5"))
     assert syn.attrs["backend"] == "smac" and report["synthetic"]["episodes"] == 3
-    assert evaluate.first_attack_action(syn) == 6, "figures read SMAC's action layout"
+    assert data.first_attack_action(syn) == 6, "figures read SMAC's action layout"
 
 
 def test_focus_fire_reads_the_datasets_action_layout():
@@ -127,8 +127,8 @@ def test_focus_fire_reads_the_datasets_action_layout():
         return data.Episodes(np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2, 3, 9), bool),
                              np.array([[[5, 5, 5]]]), np.zeros((1, 1), np.float32), np.array([[True]]),
                              np.array([1], np.int32), attrs={"backend": backend})
-    assert evaluate.dataset_focus_fire(one_step("smax")) == (1.0, 1)
-    ratio, n = evaluate.dataset_focus_fire(one_step("smac"))
+    assert data.dataset_focus_fire(one_step("smax")) == (1.0, 1)
+    ratio, n = data.dataset_focus_fire(one_step("smac"))
     assert n == 0 and np.isnan(ratio), "in SMAC's layout nobody attacks"
 
 
