@@ -570,10 +570,7 @@ def parse_args(argv=None):
     p.add_argument("--policies", default=POLICY_DIR, help="where the picked policies are shipped")
     p.add_argument("--ship-only", action="store_true", help="do not train: pick and ship from OUT/<scenario>/")
     args = p.parse_args(argv)
-    try:
-        envlib.check_scenario(args.scenario)
-    except ValueError as err:
-        p.error(str(err))
+    envlib.require_scenario(p, args.scenario)
     for name in ("checkpoint_every", "eval_episodes", "n_envs", "n_steps", "epochs",
                  "minibatches", "hidden"):
         if getattr(args, name) < 1:

@@ -90,12 +90,7 @@ def learner_kwargs(args):
 
 
 def main(argv=None):
-    parser = qmix.learner_parser("Train QMIX+CQL on offline datasets and evaluate it (paper §4.1).")
-    add_flags(parser)
-    args = parser.parse_args(argv)
-    qmix.check_learner_args(parser, args)
-    check_flags(parser, args)
-    qmix.run_and_report(QmixCQL, args, learner_kwargs(args))
+    qmix.learner_main(QmixCQL, "Train QMIX+CQL on offline datasets and evaluate it (paper §4.1).", add_flags, check_flags, learner_kwargs, argv)
 
 
 if __name__ == "__main__":

@@ -819,10 +819,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output HDF5 path")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
-    try:
-        envlib.check_scenario(args.scenario)
-    except ValueError as err:
-        parser.error(str(err))
+    envlib.require_scenario(parser, args.scenario)
     if not 0.0 < args.fraction <= 1.0:
         parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.episodes is not None and args.episodes < 1:

@@ -87,6 +87,14 @@ def check_scenario(scenario, backend="smax"):
         raise ValueError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
 
 
+def require_scenario(parser, scenario, backend="smax"):
+    """check_scenario as a one-line argparse error (for the command lines)."""
+    try:
+        check_scenario(scenario, backend)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def make_env(scenario, backend="smax", n_envs=1, seed=0):
     """Build `n_envs` copies of `scenario` on `backend` ("smax" or "smac")."""
     check_scenario(scenario, backend)

@@ -483,8 +483,18 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     return {"final": rows[-1], "heldout": heldout, "training_episodes": int(buffer.n_episodes)}
 
 
+def learner_main(learner_cls, description, add_flags, check_flags, learner_kwargs, argv=None):
+    """cql.py / bcq.py: the shared flags plus the learner's own, checked; then train, evaluate, report."""
+    parser = learner_parser(description)
+    add_flags(parser)
+    args = parser.parse_args(argv)
+    check_learner_args(parser, args)
+    check_flags(parser, args)
+    run_and_report(learner_cls, args, learner_kwargs(args))
+
+
 def run_and_report(learner_cls, args, extra):
-    """cql.py / bcq.py after their flags are checked: train, evaluate, print one summary line."""
+    """Train and evaluate one learner on --dataset, print one summary line."""
     out = args.out or os.path.join("runs", learner_cls.__name__.lower())
     with artifacts.one_line_errors():
         result = run_learner(learner_cls, args.dataset, args, out, args.aug, extra)

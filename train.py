@@ -97,10 +97,7 @@ def parse_args(argv=None):
         except artifacts.InputError as err:
             p.error(str(err))
         args.scenario, args.quality = attrs["scenario"], attrs["quality"]
-    try:
-        envlib.check_scenario(args.scenario, args.backend)
-    except ValueError as err:
-        p.error(str(err))
+    envlib.require_scenario(p, args.scenario, args.backend)
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
     qmix.check_learner_args(p, args)
