@@ -712,14 +712,14 @@ def living_agents(avail, first_attack=envlib.FIRST_ATTACK_ACTION["smax"]):
     return avail[..., moves].any(axis=-1)
 
 
-def focus_fire_ratio(actions, avail, valid, first_attack):
-    """Figure 1b: share of all-attack steps on which every living agent attacks the same enemy.
+def focus_fire_counts(actions, avail, valid, first_attack):
+    """Figure 1b's counts: (all-attack steps on which every living agent attacks the same enemy,
+    all-attack steps).
 
     actions (E, T, N), avail (E, T, N, A), valid (E, T). An agent is living
     when it may move (dead agents may only stop; SMAX and SMAC alike). An
     all-attack step has at least two living agents (a lone survivor cannot
-    focus fire with anyone), all of them attacking. Returns (ratio, number
-    of all-attack steps); the ratio is NaN when there are none.
+    focus fire with anyone), all of them attacking.
     """
     living = living_agents(avail, first_attack)                                      # (E, T, N)
     attacking = actions >= first_attack                                              # (E, T, N)
@@ -727,8 +727,14 @@ def focus_fire_ratio(actions, avail, valid, first_attack):
     target = np.where(living, actions, -1)
     first = np.take_along_axis(target, np.argmax(living, axis=-1)[..., None], axis=-1)
     same = np.all((target == first) | ~living, axis=-1)
-    n = int(all_attack.sum())
-    return (float((same & all_attack).sum() / n) if n else float("nan")), n
+    return int((same & all_attack).sum()), int(all_attack.sum())
+
+
+def focus_fire_ratio(actions, avail, valid, first_attack):
+    """Figure 1b: (share of all-attack steps that focus fire, number of all-attack steps);
+    the share is NaN when there are none (`focus_fire_counts` defines both)."""
+    same, n = focus_fire_counts(actions, avail, valid, first_attack)
+    return (same / n if n else float("nan")), n
 
 
 def first_attack_action(episodes):
@@ -736,30 +742,44 @@ def first_attack_action(episodes):
     return envlib.FIRST_ATTACK_ACTION[episodes.attrs.get("backend", "smax")]
 
 
-def dataset_focus_fire(episodes):
-    """Figure 1b's ratio for a dataset (Episodes), in its backend's action layout."""
+def dataset_focus_fire(episodes, counts=False):
+    """Figure 1b's ratio for a dataset (Episodes), in its backend's action layout
+    (with counts=True, `focus_fire_counts` instead)."""
     T = episodes.rewards.shape[1]
     valid = valid_steps(episodes.lengths, T)
-    return focus_fire_ratio(episodes.actions, episodes.avail[:, :T], valid, first_attack_action(episodes))
+    stat = focus_fire_counts if counts else focus_fire_ratio
+    return stat(episodes.actions, episodes.avail[:, :T], valid, first_attack_action(episodes))
+
+
+def attack_counts(episodes):
+    """(attacking valid agent-steps, valid agent-steps), in the dataset's action layout."""
+    valid = valid_steps(episodes.lengths, episodes.rewards.shape[1])
+    return int((episodes.actions >= first_attack_action(episodes))[valid].sum()), int(valid.sum()) * episodes.n_agents
 
 
 def attack_share(episodes):
-    """Share of valid agent-steps whose action is an attack (in the dataset's action layout)."""
-    valid = valid_steps(episodes.lengths, episodes.rewards.shape[1])
-    return float((episodes.actions >= first_attack_action(episodes))[valid].mean())
+    """Share of valid agent-steps whose action is an attack."""
+    attacks, agent_steps = attack_counts(episodes)
+    return attacks / agent_steps
 
 
-def action_histograms(episodes):
-    """(N, A): each agent's distribution of actions over its valid steps."""
+def action_counts(episodes):
+    """(N, A): how often each agent took each action on its valid steps."""
     valid = valid_steps(episodes.lengths, episodes.rewards.shape[1])           # (E, T)
-    counts = np.stack([np.bincount(episodes.actions[..., n][valid], minlength=episodes.n_actions)
-                       for n in range(episodes.n_agents)]).astype(np.float64)  # (N, A)
-    return counts / counts.sum(axis=1, keepdims=True)
+    return np.stack([np.bincount(episodes.actions[..., n][valid], minlength=episodes.n_actions)
+                     for n in range(episodes.n_agents)]).astype(np.float64)   # (N, A)
+
+
+def histogram_tv(counts_a, counts_b):
+    """Total-variation distance between two (N, A) per-agent action counts, averaged over agents."""
+    p = counts_a / counts_a.sum(axis=1, keepdims=True)
+    q = counts_b / counts_b.sum(axis=1, keepdims=True)
+    return float(0.5 * np.abs(p - q).sum(axis=1).mean())
 
 
 def action_tv_distance(a, b):
     """Total-variation distance between two datasets' per-agent action histograms, averaged over agents."""
-    return float(0.5 * np.abs(action_histograms(a) - action_histograms(b)).sum(axis=1).mean())
+    return histogram_tv(action_counts(a), action_counts(b))
 
 
 # ---------------------------------------------------------------------------

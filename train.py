@@ -75,6 +75,9 @@ def build_parser():
     g.add_argument("--ddim-steps", type=int, default=d.get_default("ddim_steps"),
                    help="DDIM sampling steps; 0 = ancestral DDPM with all K = 1000 steps (≈ 1 h for 3m on a CPU)")
     g.add_argument("--dim", type=int, default=d.get_default("dim"), help="U-Net base width")
+    g.add_argument("--bucket-width", type=int, default=d.get_default("bucket_width"),
+                   help="length-aware diffusion: windows of each episode's length rounded up to a multiple "
+                        "of this; 0 = the paper's fixed window (the longest episode)")
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
                         "learner seeds share one D_syn")
@@ -113,6 +116,7 @@ def parse_args(argv=None):
         p.error(f"--ddim-steps must be in [0, K={K}], got {args.ddim_steps}")
     if args.dim < 8 or args.dim % 8:
         p.error(f"--dim must be a positive multiple of 8, got {args.dim}")
+    diffusion.check_bucket_width(p, args.bucket_width, diffusion.build_parser().get_default("dim_mults"))
     diffusion.check_device(p, args.device)
     if args.diffusion_seed is None:
         args.diffusion_seed = args.seed
@@ -144,16 +148,18 @@ def diffusion_argv(args, real_path, out):
     """The diffusion.py command line of this run's augmentation (every diffusion flag, once)."""
     return ["--dataset", real_path, "--out", out, "--lam", repr(args.lam), "--steps", str(args.diffusion_steps),
             "--dim", str(args.dim), "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
+            "--bucket-width", str(args.bucket_width),
             "--seed", str(args.diffusion_seed), "--device", args.device]
 
 
 def eaq_dir(args):
-    """runs/eaq/<D_real>-lam..-k..-dim..-ddim..-S..-s..-<hash of every diffusion flag>."""
+    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..-s..-<hash of every diffusion flag>."""
     stem = real_dataset_stem(args)
     argv = diffusion_argv(args, stem, "")
     key = short_hash(vars(diffusion.build_parser().parse_args(argv)))
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
-                                         f"-ddim{args.ddim_steps}-S{args.scale}-s{args.diffusion_seed}-{key}")
+                                         f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}"
+                                         f"-s{args.diffusion_seed}-{key}")
 
 
 def result_dir(args):

@@ -4,7 +4,8 @@
 
 Prints the model size, training steps/s (batch 32, Eq. 5 with lam = 0.1) and
 sampled episodes/s with ancestral DDPM (all K steps, timed over a few steps
-and scaled, since every step costs the same) and with DDIM.
+and scaled, since every step costs the same) and with DDIM, on length-aware
+windows (`--bucket-width`, the default 8) or the paper's fixed window (0).
 """
 import argparse
 import os
@@ -27,6 +28,7 @@ def main():
     p.add_argument("--K", type=int, default=1000, help="diffusion steps")
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
+    p.add_argument("--bucket-width", type=int, default=8, help="length-aware windows; 0 = the fixed window T")
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
     p.add_argument("--no-sampling", action="store_true", help="time training only")
     args = p.parse_args()
@@ -35,26 +37,31 @@ def main():
     tau0, valid, _, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
     diffusion, ema = D.build(config)
-    opt = torch.optim.Adam(diffusion.parameters(), lr=2e-4)
+    opt = torch.optim.Adam(diffusion.parameters(), lr=D.build_parser().get_default("lr"))
     q_row = data.layout_of(episodes).q_tot
-    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, 3, batch_size=args.batch_size, progress=False)
+    F_, T = tau0.shape[1:]
+    horizons = D.episode_horizons(episodes.lengths, args.bucket_width, T)
+    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, 3, horizons, batch_size=args.batch_size, progress=False)
     start = time.time()
-    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, args.train_steps,
+    D.train(diffusion, ema, opt, tau0, valid, q_row, 0.1, args.train_steps, horizons,
             batch_size=args.batch_size, progress=False)
     train_rate = args.train_steps / (time.time() - start)
     if args.no_sampling:
-        print(f"{episodes.attrs['scenario']}: F={tau0.shape[1]} T={tau0.shape[2]}, training {train_rate:.2f} steps/s "
-              f"(batch {args.batch_size}, {torch.get_num_threads()} threads)")
+        print(f"{episodes.attrs['scenario']}: F={F_} T={T} mean window {horizons.mean():.1f}, training "
+              f"{train_rate:.2f} steps/s (batch {args.batch_size}, {torch.get_num_threads()} threads)")
         return
-    shape = (args.sample_batch,) + tuple(tau0.shape[1:])
-    start = time.time()
-    ema.ddim_sample(shape, args.ddim_steps)
-    ddim_rate = args.sample_batch / (time.time() - start)
-    start = time.time()
-    ema.ddim_sample(shape, 5)                      # 5 network calls, the cost of 5 DDPM steps
-    ddpm_rate = args.sample_batch / ((time.time() - start) / 5 * args.K)
+    windows = D.synthetic_windows(horizons, args.sample_batch, torch.Generator().manual_seed(0))
+
+    def sampling_seconds(steps):
+        start = time.time()
+        for _ in D.sample_batches(ema, data.Normalizer.fit(tau0.numpy()), windows, T, F_, steps,
+                                  args.sample_batch, progress=False):
+            pass
+        return time.time() - start
+    ddim_rate = args.sample_batch / sampling_seconds(args.ddim_steps)
+    ddpm_rate = args.sample_batch / (sampling_seconds(5) / 5 * args.K)   # 5 network calls = 5 DDPM steps
     params = sum(p.numel() for p in diffusion.parameters())
-    print(f"{episodes.attrs['scenario']}: F={tau0.shape[1]} T={tau0.shape[2]} E={tau0.shape[0]}, "
+    print(f"{episodes.attrs['scenario']}: F={F_} T={T} E={tau0.shape[0]} mean window {horizons.mean():.1f}, "
           f"{params:,} parameters; training {train_rate:.2f} steps/s (batch {args.batch_size}); "
           f"sampling DDPM-{args.K} {ddpm_rate:.2f} episodes/s, DDIM-{args.ddim_steps} "
           f"{ddim_rate:.1f} episodes/s")
