@@ -104,15 +104,17 @@ def test_a_policy_for_another_map_is_refused(tmp_path):
         behaviour.TrainedPolicy(path, env)
 
 
-def test_the_shipped_3m_policies_match_their_manifest():
+@pytest.mark.parametrize("scenario", ["3m", "5m_vs_6m", "8m", "2s3z"])
+def test_the_shipped_policies_match_their_manifest(scenario):
     for quality in behaviour.QUALITIES:
-        entries = behaviour.shipped_policies("3m", quality)
+        entries = behaviour.shipped_policies(scenario, quality)
         assert len(entries) == 4 and len({e["seed"] for e in entries}) == 4
         for e in entries:
             path = os.path.join(behaviour.POLICY_DIR, e["file"])
             assert behaviour.file_sha256(path) == e["sha256"]
             _, metadata = behaviour.load_policy(path)
             assert metadata["env_steps"] == e["env_steps"] and metadata["quality"] == quality
+            assert metadata["scenario"] == scenario
 
 
 def test_datasets_from_shipped_policies_are_deterministic_mix_all_seeds_and_say_so(tmp_path):
