@@ -119,32 +119,53 @@ class QMixer(nn.Module):
 # Episode minibatches
 # ---------------------------------------------------------------------------
 class EpisodeBuffer:
-    """Episodes (one or more datasets, padded to one T) as tensors, sampled as minibatches."""
+    """Episodes (one or more datasets) stored end to end without padding, sampled as padded minibatches.
+
+    Episode e's steps live at rows offsets[e] .. offsets[e] + lengths[e] of
+    the flat step arrays (its observations and legal actions one row more:
+    the observation after the last step). A minibatch gathers its episodes'
+    rows into (B, T_b, ...) tensors cut to its longest episode T_b and zeroes
+    everything past each episode's end, exactly what slicing zero-padded
+    (E, T, ...) arrays would give — at a fraction of the memory, since a
+    padded layout holds every episode as long as the longest one.
+    """
 
     def __init__(self, episodes_list):
-        T = max(ep.rewards.shape[1] for ep in episodes_list)
-        parts = [pad_episodes(ep, T) for ep in episodes_list]
-        self.obs, self.avail, self.actions, self.rewards, self.dones, self.lengths = (
-            torch.from_numpy(np.concatenate(arrays)) for arrays in zip(*parts))
-        self.n_episodes = self.actions.shape[0]
+        lengths = np.concatenate([ep.lengths for ep in episodes_list]).astype(np.int64)
+        self.n_episodes = len(lengths)
+        self.lengths = torch.from_numpy(lengths)                                    # (E,)
+        self.offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]))   # (E,)
+        valid = [np.arange(ep.obs.shape[1])[None, :] <= ep.lengths[:, None] for ep in episodes_list]
+        # every array is stored with length + 1 rows per episode (actions, rewards, dones: one unused row)
+        self.obs = torch.from_numpy(np.concatenate([ep.obs[v] for ep, v in zip(episodes_list, valid)]))
+        self.avail = torch.from_numpy(np.concatenate([ep.avail[v] for ep, v in zip(episodes_list, valid)]))
+        self.actions, self.rewards, self.dones = (
+            torch.from_numpy(np.concatenate([step_rows(getattr(ep, name), v) for ep, v in zip(episodes_list, valid)]))
+            for name in ("actions", "rewards", "dones"))
 
     def sample(self, batch_size, generator):
         """A random minibatch, cut to its longest episode: dict of tensors (see module shapes)."""
         index = torch.randint(self.n_episodes, (batch_size,), generator=generator)
-        T = int(self.lengths[index].max())
-        valid = torch.arange(T)[None, :] < self.lengths[index][:, None]        # (B, T)
-        return {"obs": self.obs[index, :T + 1], "avail": self.avail[index, :T + 1],
-                "actions": self.actions[index, :T], "rewards": self.rewards[index, :T],
-                "dones": self.dones[index, :T].float(), "valid": valid.float()}
+        lengths = self.lengths[index]                                               # (B,)
+        T = int(lengths.max())
+        steps = torch.arange(T + 1)
+        inside = steps[None, :] <= lengths[:, None]                                 # (B, T+1)
+        rows = (self.offsets[index, None] + steps[None, :]).clamp(max=len(self.obs) - 1)   # (B, T+1)
+
+        def gather(flat, n_steps):
+            x = flat[rows[:, :n_steps]]                                             # (B, n_steps, ...)
+            keep = inside[:, :n_steps].reshape(inside.shape[0], n_steps, *([1] * (x.dim() - 2)))
+            return x * keep if x.dtype != torch.bool else x & keep
+        valid = steps[None, :T] < lengths[:, None]                                  # (B, T)
+        return {"obs": gather(self.obs, T + 1), "avail": gather(self.avail, T + 1),
+                "actions": gather(self.actions, T), "rewards": gather(self.rewards, T),
+                "dones": gather(self.dones, T).float(), "valid": valid.float()}
 
 
-def pad_episodes(ep, T):
-    """Arrays of Episodes zero-padded along time to T steps."""
-    extra = T - ep.rewards.shape[1]
-
-    def pad(x):
-        return np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-    return (pad(ep.obs), pad(ep.avail), pad(ep.actions), pad(ep.rewards), pad(ep.dones), ep.lengths)
+def step_rows(x, valid):
+    """The rows of a per-step array (E, T, ...) for valid steps 0..length (one row past the data, zero)."""
+    padded = np.concatenate([x, np.zeros_like(x[:, :1])], axis=1)                 # (E, T+1, ...)
+    return padded[valid]
 
 
 def joint_state(obs):

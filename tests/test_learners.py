@@ -294,3 +294,32 @@ def test_a_learner_run_is_a_function_of_its_seed(tiny_3m, tmp_path, script, extr
     assert first == again, "the same seed in another process gives the same metrics.csv"
     loss = "cql_penalty" if script == "cql.py" else "bc_loss"
     assert [r[loss] for r in first] != [r[loss] for r in other], "another seed gives other numbers"
+
+
+def test_minibatches_equal_slices_of_zero_padded_episodes(tiny_3m):
+    """The unpadded episode store gathers exactly what zero-padded (E, T, ...) arrays would give."""
+    ep = data.load_dataset(tiny_3m[0])
+    short = ep.select(np.arange(5))                             # a second dataset, cut to a shorter T
+    T_short = int(short.lengths.max())
+    short = data.Episodes(obs=short.obs[:, :T_short + 1], avail=short.avail[:, :T_short + 1],
+                          actions=short.actions[:, :T_short], rewards=short.rewards[:, :T_short],
+                          dones=short.dones[:, :T_short], lengths=short.lengths, attrs=short.attrs)
+    buffer = qmix.EpisodeBuffer([ep, short])
+    assert buffer.n_episodes == ep.n_episodes + 5
+    assert len(buffer.obs) == int((ep.lengths + 1).sum() + (short.lengths + 1).sum())   # no padding stored
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(buffer.n_episodes, (16,), generator=torch.Generator().manual_seed(0))
+    batch = buffer.sample(16, g)
+    T = int(buffer.lengths[index].max())
+    for b, e in enumerate(index.tolist()):
+        src, i = (ep, e) if e < ep.n_episodes else (short, e - ep.n_episodes)
+        n = int(src.lengths[i])
+        np.testing.assert_array_equal(batch["obs"][b, :n + 1].numpy(), src.obs[i, :n + 1])
+        np.testing.assert_array_equal(batch["avail"][b, :n + 1].numpy(), src.avail[i, :n + 1])
+        np.testing.assert_array_equal(batch["actions"][b, :n].numpy(), src.actions[i, :n])
+        np.testing.assert_array_equal(batch["rewards"][b, :n].numpy(), src.rewards[i, :n])
+        np.testing.assert_array_equal(batch["dones"][b, :n].numpy(), src.dones[i, :n])
+        assert not batch["obs"][b, n + 1:].any() and not batch["avail"][b, n + 1:].any()
+        assert not batch["actions"][b, n:].any() and not batch["dones"][b, n:].any()
+        assert batch["valid"][b].tolist() == [1.0] * n + [0.0] * (T - n)
+    assert batch["obs"].shape[1] == T + 1 and batch["actions"].shape[1] == T
