@@ -104,7 +104,7 @@ def test_a_policy_for_another_map_is_refused(tmp_path):
         behaviour.TrainedPolicy(path, env)
 
 
-@pytest.mark.parametrize("scenario", ["3m", "5m_vs_6m", "8m", "2s3z"])
+@pytest.mark.parametrize("scenario", ["3m", "5m_vs_6m", "8m", "2s3z", "3s5z_vs_3s6z"])
 def test_the_shipped_policies_match_their_manifest(scenario):
     for quality in behaviour.QUALITIES:
         entries = behaviour.shipped_policies(scenario, quality)
