@@ -329,7 +329,7 @@ def ema_update(ema, model, decay):
 def episode_horizons(lengths, bucket_width, T):
     """Each episode's window (E,) int: its length rounded up to a multiple of bucket_width, at most T.
 
-    Length-aware diffusion (README, "What differs from the paper"): episodes
+    Length-aware diffusion (README, "Length-aware windows"; not in the paper): episodes
     whose lengths fall in the same bucket of `bucket_width` steps are
     trained, and generated, together on a window of the bucket's upper
     edge instead of the dataset's longest episode T. bucket_width = 0 gives

@@ -111,12 +111,13 @@ def parse_args(argv=None):
     if args.lam < 0:
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
     data.require_at_least_one(p, args, ("scale", "diffusion_steps"))
-    K = diffusion.build_parser().get_default("K")
+    defaults = diffusion.build_parser()
+    K = defaults.get_default("K")
     if not 0 <= args.ddim_steps <= K:
         p.error(f"--ddim-steps must be in [0, K={K}], got {args.ddim_steps}")
     if args.dim < 8 or args.dim % 8:
         p.error(f"--dim must be a positive multiple of 8, got {args.dim}")
-    diffusion.check_bucket_width(p, args.bucket_width, diffusion.build_parser().get_default("dim_mults"))
+    diffusion.check_bucket_width(p, args.bucket_width, defaults.get_default("dim_mults"))
     diffusion.check_device(p, args.device)
     if args.diffusion_seed is None:
         args.diffusion_seed = args.seed
