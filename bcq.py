@@ -48,11 +48,10 @@ class QmixBCQ:
 
     def loss(self, batch):
         batch = rad.augment(batch, self.aug, self.generator)
-        logits = qmix.unroll(self.behaviour, self.qmix.inputs(batch))          # (B, T+1, N, A)
-        bc = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                             batch["actions"].reshape(-1), reduction="none")
-        bc = qmix.masked_mean(bc.view(batch["actions"].shape), batch["valid"][..., None])
-        allowed = bcq_allowed(logits[:, 1:].detach(), batch["avail"][:, 1:], self.tau)
+        logits = qmix.unroll(self.behaviour, self.qmix.inputs(batch), qmix.observed_rows(batch))  # (B, T+1, N, A)
+        at_t = qmix.valid_steps(batch)
+        bc = F.cross_entropy(at_t(logits).flatten(0, 1), at_t(batch["actions"]).flatten())   # over (V*N)
+        allowed = bcq_allowed(logits[:, 1:].detach(), batch["avail"][:, 1:], self.tau)   # (B, T, N, A)
         q, q_target = self.qmix.q_values(batch)
         td, _ = self.qmix.td_loss(batch, q, q_target, allowed_next=allowed)
         return td + bc, {"td_loss": td.item(), "bc_loss": bc.item()}

@@ -10,7 +10,7 @@ and the data action down while pushing the data action up:
                                 - Q_tot(s_t, a_t) ]
 
 with alpha = 3.0 and the mean over valid (non-padded) steps. Shapes follow
-`qmix.py`: sampled joint actions (M, B, T, N), their Q_tot (M, B, T).
+`qmix.py`; over the minibatch's V valid steps: sampled joint actions (M, V, N), their Q_tot (M, V).
 
     python cql.py --dataset runs/datasets/3m-medium-s0.h5 --iters 15000 --seed 0
 """
@@ -23,28 +23,28 @@ import rad
 
 
 def sample_legal_actions(avail, n_samples, generator):
-    """n_samples joint actions uniform over legal actions: avail (B, T, N, A) -> (M, B, T, N).
+    """n_samples joint actions uniform over legal actions: avail (..., N, A) -> (M, ..., N).
 
-    A step with no legal action (padding) samples uniformly; it is masked out later.
+    An agent with no legal action (an all-zero row) samples uniformly.
     """
     probs = avail.float()
     probs = torch.where(probs.sum(-1, keepdim=True) > 0, probs, torch.ones_like(probs))
-    flat = probs.reshape(-1, probs.shape[-1])                                  # (B*T*N, A)
+    flat = probs.reshape(-1, probs.shape[-1])                                  # (rows, A)
     draws = torch.multinomial(flat, n_samples, replacement=True, generator=generator)
     return draws.T.reshape((n_samples,) + avail.shape[:-1])
 
 
-def cql_penalty(mixer, q, state, q_tot_data, valid, sampled_actions):
-    """mean_t [logsumexp({Q_tot(s_t, a^m)} U {Q_tot(s_t, a_t)}) - Q_tot(s_t, a_t)] over valid steps.
+def cql_penalty(mixer, q, state, q_tot_data, sampled_actions):
+    """mean_t [logsumexp({Q_tot(s_t, a^m)} U {Q_tot(s_t, a_t)}) - Q_tot(s_t, a_t)] over the valid steps.
 
-    q (B, T, N, A) online agent Q values, state (B, T, S), q_tot_data (B, T),
-    sampled_actions (M, B, T, N).
+    q (V, N, A) online agent Q values at the V valid steps, state (V, S),
+    q_tot_data (V,), sampled_actions (M, V, N).
     """
     M = sampled_actions.shape[0]
-    q_sampled = q.expand((M,) + q.shape).gather(-1, sampled_actions[..., None])[..., 0]  # (M, B, T, N)
-    q_tot_sampled = mixer(q_sampled, state)                                              # (M, B, T)
-    all_q = torch.cat([q_tot_sampled, q_tot_data[None]], dim=0)                          # (M+1, B, T)
-    return qmix.masked_mean(torch.logsumexp(all_q, dim=0) - q_tot_data, valid)
+    q_sampled = q.expand((M,) + q.shape).gather(-1, sampled_actions[..., None])[..., 0]  # (M, V, N)
+    q_tot_sampled = mixer(q_sampled, state)                                              # (M, V)
+    all_q = torch.cat([q_tot_sampled, q_tot_data[None]], dim=0)                          # (M+1, V)
+    return (torch.logsumexp(all_q, dim=0) - q_tot_data).mean()
 
 
 class QmixCQL:
@@ -63,9 +63,9 @@ class QmixCQL:
         batch = rad.augment(batch, self.aug, self.generator)
         q, q_target = self.qmix.q_values(batch)
         td, q_tot = self.qmix.td_loss(batch, q, q_target)
-        sampled = sample_legal_actions(batch["avail"][:, :-1], self.n_samples, self.generator)
-        state = qmix.joint_state(batch["obs"])[:, :-1]
-        penalty = cql_penalty(self.qmix.mixer, q[:, :-1], state, q_tot, batch["valid"], sampled)
+        at_t = qmix.valid_steps(batch)
+        sampled = sample_legal_actions(at_t(batch["avail"]), self.n_samples, self.generator)   # (M, V, N)
+        penalty = cql_penalty(self.qmix.mixer, at_t(q), at_t(qmix.joint_state(batch["obs"])), q_tot, sampled)
         return td + self.alpha * penalty, {"td_loss": td.item(), "cql_penalty": penalty.item()}
 
     def policy(self):

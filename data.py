@@ -450,11 +450,13 @@ def load_dataset(path, scenario=None, quality=None):
             if not np.issubdtype(f[name].dtype, np.integer):
                 raise artifacts.InputError(f"{path}: {name} has dtype {f[name].dtype}, expected integers")
         try:
-            episodes = Episodes(obs=f["obs"][()].astype(np.float32), avail=f["avail"][()].astype(bool),
-                                actions=f["actions"][()].astype(np.int64),
-                                rewards=f["rewards"][()].astype(np.float32),
-                                dones=f["dones"][()].astype(bool), lengths=f["lengths"][()].astype(np.int32),
-                                attrs=attrs)
+            # copy=False: no second copy of an array already stored in the wanted type (the obs are most of the file)
+            episodes = Episodes(obs=f["obs"][()].astype(np.float32, copy=False),
+                                avail=f["avail"][()].astype(bool, copy=False),
+                                actions=f["actions"][()].astype(np.int64, copy=False),
+                                rewards=f["rewards"][()].astype(np.float32, copy=False),
+                                dones=f["dones"][()].astype(bool, copy=False),
+                                lengths=f["lengths"][()].astype(np.int32, copy=False), attrs=attrs)
         except (OSError, ValueError) as err:
             raise artifacts.InputError(f"{path}: damaged HDF5 data ({err})") from None
     problem = schema_problem(episodes, attrs["n_agents"], attrs["obs_dim"], attrs["n_actions"])

@@ -31,7 +31,9 @@ What comes from OG-MARL (the code the paper ran; read in its TF2
   observation (Eq. 4 carries no state), for every method alike.
 * minibatches: OG-MARL samples 32 windows of 20 steps from the episode
   stream (RNN reset at episode starts, no padding); we sample 32 whole
-  episodes and mask the padded steps.
+  episodes and compute only their steps: the GRU runs packed (its batch
+  shrinks as episodes end) and the mixers, targets and losses see only
+  the valid steps (`valid_steps`), so padding costs no compute.
 * gradient clipping: none in OG-MARL's 2024 code (global norm 20 in its 2023
   code); ours global norm 10 by default, `--grad-clip 0` is OG-MARL's.
 * optimisers: OG-MARL's BCQ steps Q + mixer and the BC network with two
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm import tqdm
 
 import artifacts
@@ -62,8 +65,8 @@ ILLEGAL = -1e9  # Q of an illegal action in a max (finite, so all-illegal padded
 class AgentNetwork(nn.Module):
     """Shared recurrent agent: linear -> ReLU -> GRU -> ReLU -> linear, one Q per action.
 
-    `forward` takes one step (execution); `sequence` a whole episode at once
-    (training), with torch's fused GRU instead of a Python loop over time.
+    `forward` takes one step (execution); `sequence` whole episodes at once
+    (training): one GRU call over a packed batch, no Python loop over time.
     """
 
     def __init__(self, input_dim, n_actions, hidden=64):
@@ -78,10 +81,18 @@ class AgentNetwork(nn.Module):
         out, h = self.gru(F.relu(self.fc1(x))[:, None], h[None])
         return self.fc2(F.relu(out[:, 0])), h[0]
 
-    def sequence(self, x):
-        """A whole sequence from a zero hidden state: inputs (M, T, I) -> Q (M, T, A)."""
-        out, _ = self.gru(F.relu(self.fc1(x)))
-        return self.fc2(F.relu(out))
+    def sequence(self, x, lengths):
+        """Whole sequences from a zero hidden state: inputs (M, T, I), lengths (M,) -> Q (M, T, A).
+
+        Only each sequence's first lengths[m] steps are computed (a packed
+        sequence: the GRU's batch shrinks as sequences end); Q past the end
+        is 0. The steps computed are exactly those a padded run would give,
+        since a GRU never looks ahead.
+        """
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed._replace(data=F.relu(self.fc1(packed.data))))
+        q = out._replace(data=self.fc2(F.relu(out.data)))
+        return pad_packed_sequence(q, batch_first=True, total_length=x.shape[1])[0]
 
 
 class QMixer(nn.Module):
@@ -109,9 +120,7 @@ class QMixer(nn.Module):
         w2 = self.hyper_w2(s).abs()                                           # (L, E)
         v = self.value(s)[:, 0]                                               # (L,)
         q = q_agents.reshape(*extra, -1, self.n_agents)                       # (*extra, L, N)
-        # q @ w1 per state, written as a broadcast sum: thousands of 1 x N @ N x E
-        # products are far slower as a batched matmul than as one elementwise op.
-        hidden = F.elu((q[..., None] * w1).sum(-2) + b1)                      # (*extra, L, E)
+        hidden = F.elu(torch.einsum("...ln,lne->...le", q, w1) + b1)          # (*extra, L, E)
         return ((hidden * w2).sum(-1) + v).reshape(*extra, *lead)
 
 
@@ -188,22 +197,25 @@ def agent_inputs(obs, actions, n_actions, last_action=True):
     return torch.cat(parts, dim=-1)
 
 
-def unroll(agent, inputs):
-    """Run the shared GRU agent over time: inputs (B, T, N, I) -> Q (B, T, N, A)."""
+def unroll(agent, inputs, lengths):
+    """Run the shared GRU agent over time: inputs (B, T, N, I), lengths (B,) -> Q (B, T, N, A).
+
+    Episode b's first lengths[b] steps are computed; Q past them is 0.
+    """
     B, T, N, I = inputs.shape
     per_agent = inputs.permute(0, 2, 1, 3).reshape(B * N, T, I)             # (B*N, T, I)
-    q = agent.sequence(per_agent)                                           # (B*N, T, A)
+    q = agent.sequence(per_agent, lengths.repeat_interleave(N))             # (B*N, T, A)
     return q.view(B, N, T, -1).permute(0, 2, 1, 3)                          # (B, T, N, A)
+
+
+def observed_rows(batch):
+    """Each episode's observation rows in a minibatch, its length + 1: (B,) int64."""
+    return batch["valid"].sum(1).long() + 1
 
 
 def legal_argmax(q, avail):
     """argmax over legal actions (index 0 where none is legal): (..., A) -> (...)."""
     return q.masked_fill(~avail, ILLEGAL).argmax(dim=-1)
-
-
-def masked_mean(x, mask):
-    """Mean of x over the entries where mask is 1."""
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def td_targets(rewards, dones, q_tot_next, gamma):
@@ -238,28 +250,43 @@ class QMIX(nn.Module):
         self.target_mixer.load_state_dict(self.mixer.state_dict())
 
     def q_values(self, batch):
-        """Online and target agent Q values, each (B, T+1, N, A)."""
-        inputs = self.inputs(batch)
+        """Online and target agent Q values, each (B, T+1, N, A); 0 past each episode's last observation."""
+        inputs, rows = self.inputs(batch), observed_rows(batch)
         with torch.no_grad():
-            q_target = unroll(self.target_agent, inputs)
-        return unroll(self.agent, inputs), q_target
+            q_target = unroll(self.target_agent, inputs, rows)
+        return unroll(self.agent, inputs, rows), q_target
 
     def td_loss(self, batch, q, q_target, allowed_next=None):
-        """0.5 * mean over valid steps of (Q_tot(s_t, a_t) - y_t)^2; returns (loss, Q_tot data (B, T)).
+        """0.5 * mean over valid steps of (Q_tot(s_t, a_t) - y_t)^2; returns (loss, Q_tot of the data (V,)).
 
-        The next action is the online network's argmax among `allowed_next`
-        (default: the legal actions at t+1), valued by the target networks.
+        Only the V valid steps of the minibatch (t < length) are mixed, so
+        padding costs nothing; `valid_steps` picks them in a fixed order
+        (episode by episode, step by step). The next action is the online
+        network's argmax among `allowed_next` (B, T, N, A) (default: the
+        legal actions at t+1), valued by the target networks.
         """
+        at_t, at_next = valid_steps(batch, 0), valid_steps(batch, 1)
         state = joint_state(batch["obs"])                                     # (B, T+1, N*O)
-        chosen = q[:, :-1].gather(-1, batch["actions"][..., None])[..., 0]    # (B, T, N)
-        q_tot = self.mixer(chosen, state[:, :-1])                             # (B, T)
-        allowed = batch["avail"][:, 1:] if allowed_next is None else allowed_next
-        next_action = legal_argmax(q[:, 1:].detach(), allowed)                # (B, T, N)
-        q_next = q_target[:, 1:].gather(-1, next_action[..., None])[..., 0]
+        chosen = at_t(q).gather(-1, at_t(batch["actions"])[..., None])[..., 0]   # (V, N)
+        q_tot = self.mixer(chosen, at_t(state))                               # (V,)
+        allowed = at_next(batch["avail"]) if allowed_next is None else at_t(allowed_next)   # (V, N, A)
+        next_action = legal_argmax(at_next(q).detach(), allowed)              # (V, N)
+        q_next = at_next(q_target).gather(-1, next_action[..., None])[..., 0]    # (V, N)
         with torch.no_grad():
-            q_tot_next = self.target_mixer(q_next, state[:, 1:])
-        y = td_targets(batch["rewards"], batch["dones"], q_tot_next, self.gamma)
-        return 0.5 * masked_mean((q_tot - y) ** 2, batch["valid"]), q_tot
+            q_tot_next = self.target_mixer(q_next, at_next(state))            # (V,)
+        y = td_targets(at_t(batch["rewards"]), at_t(batch["dones"]), q_tot_next, self.gamma)
+        return 0.5 * ((q_tot - y) ** 2).mean(), q_tot
+
+
+def valid_steps(batch, shift=0):
+    """A function picking a minibatch's V valid steps from a (B, T', ...) tensor: x[:, shift:][valid] -> (V, ...).
+
+    shift 0 gives step t's entry, shift 1 step t+1's (the next observation),
+    for every valid step t < length.
+    """
+    valid = batch["valid"].bool()                                            # (B, T)
+    T = valid.shape[1]
+    return lambda x: x[:, shift:shift + T][valid]
 
 
 # ---------------------------------------------------------------------------
@@ -489,6 +516,7 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
                           seed=args.seed, last_action=args.last_action, **(extra or {}))
     buffer = EpisodeBuffer(episodes)
+    del episodes                     # the padded arrays: the buffer holds what training needs
     check_simulator(dataset_paths[0], a, args.backend)
     envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
     env = envs["reported"]

@@ -1,9 +1,10 @@
 """Training speed of the offline learners on this machine (paper §4.1; README "Learners").
 
-    python bench/learners.py --dataset runs/datasets/3m-medium-s0.h5
+    python bench/learners.py --dataset runs/datasets/3m-medium-s0.h5 [--dataset runs/eaq/synthetic.h5]
 
 Prints iterations/s of QMIX+CQL and QMIX+BCQ (batch 32 episodes, no
-evaluation) after a few warm-up iterations.
+evaluation) after a few warm-up iterations, on the union of the datasets
+given (e.g. the headline's D_real and D_syn).
 """
 import argparse
 import os
@@ -13,20 +14,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bcq  # noqa: E402
 import cql  # noqa: E402
-import data  # noqa: E402
 import qmix  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="HDF5 dataset")
+    p.add_argument("--dataset", action="append", required=True, help="HDF5 dataset; repeat for a union")
     p.add_argument("--iters", type=int, default=100, help="timed iterations per learner")
     p.add_argument("--batch-size", type=int, default=32, help="episodes per minibatch")
     p.add_argument("--algos", nargs="+", default=["cql", "bcq"], choices=["cql", "bcq"], help="learners to time")
     args = p.parse_args()
     qmix.use_learner_threads()
-    ep = data.load_dataset(args.dataset)
-    buffer = qmix.EpisodeBuffer([ep])
+    episodes = qmix.load_datasets(args.dataset)
+    ep = episodes[0]
+    buffer = qmix.EpisodeBuffer(episodes)
     for cls in [{"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}[a] for a in args.algos]:
         learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
         qmix.train_loop(learner, buffer, 5, args.batch_size, 3e-4, 0, progress=False)

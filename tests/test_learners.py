@@ -192,7 +192,7 @@ def test_double_q_target_and_discount_by_hand():
     q_target[0, 1, 0] = torch.tensor([7.0, 100.0, 100.0])      # the target net values the online argmax,
     q_target[0, 1, 1] = torch.tensor([-1.0, 100.0, 100.0])     # not its own max (double Q)
     loss, q_tot = model.td_loss(batch, q, q_target)
-    torch.testing.assert_close(q_tot[0, :2], torch.tensor([3.0, 4.5]))
+    torch.testing.assert_close(q_tot, torch.tensor([3.0, 4.5]))      # the V = 2 valid steps
     y0 = 1.0 + 0.5 * (7.0 - 1.0)                               # r_0 + gamma * Q_tot_target(s_1, a*)
     y1 = 2.0                                                   # terminal: no bootstrap
     assert loss.item() == pytest.approx(0.5 * ((3.0 - y0) ** 2 + (4.5 - y1) ** 2) / 2)
@@ -211,28 +211,62 @@ def test_bcq_target_uses_only_allowed_actions():
     loss_free, _ = model.td_loss(batch, q, q_target)
     loss_bcq, _ = model.td_loss(batch, q, q_target, allowed_next=allowed)
     y_free, y_bcq = 1.0 + 20.0, 1.0 + 40.0                        # Q_tot target at t = 1: 10+10 or 20+20
-    q0 = q_tot[0, 0].item()
-    assert loss_free.item() == pytest.approx(0.5 * ((q0 - y_free) ** 2 + (q_tot[0, 1].item() - 2.0) ** 2) / 2)
-    assert loss_bcq.item() == pytest.approx(0.5 * ((q0 - y_bcq) ** 2 + (q_tot[0, 1].item() - 2.0) ** 2) / 2)
+    q0 = q_tot[0].item()
+    assert loss_free.item() == pytest.approx(0.5 * ((q0 - y_free) ** 2 + (q_tot[1].item() - 2.0) ** 2) / 2)
+    assert loss_bcq.item() == pytest.approx(0.5 * ((q0 - y_bcq) ** 2 + (q_tot[1].item() - 2.0) ** 2) / 2)
 
 
 def test_cql_penalty_exact_value():
-    q = torch.tensor([[[[1.0, 2.0], [0.0, 3.0]]]])              # (B=1, T=1, N=2, A=2)
-    sampled = torch.tensor([[[[0, 0]]], [[[1, 1]]]])             # M = 2 joint actions: (0, 0) and (1, 1)
-    q_tot_data = torch.tensor([[2.0]])                          # data action (1, 0): 2 + 0
-    penalty = cql.cql_penalty(SumMixer(), q, torch.zeros(1, 1, 4), q_tot_data, torch.ones(1, 1), sampled)
+    q = torch.tensor([[[1.0, 2.0], [0.0, 3.0]]])                # (V=1, N=2, A=2)
+    sampled = torch.tensor([[[0, 0]], [[1, 1]]])                 # M = 2 joint actions: (0, 0) and (1, 1)
+    q_tot_data = torch.tensor([2.0])                            # data action (1, 0): 2 + 0
+    penalty = cql.cql_penalty(SumMixer(), q, torch.zeros(1, 4), q_tot_data, sampled)
     expected = np.log(np.exp(1.0) + np.exp(5.0) + np.exp(2.0)) - 2.0
     assert penalty.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_cql_penalty_ignores_padded_steps():
-    q = torch.randn(1, 2, 2, 3)
-    sampled = torch.randint(3, (4, 1, 2, 2))
-    q_tot = q.max(-1).values.sum(-1)
-    full = cql.cql_penalty(SumMixer(), q, torch.zeros(1, 2, 6), q_tot, torch.tensor([[1.0, 0.0]]), sampled)
-    first = cql.cql_penalty(SumMixer(), q[:, :1], torch.zeros(1, 1, 6), q_tot[:, :1], torch.ones(1, 1),
-                            sampled[:, :, :1])
-    assert full.item() == pytest.approx(first.item())
+def test_valid_steps_pick_each_step_and_its_successor():
+    batch = hand_batch()                                        # B = 1, T = 3, lasts 2 steps
+    x = torch.arange(4.0).view(1, 4)                            # one entry per observation row
+    assert qmix.valid_steps(batch, 0)(x).tolist() == [0.0, 1.0]
+    assert qmix.valid_steps(batch, 1)(x).tolist() == [1.0, 2.0]
+    assert qmix.observed_rows(batch).tolist() == [3]
+
+
+def padding_filled_with_garbage(batch):
+    """The same minibatch with every entry past each episode's end replaced by large random values."""
+    g = torch.Generator().manual_seed(1)
+    rows = qmix.observed_rows(batch)                            # (B,)
+    past_obs = torch.arange(batch["obs"].shape[1])[None, :] >= rows[:, None]             # (B, T+1)
+    past_step = batch["valid"] == 0                                                      # (B, T)
+    out = dict(batch)
+    out["obs"] = torch.where(past_obs[..., None, None], 1e3 * torch.randn(batch["obs"].shape, generator=g),
+                             batch["obs"])
+    out["avail"] = torch.where(past_obs[..., None, None], torch.rand(batch["avail"].shape, generator=g) > 0.5,
+                               batch["avail"])
+    out["actions"] = torch.where(past_step[..., None], torch.randint_like(batch["actions"], 5), batch["actions"])
+    out["rewards"] = torch.where(past_step, 1e3 * torch.randn(batch["rewards"].shape, generator=g), batch["rewards"])
+    out["dones"] = torch.where(past_step, torch.ones_like(batch["dones"]), batch["dones"])
+    return out
+
+
+@pytest.mark.parametrize("learner_cls", [cql.QmixCQL, bcq.QmixBCQ])
+def test_losses_never_read_past_an_episodes_end(tiny_3m, learner_cls):
+    """Whatever the padding holds, the loss, its logs and its gradient are the same (the learners skip it)."""
+    ep = data.load_dataset(tiny_3m[0])
+    batch = qmix.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
+    assert (batch["valid"] == 0).any(), "the minibatch has padding to fill"
+    results = []
+    for b in (batch, padding_filled_with_garbage(batch)):
+        torch.manual_seed(0)
+        learner = learner_cls(ep.n_agents, ep.obs_dim, ep.n_actions, seed=0)
+        loss, logs = learner.loss(b)
+        grads = torch.autograd.grad(loss, learner.parameters())
+        results.append((loss, logs, grads))
+    (loss, logs, grads), (loss2, logs2, grads2) = results
+    assert loss.item() == loss2.item() and logs == logs2
+    for g1, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
 
 
 def test_target_networks_update_every_target_every_iterations(tiny_3m):
@@ -266,9 +300,23 @@ def test_greedy_policy_computes_the_training_q_values(last_action):
             policy.last, policy.first = a, False
             step_q.append(q)
             actions.append(a)
-        unrolled = qmix.unroll(model.agent, qmix.agent_inputs(obs, torch.stack(actions[:-1], 1), 5, last_action))
+        unrolled = qmix.unroll(model.agent, qmix.agent_inputs(obs, torch.stack(actions[:-1], 1), 5, last_action),
+                              torch.full((2,), 6))
     torch.testing.assert_close(torch.stack(step_q, 1), unrolled)
     assert model.agent.fc1.in_features == 4 + 3 + (5 if last_action else 0)
+
+
+def test_unroll_computes_each_episode_alone_up_to_its_last_observation():
+    """The packed GRU equals running each episode by itself, cut to its rows; past them Q is 0."""
+    torch.manual_seed(0)
+    agent = qmix.AgentNetwork(input_dim=7, n_actions=5)
+    inputs = torch.randn(3, 6, 2, 7)                            # (B, T+1, N, I)
+    rows = torch.tensor([6, 2, 4])
+    q = qmix.unroll(agent, inputs, rows)
+    for b, n in enumerate(rows.tolist()):
+        alone = qmix.unroll(agent, inputs[b:b + 1, :n], torch.tensor([n]))
+        torch.testing.assert_close(q[b, :n], alone[0])
+        assert not q[b, n:].any()
 
 
 def test_bcq_greedy_execution_is_plain_greedy_over_legal_actions():
