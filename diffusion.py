@@ -290,8 +290,11 @@ def save_checkpoint(path, model):
 CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "normalizer", "config"}
 
 
-def load_checkpoint(path, lr=1e-3):
-    """-> Model, loaded without running any code (weights_only); refuses anything else in one line."""
+def load_checkpoint(path):
+    """-> Model, loaded without running any code (weights_only); refuses anything else in one line.
+
+    The optimiser's learning rate and moments come from the checkpoint (its saved parameter groups).
+    """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
@@ -304,7 +307,7 @@ def load_checkpoint(path, lr=1e-3):
         diffusion, ema = build(ckpt["config"])
         diffusion.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(diffusion.parameters())
         optimizer.load_state_dict(ckpt["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
@@ -412,14 +415,6 @@ def sample_batches(ema, normalizer, horizons, T, n_features, ddim_steps=None, ba
                 matrix = normalizer.unnormalize(tau.cpu().numpy())
                 yield np.pad(matrix, [(0, 0), (0, 0), (0, T - int(h))])             # (b, F, T)
                 bar.update(b)
-
-
-def sample_matrices(ema, normalizer, n, shape, ddim_steps=None, batch_size=256, seed=0, progress=True):
-    """n generated episode matrices at the fixed window shape = (F, T), in data units, (n, F, T) numpy."""
-    F_, T = shape
-    batches = sample_batches(ema, normalizer, np.full(n, T), T, F_, ddim_steps, batch_size,
-                             torch.Generator().manual_seed(seed), progress)
-    return np.concatenate(list(batches))
 
 
 class MatrixStats:
@@ -667,7 +662,7 @@ def prepare_model(args, real, ckpt_path):
         return Model(diffusion, ema, torch.optim.Adam(diffusion.parameters(), lr=args.lr), None, config)
     if not os.path.exists(ckpt_path):
         raise artifacts.InputError(f"{ckpt_path}: nothing to resume; run without --resume first")
-    model = load_checkpoint(ckpt_path, args.lr)
+    model = load_checkpoint(ckpt_path)
     check_resume(ckpt_path, model.config, config)
     return model
 

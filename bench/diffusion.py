@@ -34,7 +34,7 @@ def main():
     args = p.parse_args()
     D.use_diffusion_threads()
     episodes = data.load_dataset(args.dataset)
-    tau0, valid, _, _ = D.prepare(episodes)
+    tau0, valid, normalizer, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
     diffusion, ema = D.build(config)
     opt = torch.optim.Adam(diffusion.parameters(), lr=D.build_parser().get_default("lr"))
@@ -54,7 +54,7 @@ def main():
 
     def sampling_seconds(steps):
         start = time.time()
-        for _ in D.sample_batches(ema, data.Normalizer.fit(tau0.numpy()), windows, T, F_, steps,
+        for _ in D.sample_batches(ema, normalizer, windows, T, F_, steps,
                                   args.sample_batch, progress=False):
             pass
         return time.time() - start
