@@ -423,12 +423,14 @@ REQUIRED_ATTRS = ("scenario", "quality", "backend", "n_agents", "obs_dim", "n_ac
                   "epsilon", "seed", "return_mean", "return_std", "format_version")
 
 
-def load_dataset(path, scenario=None, quality=None):
+def load_dataset(path, scenario=None, quality=None, episodes=slice(None)):
     """Read and validate a dataset file; refuse a malformed or mismatched one.
 
-    `scenario` / `quality`, when given, must match the file's attrs. Every
-    problem raises an artifacts.InputError whose message names the file,
-    the array and, for bad contents, the first bad index.
+    `scenario` / `quality`, when given, must match the file's attrs.
+    `episodes` (a slice) reads only those episodes, e.g. one chunk of
+    `dataset_chunks`. Every problem raises an artifacts.InputError whose
+    message names the file, the array and, for bad contents, the first bad
+    index (counted in the whole file).
     """
     if not os.path.exists(path):
         raise artifacts.InputError(f"{path}: no such dataset file; make one with "
@@ -451,21 +453,37 @@ def load_dataset(path, scenario=None, quality=None):
                 raise artifacts.InputError(f"{path}: {name} has dtype {f[name].dtype}, expected integers")
         try:
             # copy=False: no second copy of an array already stored in the wanted type (the obs are most of the file)
-            episodes = Episodes(obs=f["obs"][()].astype(np.float32, copy=False),
-                                avail=f["avail"][()].astype(bool, copy=False),
-                                actions=f["actions"][()].astype(np.int64, copy=False),
-                                rewards=f["rewards"][()].astype(np.float32, copy=False),
-                                dones=f["dones"][()].astype(bool, copy=False),
-                                lengths=f["lengths"][()].astype(np.int32, copy=False), attrs=attrs)
+            chunk = Episodes(obs=f["obs"][episodes].astype(np.float32, copy=False),
+                             avail=f["avail"][episodes].astype(bool, copy=False),
+                             actions=f["actions"][episodes].astype(np.int64, copy=False),
+                             rewards=f["rewards"][episodes].astype(np.float32, copy=False),
+                             dones=f["dones"][episodes].astype(bool, copy=False),
+                             lengths=f["lengths"][episodes].astype(np.int32, copy=False), attrs=attrs)
         except (OSError, ValueError) as err:
             raise artifacts.InputError(f"{path}: damaged HDF5 data ({err})") from None
-    problem = schema_problem(episodes, attrs["n_agents"], attrs["obs_dim"], attrs["n_actions"])
+    problem = schema_problem(chunk, attrs["n_agents"], attrs["obs_dim"], attrs["n_actions"],
+                             first_episode=episodes.start or 0)
     if problem:
         raise artifacts.InputError(f"{path}: {problem}")
     for key, wanted in (("scenario", scenario), ("quality", quality)):
         if wanted is not None and attrs[key] != wanted:
             raise artifacts.InputError(f"{path}: holds {key} {attrs[key]!r} but {wanted!r} was requested")
-    return episodes
+    return chunk
+
+
+def dataset_chunks(path, chunk_episodes=512):
+    """A dataset's episodes read and validated `chunk_episodes` at a time: yields Episodes.
+
+    For consumers that repack episodes (the learners' `qmix.EpisodeBuffer`):
+    the padded (E, T+1, ...) arrays of a whole file, most of them padding,
+    are never in memory at once.
+    """
+    first = load_dataset(path, episodes=slice(0, chunk_episodes))
+    yield first
+    with h5py.File(path, "r") as f:
+        total = len(f["lengths"])
+    for start in range(chunk_episodes, total, chunk_episodes):
+        yield load_dataset(path, episodes=slice(start, start + chunk_episodes))
 
 
 def read_attrs(path):
@@ -492,8 +510,11 @@ def _plain(value):
     return value
 
 
-def schema_problem(ep, N, O, A):
-    """What is wrong with the shapes and contents of Episodes `ep` (N agents, O features, A actions), or None."""
+def schema_problem(ep, N, O, A, first_episode=0):
+    """What is wrong with the shapes and contents of Episodes `ep` (N agents, O features, A actions), or None.
+
+    Bad entries are named by their index, episodes counted from `first_episode` (a chunk's offset in its file).
+    """
     E, T = ep.rewards.shape if ep.rewards.ndim == 2 else (None, None)
     if E is None:
         return f"rewards has shape {ep.rewards.shape}, expected (E, T)"
@@ -507,28 +528,29 @@ def schema_problem(ep, N, O, A):
     if ep.lengths.min() < 1 or ep.lengths.max() > T:
         return f"episode lengths must lie in [1, {T}]"
     if ep.actions.min() < 0 or ep.actions.max() >= A:
-        return f"actions must lie in [0, {A})" + _first(~((ep.actions >= 0) & (ep.actions < A)))
+        return f"actions must lie in [0, {A})" + _first(~((ep.actions >= 0) & (ep.actions < A)), first_episode)
     terminal = np.zeros_like(ep.dones)
     terminal[np.arange(E), ep.lengths - 1] = True
     if not np.array_equal(ep.dones, terminal):
-        return "dones must be True exactly at each episode's last step" + _first(ep.dones != terminal)
+        return "dones must be True exactly at each episode's last step" + _first(ep.dones != terminal, first_episode)
     for name in ("obs", "rewards"):
         values = getattr(ep, name)
         if not np.isfinite(values).all():
-            return f"{name} holds NaN or inf" + _first(~np.isfinite(values))
+            return f"{name} holds NaN or inf" + _first(~np.isfinite(values), first_episode)
     valid = valid_steps(ep.lengths, T)                                        # (E, T)
     no_legal = valid[..., None] & ~ep.avail[:, :T].any(axis=-1)               # (E, T, N)
     if no_legal.any():
-        return "avail has a valid step where an agent has no legal action" + _first(no_legal)
+        return "avail has a valid step where an agent has no legal action" + _first(no_legal, first_episode)
     taken = np.take_along_axis(ep.avail[:, :T], ep.actions[..., None], axis=-1)[..., 0]   # (E, T, N)
     if (valid[..., None] & ~taken).any():
-        return "actions holds an action that avail marks illegal" + _first(valid[..., None] & ~taken)
+        return "actions holds an action that avail marks illegal" + _first(valid[..., None] & ~taken, first_episode)
     return None
 
 
-def _first(bad):
-    """' at index (e, t, ...)' of the first True entry of a boolean array."""
-    return f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+def _first(bad, first_episode=0):
+    """' at index (e, t, ...)' of the first True entry of a boolean array, e counted from first_episode."""
+    index = np.argwhere(bad)[0]
+    return f" at index {(int(index[0]) + first_episode, *(int(i) for i in index[1:]))}"
 
 
 # ---------------------------------------------------------------------------

@@ -750,6 +750,7 @@ def fit_and_sample(args, progress=True):
     horizons = episode_horizons(real.lengths, model.config["bucket_width"], model.config["horizon"])   # (E,)
     layout = data.layout_of(real)
     training = fit(model, args, tau0, valid, horizons, layout.q_tot, ckpt_path, progress)
+    del tau0, valid                  # sampling needs only the model (and the matrix in data units, for the report)
     report = sample_synthetic(model, args, real, real_matrix, horizons, progress)
     window = float(horizons.mean())
     report.update(training, lam=model.config["lam"], lam_units=lam_units(model.config["lam"], model.normalizer,

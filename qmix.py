@@ -137,20 +137,29 @@ class EpisodeBuffer:
     everything past each episode's end, exactly what slicing zero-padded
     (E, T, ...) arrays would give — at a fraction of the memory, since a
     padded layout holds every episode as long as the longest one.
+
+    `episodes` is any iterable of Episodes (e.g. `data.dataset_chunks` of
+    each file): each is packed before the next is read, so the padded
+    arrays of a whole dataset are never in memory.
     """
 
-    def __init__(self, episodes_list):
-        lengths = np.concatenate([ep.lengths for ep in episodes_list]).astype(np.int64)
+    def __init__(self, episodes):
+        names = ("obs", "avail", "actions", "rewards", "dones")
+        lengths, rows = [], {name: [] for name in names}
+        for ep in episodes:
+            valid = np.arange(ep.obs.shape[1])[None, :] <= ep.lengths[:, None]        # (E, T+1): steps 0..length
+            lengths.append(ep.lengths)
+            rows["obs"].append(ep.obs[valid])
+            rows["avail"].append(ep.avail[valid])
+            # every array is stored with length + 1 rows per episode (actions, rewards, dones: one unused row)
+            for name in ("actions", "rewards", "dones"):
+                rows[name].append(step_rows(getattr(ep, name), valid))
+        lengths = np.concatenate(lengths).astype(np.int64)
         self.n_episodes = len(lengths)
         self.lengths = torch.from_numpy(lengths)                                    # (E,)
         self.offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]))   # (E,)
-        valid = [np.arange(ep.obs.shape[1])[None, :] <= ep.lengths[:, None] for ep in episodes_list]
-        # every array is stored with length + 1 rows per episode (actions, rewards, dones: one unused row)
-        self.obs = torch.from_numpy(np.concatenate([ep.obs[v] for ep, v in zip(episodes_list, valid)]))
-        self.avail = torch.from_numpy(np.concatenate([ep.avail[v] for ep, v in zip(episodes_list, valid)]))
-        self.actions, self.rewards, self.dones = (
-            torch.from_numpy(np.concatenate([step_rows(getattr(ep, name), v) for ep, v in zip(episodes_list, valid)]))
-            for name in ("actions", "rewards", "dones"))
+        for name in names:
+            setattr(self, name, torch.from_numpy(np.concatenate(rows.pop(name))))
 
     def sample(self, batch_size, generator):
         """A random minibatch, cut to its longest episode: dict of tensors (see module shapes)."""
@@ -474,16 +483,20 @@ def check_learner_args(parser, args):
         parser.error(f"--grad-clip must be >= 0 (0 = no clipping), got {args.grad_clip}")
 
 
-def load_datasets(paths):
-    """Load one or more datasets and check they describe the same map and shapes."""
-    episodes = [data.load_dataset(p) for p in paths]
-    first = episodes[0].attrs
-    for path, ep in zip(paths[1:], episodes[1:]):
+def check_datasets(paths):
+    """Refuse datasets that describe different maps or shapes (attrs only); returns the first's attrs."""
+    attrs = [data.read_attrs(p) for p in paths]
+    for path, a in zip(paths[1:], attrs[1:]):
         for key in ("scenario", "n_agents", "obs_dim", "n_actions"):
-            if ep.attrs[key] != first[key]:
-                raise artifacts.InputError(f"{path}: {key} {ep.attrs[key]!r} differs from "
-                                           f"{paths[0]}'s {first[key]!r}")
-    return episodes
+            if a[key] != attrs[0][key]:
+                raise artifacts.InputError(f"{path}: {key} {a[key]!r} differs from {paths[0]}'s {attrs[0][key]!r}")
+    return attrs[0]
+
+
+def load_buffer(paths):
+    """The union of the datasets, read file by file and chunk by chunk: (first file's attrs, EpisodeBuffer)."""
+    attrs = check_datasets(paths)
+    return attrs, EpisodeBuffer(chunk for path in paths for chunk in data.dataset_chunks(path))
 
 
 def check_simulator(path, attrs, backend):
@@ -510,13 +523,10 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     """
     artifacts.prepare_output_dir(out)
     use_learner_threads()
-    episodes = load_datasets(dataset_paths)
-    a = episodes[0].attrs
+    a, buffer = load_buffer(dataset_paths)
     torch.manual_seed(args.seed)
     learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
                           seed=args.seed, last_action=args.last_action, **(extra or {}))
-    buffer = EpisodeBuffer(episodes)
-    del episodes                     # the padded arrays: the buffer holds what training needs
     check_simulator(dataset_paths[0], a, args.backend)
     envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
     env = envs["reported"]

@@ -250,9 +250,11 @@ def run(args):
     start = time.time()
     real_path = args.dataset or data.ensure_dataset(args.scenario, args.quality, args.fraction, args.data_seed,
                                                     root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
-    real = data.load_dataset(real_path, scenario=args.scenario, quality=args.quality)
-    qmix.check_simulator(real_path, real.attrs, args.backend)
-    print("D_real " + data.describe(real.attrs))
+    real = data.load_dataset(real_path, scenario=args.scenario, quality=args.quality)   # validates the file
+    real_attrs, n_real = real.attrs, real.n_episodes
+    del real                         # later stages read the file themselves; this copy would sit in memory
+    qmix.check_simulator(real_path, real_attrs, args.backend)
+    print("D_real " + data.describe(real_attrs))
     seconds["dataset"] = time.time() - start
     datasets, report = [real_path], None
     if args.aug == "eaq":
@@ -267,8 +269,8 @@ def run(args):
     seconds["learner"] = time.time() - start
     results = {"config": vars(args), "algo": args.algo,
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
-               "dataset": {"path": real_path, "episodes": real.n_episodes,
-                           **{k: real.attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
+               "dataset": {"path": real_path, "episodes": n_real,
+                           **{k: real_attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
                "augmentation_report": report, **result, "seconds": seconds}
     artifacts.write_json(results_path, results)
     return results

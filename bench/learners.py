@@ -25,16 +25,14 @@ def main():
     p.add_argument("--algos", nargs="+", default=["cql", "bcq"], choices=["cql", "bcq"], help="learners to time")
     args = p.parse_args()
     qmix.use_learner_threads()
-    episodes = qmix.load_datasets(args.dataset)
-    ep = episodes[0]
-    buffer = qmix.EpisodeBuffer(episodes)
+    attrs, buffer = qmix.load_buffer(args.dataset)
     for cls in [{"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}[a] for a in args.algos]:
-        learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
+        learner = cls(attrs["n_agents"], attrs["obs_dim"], attrs["n_actions"])
         qmix.train_loop(learner, buffer, 5, args.batch_size, 3e-4, 0, progress=False)
         start = time.time()
         qmix.train_loop(learner, buffer, args.iters, args.batch_size, 3e-4, 0, progress=False)
         rate = args.iters / (time.time() - start)
-        print(f"{ep.attrs['scenario']} {cls.__name__}: {rate:.1f} iterations/s "
+        print(f"{attrs['scenario']} {cls.__name__}: {rate:.1f} iterations/s "
               f"({15000 / rate / 60:.0f} min for the paper's 15 000)")
 
 

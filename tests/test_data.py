@@ -1,4 +1,5 @@
 """data.py: datasets (HDF5 schema), reward-to-go, the Eq. 4 matrix and its inverse; artifacts.py's writes."""
+import itertools
 import os
 import subprocess
 import sys
@@ -286,6 +287,16 @@ def test_illegal_and_non_integer_actions_are_refused(tmp_path, tiny_3m):
         f["actions"] = actions
     with pytest.raises(artifacts.InputError, match="actions has dtype float32, expected integers"):
         data.load_dataset(edit_copy(tiny_3m[0], tmp_path, "float.h5", float_actions))
+
+
+def test_a_bad_entry_in_a_later_chunk_is_named_by_its_index_in_the_file(tmp_path, tiny_3m):
+    def nan_obs(f):
+        f["obs"][13, 2, 0, 3] = np.nan
+    path = edit_copy(tiny_3m[0], tmp_path, "chunked.h5", nan_obs)
+    chunks = data.dataset_chunks(path, chunk_episodes=5)
+    assert [c.n_episodes for c in itertools.islice(chunks, 2)] == [5, 5]      # episodes 0-9 are fine
+    with pytest.raises(artifacts.InputError, match=r"chunked.h5: obs holds NaN or inf at index \(13, 2, 0, 3\)"):
+        next(chunks)
 
 
 def test_a_damaged_cached_dataset_is_made_again(tmp_path, capsys):

@@ -371,3 +371,22 @@ def test_minibatches_equal_slices_of_zero_padded_episodes(tiny_3m):
         assert not batch["actions"][b, n:].any() and not batch["dones"][b, n:].any()
         assert batch["valid"][b].tolist() == [1.0] * n + [0.0] * (T - n)
     assert batch["obs"].shape[1] == T + 1 and batch["actions"].shape[1] == T
+
+
+def test_datasets_are_read_chunk_by_chunk_into_the_same_buffer(tiny_3m, monkeypatch):
+    """load_buffer reads at most one chunk of padded episodes at a time and stores what the whole files give."""
+    paths = [tiny_3m[0], tiny_3m[0]]                                          # a union of two files
+    whole = qmix.EpisodeBuffer([data.load_dataset(p) for p in paths])
+    reads, load = [], data.load_dataset
+
+    def counting_load(path, *args, episodes=slice(None), **kwargs):
+        chunk = load(path, *args, episodes=episodes, **kwargs)
+        reads.append(chunk.n_episodes)
+        return chunk
+    monkeypatch.setattr(data, "load_dataset", counting_load)
+    monkeypatch.setattr(data.dataset_chunks, "__defaults__", (3,))           # chunks of 3 episodes
+    attrs, chunked = qmix.load_buffer(paths)
+    assert attrs["scenario"] == "3m" and max(reads) == 3 and len(reads) > 2
+    assert chunked.n_episodes == whole.n_episodes == sum(reads)
+    for name in ("lengths", "offsets", "obs", "avail", "actions", "rewards", "dones"):
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
