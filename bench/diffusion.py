@@ -20,15 +20,18 @@ import diffusion as D  # noqa: E402
 
 
 def main():
+    defaults = D.build_parser()                  # diffusion.py's defaults, one set
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="HDF5 dataset (D_real)")
-    p.add_argument("--dim", type=int, default=32, help="U-Net base width")
-    p.add_argument("--dim-mults", type=int, nargs="+", default=[1, 2, 4], help="U-Net levels")
-    p.add_argument("--batch-size", type=int, default=32, help="training minibatch")
-    p.add_argument("--K", type=int, default=1000, help="diffusion steps")
-    p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps")
-    p.add_argument("--sample-batch", type=int, default=256, help="episodes sampled per batch")
-    p.add_argument("--bucket-width", type=int, default=8, help="length-aware windows; 0 = the fixed window T")
+    p.add_argument("--dim", type=int, default=defaults.get_default("dim"), help="U-Net base width")
+    p.add_argument("--dim-mults", type=int, nargs="+", default=defaults.get_default("dim_mults"), help="U-Net levels")
+    p.add_argument("--batch-size", type=int, default=defaults.get_default("batch_size"), help="training minibatch")
+    p.add_argument("--K", type=int, default=defaults.get_default("K"), help="diffusion steps")
+    p.add_argument("--ddim-steps", type=int, default=defaults.get_default("ddim_steps"), help="DDIM steps")
+    p.add_argument("--sample-batch", type=int, default=defaults.get_default("sample_batch"),
+                   help="episodes sampled per batch")
+    p.add_argument("--bucket-width", type=int, default=defaults.get_default("bucket_width"),
+                   help="length-aware windows; 0 = the fixed window T")
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
     p.add_argument("--no-sampling", action="store_true", help="time training only")
     args = p.parse_args()
@@ -37,7 +40,7 @@ def main():
     tau0, valid, normalizer, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
     diffusion, ema = D.build(config)
-    opt = torch.optim.Adam(diffusion.parameters(), lr=D.build_parser().get_default("lr"))
+    opt = torch.optim.Adam(diffusion.parameters(), lr=defaults.get_default("lr"))
     q_row = data.layout_of(episodes).q_tot
     F_, T = tau0.shape[1:]
     horizons = D.episode_horizons(episodes.lengths, args.bucket_width, T)
