@@ -471,7 +471,10 @@ def load_dataset(path, scenario=None, quality=None, episodes=slice(None)):
     return chunk
 
 
-def dataset_chunks(path, chunk_episodes=512):
+CHUNK_EPISODES = 512  # episodes read at a time by dataset_chunks (a few MB to ~100 MB of padded arrays)
+
+
+def dataset_chunks(path, chunk_episodes=CHUNK_EPISODES):
     """A dataset's episodes read and validated `chunk_episodes` at a time: yields Episodes.
 
     For consumers that repack episodes (the learners' `qmix.EpisodeBuffer`):

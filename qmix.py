@@ -493,10 +493,10 @@ def check_datasets(paths):
     return attrs[0]
 
 
-def load_buffer(paths):
+def load_buffer(paths, chunk_episodes=data.CHUNK_EPISODES):
     """The union of the datasets, read file by file and chunk by chunk: (first file's attrs, EpisodeBuffer)."""
     attrs = check_datasets(paths)
-    return attrs, EpisodeBuffer(chunk for path in paths for chunk in data.dataset_chunks(path))
+    return attrs, EpisodeBuffer(chunk for path in paths for chunk in data.dataset_chunks(path, chunk_episodes))
 
 
 def check_simulator(path, attrs, backend):

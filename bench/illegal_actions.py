@@ -6,7 +6,7 @@ Samples episodes from the model's EMA weights (DDIM-20, windows drawn from
 D_real's, as `diffusion.py` does), decodes them with `data.matrix_to_episodes`
 and counts the valid agent-steps whose raw action (the argmax of the action
 rows, before repair) the decoded legal-action rows forbid: per action index,
-and for agents with a single legal action (dead agents: no-op only) apart.
+and for agents with a single legal action (dead agents) apart.
 """
 import argparse
 import collections
@@ -22,11 +22,13 @@ import diffusion  # noqa: E402
 
 
 def main():
+    defaults = diffusion.build_parser()          # diffusion.py's sampler defaults
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a diffusion.py checkpoint (model.pt)")
     p.add_argument("--dataset", required=True, help="the D_real it was trained on")
     p.add_argument("--episodes", type=int, default=800, help="episodes to sample")
-    p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps (0 = ancestral DDPM)")
+    p.add_argument("--ddim-steps", type=int, default=defaults.get_default("ddim_steps"),
+                   help="DDIM steps (0 = ancestral DDPM)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = p.parse_args()
     diffusion.use_diffusion_threads()
@@ -37,8 +39,9 @@ def main():
     windows = diffusion.synthetic_windows(horizons, args.episodes, generator)
     illegal, agent_steps, single, single_illegal = collections.Counter(), 0, 0, 0
     for matrix in diffusion.sample_batches(model.ema, model.normalizer, windows, T, layout.n_features,
-                                           args.ddim_steps or None, 256, generator):
-        episodes = data.matrix_to_episodes(matrix, layout, (0.0, 1.0))
+                                           args.ddim_steps or None, defaults.get_default("sample_batch"),
+                                           generator):
+        episodes = data.matrix_to_episodes(matrix, layout, (0.0, 1.0))          # (rewards unused here)
         valid = data.valid_steps(episodes.lengths, T)[..., None]                          # (b, T, 1)
         raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)],
                        axis=-1)                                                           # (b, T, N)

@@ -384,8 +384,7 @@ def test_datasets_are_read_chunk_by_chunk_into_the_same_buffer(tiny_3m, monkeypa
         reads.append(chunk.n_episodes)
         return chunk
     monkeypatch.setattr(data, "load_dataset", counting_load)
-    monkeypatch.setattr(data.dataset_chunks, "__defaults__", (3,))           # chunks of 3 episodes
-    attrs, chunked = qmix.load_buffer(paths)
+    attrs, chunked = qmix.load_buffer(paths, chunk_episodes=3)
     assert attrs["scenario"] == "3m" and max(reads) == 3 and len(reads) > 2
     assert chunked.n_episodes == whole.n_episodes == sum(reads)
     for name in ("lengths", "offsets", "obs", "avail", "actions", "rewards", "dones"):
