@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -340,6 +341,54 @@ def table1_rows(runs):
     return rows
 
 
+# The fidelity numbers of a D_syn beside its D_real's (diffusion.MatrixStats; README "Fidelity report").
+FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", "confident dones", "{:.1%}"),
+                    ("legal_before_repair", "legal", "{:.3f}"), ("length_mean", "mean length", "{:.1f}"),
+                    ("return_mean", "return", "{:.2f}"), ("q_bar_mean", "Q̄", "{:.2f}"),
+                    ("q_consistency", "Q-consistency", "{:.2f}"))
+
+
+def synthetic_reports(runs):
+    """Each D_syn the sweep's finished EAQ and EAQ^-Q runs trained on, once:
+    {D_syn folder name: {scenario, quality, lam, diffusion_seed, report}} (report: `diffusion.synthetic_report`'s)."""
+    reports = {}
+    for method, flags in runs:
+        if method not in ("EAQ", "EAQ^-Q"):
+            continue
+        targs = train.parse_args(flags)
+        name = os.path.basename(train.eaq_dir(targs))
+        if name not in reports:
+            with open(os.path.join(train.result_dir(targs), "results.json")) as f:
+                report = json.load(f)["augmentation_report"]
+            reports[name] = {"scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
+                             "diffusion_seed": targs.diffusion_seed, "report": report}
+    return reports
+
+
+def fidelity_markdown(reports):
+    """Per map and quality, D_real's fidelity numbers and then each D_syn's, with its TV distance and verdict."""
+    header = ["data", "λ", "diffusion seed"] + [label for _, label, _ in FIDELITY_COLUMNS] + [
+        "action TV", "fidelity bar"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+    def cells(stats):
+        return [fmt.format(stats[key]) for key, _, fmt in FIDELITY_COLUMNS]
+    by_data = {}
+    for entry in reports.values():
+        by_data.setdefault((entry["scenario"], entry["quality"]), []).append(entry)
+    for (scenario, quality), entries in sorted(by_data.items()):
+        lines.append("| " + " | ".join([f"{scenario}-{quality} D_real", "", ""]
+                                       + cells(entries[0]["report"]["real"]) + ["", ""]) + " |")
+        for e in sorted(entries, key=lambda e: (e["lam"], e["diffusion_seed"])):
+            misses = e["report"]["fidelity_misses"]
+            verdict = "meets" if not misses else "misses: " + ", ".join(   # each miss by its name alone
+                re.match(r"[a-z -]*[a-z]", m).group(0) for m in misses)
+            lines.append("| " + " | ".join(["D_syn", f"{e['lam']:g}", str(e["diffusion_seed"])]
+                                           + cells(e["report"]["synthetic"])
+                                           + [f"{e['report']['action_tv_distance']:.3f}", verdict]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cell_curves(rows, path):
     """Learning curves per Table 1 cell of one map and quality: mean ± std over seeds, a panel per learner."""
     plt = artifacts.pyplot()
@@ -387,6 +436,10 @@ def run_table1(args, train_flags):
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
     markdown = table1_markdown(rows, tuple(args.algos))
+    reports = synthetic_reports(runs)
+    if reports:
+        markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"
+                     + fidelity_markdown(reports))
     with artifacts.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
     for scenario in args.scenarios:

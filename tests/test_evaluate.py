@@ -44,6 +44,28 @@ def test_table1_markdown_matches_the_papers_format_and_picks_lambda_on_heldout_e
     assert evaluate.table1_markdown(tiny_rows(), algos=("cql",)) == expected
 
 
+def stats(attack, ended, legal, length, ret, q_bar, q_cons):
+    return {"attack_share": attack, "ended_share": ended, "legal_before_repair": legal, "length_mean": length,
+            "return_mean": ret, "q_bar_mean": q_bar, "q_consistency": q_cons}
+
+
+def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
+    real = stats(0.138, 1.0, 1.0, 18.7, 4.26, 2.84, 0.0)
+    reports = {
+        "b": {"scenario": "3m", "quality": "poor", "lam": 0.1, "diffusion_seed": 1,
+              "report": {"real": real, "synthetic": stats(0.108, 0.965, 0.973, 18.2, 4.37, 17.1, 13.2),
+                         "action_tv_distance": 0.096,
+                         "fidelity_misses": ["legal before repair 0.973 < 0.98"]}},
+        "a": {"scenario": "3m", "quality": "poor", "lam": 0.0, "diffusion_seed": 0,
+              "report": {"real": real, "synthetic": stats(0.12, 0.95, 0.99, 18.0, 4.0, 3.0, 1.5),
+                         "action_tv_distance": 0.05, "fidelity_misses": []}},
+    }
+    assert evaluate.fidelity_markdown(reports).splitlines()[2:] == [
+        "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 2.84 | 0.00 |  |  |",
+        "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 3.00 | 1.50 | 0.050 | meets |",
+        "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 17.10 | 13.20 | 0.096 | misses: legal before repair |"]
+
+
 def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
     rows = [{"scenario": "3m", "quality": "poor", "algo": "cql", "method": "EAQ", "lam": lam, "seed": 0,
              "return_mean": r, "heldout_return": 2.0} for lam, r in ((0.5, 9.0), (0.01, 1.0))]
@@ -118,6 +140,7 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     assert len(os.listdir(out / "eaq")) == 1                     # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
     assert markdown.count("| 3m-poor |") == 1 and "| — | — | — |" in markdown    # RAD-s/m, EAQ^-Q not run
+    assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
     seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
                                                "--iters", "5", "--out", str(out)] + TINY_SWEEP))
