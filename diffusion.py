@@ -417,6 +417,16 @@ def sample_batches(ema, normalizer, horizons, T, n_features, ddim_steps=None, ba
                 bar.update(b)
 
 
+def raw_actions(matrix, layout, avail):
+    """Each agent's action before repair (the argmax of its action rows) and whether `avail` allows it.
+
+    matrix (b, F, T) in data units, avail (b, T', N, A) with T' >= T -> (raw (b, T, N), legal (b, T, N) bool).
+    """
+    T = matrix.shape[-1]
+    raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)], axis=-1)
+    return raw, np.take_along_axis(avail[:, :T], raw[..., None], axis=-1)[..., 0]
+
+
 class MatrixStats:
     """The report's statistics of episode matrices fed batch by batch (D_syn is never held whole).
 
@@ -439,9 +449,7 @@ class MatrixStats:
         episodes = data.matrix_to_episodes(matrix, layout, self.reward_range, attrs={"backend": self.backend})
         T = matrix.shape[-1]
         valid = data.valid_steps(lengths, T)                                   # (b, T)
-        raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)],
-                       axis=-1)                                                # (b, T, N) before repair
-        legal = np.take_along_axis(episodes.avail[:, :T], raw[..., None], axis=-1)[..., 0]
+        _, legal = raw_actions(matrix, layout, episodes.avail)                 # (b, T, N) before repair
         q_row = matrix[:, layout.q_tot]                                        # (b, T)
         rtg = data.reward_to_go(episodes.rewards, lengths)
         self.lengths.append(lengths), self.ended.append(ended), self.returns.append(episodes.returns())

@@ -325,14 +325,19 @@ def run_sweep(runs, jobs, out, ray=None):
         return run_with_ray(groups, ray, log_dir, progress)
 
 
+def read_run(flags):
+    """A finished run's (train.py arguments, result folder, results.json contents)."""
+    targs = train.parse_args(flags)
+    run_dir = train.result_dir(targs)
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return targs, run_dir, json.load(f)
+
+
 def table1_rows(runs):
     """One row per finished run: its cell, seed, reported and held-out evaluations and folder."""
     rows = []
     for method, flags in runs:
-        targs = train.parse_args(flags)
-        run_dir = train.result_dir(targs)
-        with open(os.path.join(run_dir, "results.json")) as f:
-            results = json.load(f)
+        targs, run_dir, results = read_run(flags)
         final = results["final"]
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
@@ -355,13 +360,10 @@ def synthetic_reports(runs):
     for method, flags in runs:
         if method not in ("EAQ", "EAQ^-Q"):
             continue
-        targs = train.parse_args(flags)
+        targs, _, results = read_run(flags)
         name = os.path.basename(train.eaq_dir(targs))
-        if name not in reports:
-            with open(os.path.join(train.result_dir(targs), "results.json")) as f:
-                report = json.load(f)["augmentation_report"]
-            reports[name] = {"scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
-                             "diffusion_seed": targs.diffusion_seed, "report": report}
+        reports.setdefault(name, {"scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
+                                  "diffusion_seed": targs.diffusion_seed, "report": results["augmentation_report"]})
     return reports
 
 

@@ -43,11 +43,9 @@ def main():
                                            generator):
         episodes = data.matrix_to_episodes(matrix, layout, (0.0, 1.0))          # (rewards unused here)
         valid = data.valid_steps(episodes.lengths, T)[..., None]                          # (b, T, 1)
-        raw = np.stack([matrix[:, layout.action(n)].argmax(axis=1) for n in range(layout.n_agents)],
-                       axis=-1)                                                           # (b, T, N)
-        avail = episodes.avail[:, :T]                                                     # (b, T, N, A)
-        bad = valid & ~np.take_along_axis(avail, raw[..., None], axis=-1)[..., 0]         # (b, T, N)
-        one_legal = valid & (avail.sum(-1) == 1)
+        raw, legal = diffusion.raw_actions(matrix, layout, episodes.avail)               # (b, T, N) each
+        bad = valid & ~legal
+        one_legal = valid & (episodes.avail[:, :T].sum(-1) == 1)
         illegal.update(raw[bad].tolist())
         agent_steps += int(valid.sum()) * layout.n_agents
         single += int(one_legal.sum())
