@@ -52,7 +52,7 @@ def synthetic_label(episodes):
     return f"EAQ (λ={lam:g})" if lam > 0 else "EAQ^-Q"
 
 
-FIGURE_COLORS = ("tab:gray", "tab:red", "tab:orange", "tab:purple")   # original, then each D_syn
+FIGURE_COLORS = ("tab:gray", "tab:red", "tab:orange", "tab:purple", "tab:blue")   # original, then each D_syn
 
 
 def figure_labels(syns):
@@ -96,6 +96,50 @@ def figure_3(real, syns, path, n=1500, seed=0):
 # ---------------------------------------------------------------------------
 METHODS = ("original", "RAD-s", "RAD-m", "EAQ^-Q", "EAQ")
 
+# The paper's Table 1 (QMIX on SMAC, 5 seeds): (mean, std) per learner in
+# METHODS order. Printed under our rows for the same map and quality.
+PAPER_TABLE1 = {
+    ("3m", "medium"): {"cql": ((7.47, 6.35), (16.90, 2.75), (15.05, 3.11), (8.22, 5.77), (13.70, 7.43)),
+                       "bcq": ((5.17, 2.76), (2.56, 1.45), (4.56, 2.00), (4.16, 3.27), (16.90, 2.21))},
+    ("3m", "poor"): {"cql": ((3.81, 1.59), (2.83, 0.85), (7.87, 6.36), (6.95, 3.46), (10.60, 6.25)),
+                     "bcq": ((0.79, 0.83), (1.35, 1.31), (0.77, 0.32), (1.38, 0.97), (1.59, 1.59))},
+    ("5m_vs_6m", "medium"): {"cql": ((0.29, 0.45), (0.05, 0.07), (0.18, 0.31), (0.77, 0.42), (3.75, 2.04)),
+                             "bcq": ((3.38, 0.43), (3.00, 0.81), (3.52, 0.52), (2.62, 1.87), (1.72, 1.66))},
+    ("5m_vs_6m", "poor"): {"cql": ((0.99, 1.21), (1.84, 1.83), (1.73, 1.61), (6.48, 1.39), (3.64, 2.24)),
+                           "bcq": ((2.01, 1.05), (1.96, 1.27), (2.25, 1.38), (4.00, 1.53), (4.23, 0.70))},
+    ("8m", "medium"): {"cql": ((1.87, 0.86), (1.24, 0.67), (1.22, 0.70), (2.95, 1.17), (3.59, 0.60)),
+                       "bcq": ((1.64, 1.10), (2.32, 0.75), (1.60, 1.83), (4.91, 1.34), (5.92, 5.58))},
+    ("8m", "poor"): {"cql": ((0.35, 0.25), (0.66, 0.62), (0.88, 0.92), (1.41, 0.93), (1.69, 1.69)),
+                     "bcq": ((2.56, 0.48), (2.75, 0.42), (2.44, 0.41), (9.23, 2.61), (6.06, 1.79))},
+    ("2s3z", "medium"): {"cql": ((3.77, 0.86), (5.98, 2.92), (5.26, 1.48), (9.74, 2.15), (9.05, 1.80)),
+                         "bcq": ((6.86, 0.84), (5.41, 1.78), (6.57, 1.49), (5.65, 1.68), (7.46, 2.61))},
+    ("2s3z", "poor"): {"cql": ((5.16, 2.71), (5.13, 1.68), (3.30, 1.43), (6.13, 1.26), (5.40, 3.37)),
+                       "bcq": ((5.20, 1.89), (5.39, 1.33), (4.72, 0.87), (6.61, 1.38), (7.34, 3.90))},
+    ("3s5z_vs_3s6z", "medium"): {"cql": ((2.69, 1.49), (2.81, 1.00), (3.34, 1.37), (6.14, 2.60), (7.17, 1.37)),
+                                 "bcq": ((6.14, 1.86), (5.37, 1.21), (5.47, 0.79), (6.07, 1.22), (6.58, 2.90))},
+    ("3s5z_vs_3s6z", "poor"): {"cql": ((2.87, 0.80), (2.69, 0.42), (2.00, 0.88), (5.16, 1.19), (5.35, 0.74)),
+                               "bcq": ((4.69, 1.32), (5.48, 1.23), (5.75, 0.40), (5.51, 0.37), (6.37, 0.46))},
+}
+PAPER_STATED_GAIN = {"medium": 17.3, "poor": 12.9}   # the paper's "+17.3 % / +12.9 %" (abstract, §4.5)
+
+
+def paper_cell(scenario, quality, algo, method):
+    """The paper's (mean, std) for one cell of Table 1, or None where the paper has none."""
+    row = PAPER_TABLE1.get((scenario, quality), {}).get(algo)
+    return row[METHODS.index(method)] if row else None
+
+
+def paper_averages(scenarios, quality, algos):
+    """The paper's AVG row over `scenarios`: {(algo, method): mean of its cell means}."""
+    return {(a, m): float(np.mean([paper_cell(s, quality, a, m)[0] for s in scenarios]))
+            for a in algos for m in METHODS}
+
+
+def normalised_gain(averages, algos):
+    """Mean over learners of (EAQ − original) / MAX_RETURN, in points; averages: {(algo, method): mean}."""
+    return 100 * float(np.mean([(averages[(a, "EAQ")] - averages[(a, "original")]) / envlib.MAX_RETURN
+                                for a in algos]))
+
 
 def table1_cells(rows):
     """Per-run rows -> {(scenario, quality, algo, method): cell dict}, choosing λ for EAQ on held-out returns.
@@ -121,14 +165,17 @@ def table1_cells(rows):
 
 
 def table1_markdown(rows, algos=("cql", "bcq")):
-    """Table 1 in the paper's format from per-run rows (see `table1_cells`).
+    """Table 1 in the paper's format from per-run rows (see `table1_cells`), beside the paper's rows.
 
     Each cell is mean ± std over seeds of the reported evaluation; the EAQ
     cell names its λ, chosen on the held-out evaluation. Best cell per row
-    and learner in bold; AVG-<quality> rows average the cell means over
-    scenarios; then EAQ's improvement over original in points of normalised
-    return (return / MAX_RETURN), per quality, averaged over the learners;
-    then, per EAQ cell, the λ selection (held-out mean of every λ).
+    and learner in bold. Under each of our rows, the paper's row for the
+    same map and quality (`PAPER_TABLE1`, where the paper has it).
+    AVG-<quality> rows average the cell means over our scenarios, and the
+    paper's AVG over the same scenarios follows. Then EAQ's improvement over
+    original in points of normalised return (return / MAX_RETURN), per
+    quality, averaged over the learners, beside the paper's by the same
+    definition; then, per EAQ cell, the λ selection (held-out mean of every λ).
     """
     cells = table1_cells(rows)
     pairs = sorted({(s, q) for s, q, _, _ in cells}, key=lambda p: (p[1] != "medium", p[0]))
@@ -149,6 +196,10 @@ def table1_markdown(rows, algos=("cql", "bcq")):
                 out.append(f"**{text}**" if mean == max(present) else text)
         return f"| {label} | " + " | ".join(out) + " |"
 
+    def paper_values(scenario, quality):
+        return {(a, m): (*paper_cell(scenario, quality, a, m), "")
+                for a in algos for m in METHODS if paper_cell(scenario, quality, a, m)}
+
     for scenario, quality in pairs:
         values = {}
         for algo in algos:
@@ -158,6 +209,8 @@ def table1_markdown(rows, algos=("cql", "bcq")):
                     suffix = f" (λ={cell['lam']:g})" if method == "EAQ" else ""
                     values[(algo, method)] = (cell["mean"], cell["std"], suffix)
         lines.append(row(f"{scenario}-{quality}", values))
+        if (scenario, quality) in PAPER_TABLE1:
+            lines.append(row(f"{scenario}-{quality} (paper)", paper_values(scenario, quality)))
     improvements, selections = [], []
     for quality in ("medium", "poor"):
         scenarios = [s for s, q in pairs if q == quality]
@@ -168,13 +221,22 @@ def table1_markdown(rows, algos=("cql", "bcq")):
             for method in METHODS:
                 keys = [(s, quality, algo, method) for s in scenarios]
                 if all(k in cells for k in keys):
-                    averages[(algo, method)] = (float(np.mean([cells[k]["mean"] for k in keys])), None, "")
-        lines.append(row(f"AVG-{quality}", averages))
-        gains = [(averages[(a, "EAQ")][0] - averages[(a, "original")][0]) / envlib.MAX_RETURN
-                 for a in algos if (a, "EAQ") in averages and (a, "original") in averages]
-        if gains:
-            improvements.append(f"EAQ over original, {quality}: {100 * np.mean(gains):+.1f} points of normalised "
-                                f"return (mean over {', '.join(a.upper() for a in algos)})")
+                    averages[(algo, method)] = float(np.mean([cells[k]["mean"] for k in keys]))
+        lines.append(row(f"AVG-{quality}", {k: (v, None, "") for k, v in averages.items()}))
+        in_paper = all((s, quality) in PAPER_TABLE1 for s in scenarios)
+        if in_paper:
+            paper_avg = paper_averages(scenarios, quality, algos)
+            lines.append(row(f"AVG-{quality} (paper)", {k: (v, None, "") for k, v in paper_avg.items()}))
+        learners = [a for a in algos if (a, "EAQ") in averages and (a, "original") in averages]
+        if learners:
+            line = (f"EAQ over original, {quality}: {normalised_gain(averages, learners):+.1f} points of "
+                    f"normalised return (mean over {', '.join(a.upper() for a in learners)})")
+            if in_paper:
+                five = paper_averages([s for s, q in PAPER_TABLE1 if q == quality], quality, learners)
+                line += (f"; the paper, same learners: {normalised_gain(paper_avg, learners):+.1f} on the "
+                         f"same maps, {normalised_gain(five, learners):+.1f} on its five "
+                         f"(it states +{PAPER_STATED_GAIN[quality]} %)")
+            improvements.append(line)
     for (scenario, quality, algo, method), cell in sorted(cells.items()):
         if method == "EAQ" and algo in algos:
             tried = ", ".join(f"λ={lam:g}: {h:.2f}" for lam, h in sorted(cell["heldout_by_lam"].items()))
@@ -342,8 +404,40 @@ def table1_rows(runs):
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
-                     "heldout_return": results["heldout"]["return_mean"], "run_dir": run_dir})
+                     "heldout_return": results["heldout"]["return_mean"],
+                     "learner_s": results["seconds"]["learner"], "diffusion_s": results["seconds"].get("diffusion", 0.0),
+                     "d_syn": os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else "",
+                     "run_dir": run_dir})
     return rows
+
+
+def cost_markdown(rows, seeds=5, lams=3):
+    """Per map and quality: the sweep's measured wall time and what the paper's full cell would take.
+
+    Each run is single-threaded, so its wall time is about its CPU time;
+    medians, because a run paused or slowed by other work reads long. A
+    model's time is the longest diffusion stage among the runs sharing it
+    (the others load it from the cache). The full cell: 2 learners × `seeds`
+    × (4 + `lams`) columns, and `seeds` × (1 + `lams`) diffusion models.
+    """
+    lines = ["| map-quality | learner runs | min per learner run (median) | diffusion models | "
+             "min per model (median) | run-hours so far | CPU-h, full cell |", "|---|---|---|---|---|---|---|"]
+    for scenario, quality in sorted({(r["scenario"], r["quality"]) for r in rows}):
+        cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
+        learner = [r["learner_s"] for r in cell]
+        models = {}
+        for r in cell:
+            if r["d_syn"]:
+                models[r["d_syn"]] = max(models.get(r["d_syn"], 0.0), r["diffusion_s"])
+        per_algo = ", ".join(f"{a.upper()} {np.median([r['learner_s'] for r in cell if r['algo'] == a]) / 60:.1f}"
+                             for a in sorted({r["algo"] for r in cell}))
+        model = float(np.median(list(models.values()))) if models else None
+        full = 2 * seeds * (4 + lams) * np.median(learner) + (seeds * (1 + lams) * model if models else 0.0)
+        lines.append(f"| {scenario}-{quality} | {len(cell)} | {np.median(learner) / 60:.1f} ({per_algo}) | "
+                     f"{len(models)} | " + (f"{model / 60:.1f}" if models else "—") + " | "
+                     f"{(sum(learner) + sum(models.values())) / 3600:.1f} | "
+                     + (f"{full / 3600:.0f}" if models else "— (no diffusion model run)") + " |")
+    return "\n".join(lines) + "\n"
 
 
 # The fidelity numbers of a D_syn beside its D_real's (diffusion.MatrixStats; README "Fidelity report").
@@ -442,6 +536,8 @@ def run_table1(args, train_flags):
     if reports:
         markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"
                      + fidelity_markdown(reports))
+    markdown += ("\nWall time per map and quality (each run single-threaded, beside the sweep's other "
+                 "workers), and the CPU-hours of the paper's full cell (5 seeds, 3 λ):\n\n" + cost_markdown(rows))
     with artifacts.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
     for scenario in args.scenarios:
@@ -498,6 +594,8 @@ def main(argv=None):
     if args.command == "figures":
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
+        if len(args.syn) >= len(FIGURE_COLORS):
+            p.error(f"at most {len(FIGURE_COLORS) - 1} --syn datasets fit one figure, got {len(args.syn)}")
         with artifacts.one_line_errors():
             run_figures(args)
         return

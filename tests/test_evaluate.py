@@ -32,16 +32,41 @@ def test_table1_markdown_matches_the_papers_format_and_picks_lambda_on_heldout_e
         "| scenario | CQL original | CQL RAD-s | CQL RAD-m | CQL EAQ^-Q | CQL EAQ |\n"
         "|---|---|---|---|---|---|\n"
         "| 3m-medium | 3.00 ± 1.00 | 5.00 ± 0.00 | 2.00 ± 1.00 | **7.00 ± 1.00** | 4.00 ± 0.00 (λ=0.5) |\n"
+        "| 3m-medium (paper) | 7.47 ± 6.35 | **16.90 ± 2.75** | 15.05 ± 3.11 | 8.22 ± 5.77 | 13.70 ± 7.43 |\n"
         "| 3m-poor | 1.00 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 1.00 | **3.00 ± 0.00** | **3.00 ± 1.00 (λ=0.01)** |\n"
+        "| 3m-poor (paper) | 3.81 ± 1.59 | 2.83 ± 0.85 | 7.87 ± 6.36 | 6.95 ± 3.46 | **10.60 ± 6.25** |\n"
         "| AVG-medium | 3.00 | 5.00 | 2.00 | **7.00** | 4.00 |\n"
+        "| AVG-medium (paper) | 7.47 | **16.90** | 15.05 | 8.22 | 13.70 |\n"
         "| AVG-poor | 1.00 | 2.00 | 1.00 | **3.00** | **3.00** |\n"
+        "| AVG-poor (paper) | 3.81 | 2.83 | 7.87 | 6.95 | **10.60** |\n"
         "\n"
-        "EAQ over original, medium: +5.0 points of normalised return (mean over CQL)\n"
-        "EAQ over original, poor: +10.0 points of normalised return (mean over CQL)\n"
+        "EAQ over original, medium: +5.0 points of normalised return (mean over CQL); the paper, same learners: "
+        "+31.1 on the same maps, +21.2 on its five (it states +17.3 %)\n"
+        "EAQ over original, poor: +10.0 points of normalised return (mean over CQL); the paper, same learners: "
+        "+33.9 on the same maps, +13.5 on its five (it states +12.9 %)\n"
         "\n"
         "λ for 3m-medium CQL: 0.5 (held-out returns λ=0.1: 3.00, λ=0.5: 5.50; reported 4.00)\n"
         "λ for 3m-poor CQL: 0.01 (held-out returns λ=0.01: 1.00; reported 3.00)\n")
     assert evaluate.table1_markdown(tiny_rows(), algos=("cql",)) == expected
+
+
+# The paper's AVG-medium / AVG-poor rows as printed (CQL then BCQ, METHODS order).
+PAPER_AVG = {"medium": (3.22, 5.39, 5.01, 5.56, 7.45, 4.64, 3.73, 4.34, 4.68, 7.72),
+             "poor": (2.64, 2.63, 3.16, 5.23, 5.34, 3.05, 3.38, 3.19, 5.35, 5.12)}
+
+
+def test_the_transcribed_paper_table_averages_to_the_papers_avg_rows():
+    for quality, printed in PAPER_AVG.items():
+        maps = [s for s, q in evaluate.PAPER_TABLE1 if q == quality]
+        averages = evaluate.paper_averages(maps, quality, ("cql", "bcq"))
+        np.testing.assert_allclose(list(averages.values()), printed, atol=0.006)
+    assert len(evaluate.PAPER_TABLE1) == 10 and evaluate.paper_cell("8m", "poor", "bcq", "EAQ^-Q") == (9.23, 2.61)
+
+
+def test_the_papers_gain_by_our_definition_is_18_3_and_11_9_points():
+    for quality, points in (("medium", 18.3), ("poor", 11.9)):
+        averages = dict(zip([(a, m) for a in ("cql", "bcq") for m in evaluate.METHODS], PAPER_AVG[quality]))
+        assert round(evaluate.normalised_gain(averages, ("cql", "bcq")), 1) == points
 
 
 def stats(attack, ended, legal, length, ret, q_bar, q_cons):
@@ -64,6 +89,15 @@ def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
         "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 2.84 | 0.00 |  |  |",
         "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 3.00 | 1.50 | 0.050 | meets |",
         "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 17.10 | 13.20 | 0.096 | misses: legal before repair |"]
+
+
+def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_cell():
+    def run(algo, learner_s, diffusion_s=0.0, d_syn=""):
+        return {"scenario": "3m", "quality": "poor", "algo": algo, "learner_s": learner_s,
+                "diffusion_s": diffusion_s, "d_syn": d_syn}
+    rows = [run("cql", 600), run("bcq", 1200), run("cql", 1560),                      # one slowed run
+            run("cql", 600, 1200, "lam0.1-s0"), run("bcq", 1200, 300, "lam0.1-s0")]   # bcq loaded the model
+    assert evaluate.cost_markdown(rows).splitlines()[2] == "| 3m-poor | 5 | 20.0 (BCQ 20.0, CQL 10.0) | 1 | 20.0 | 1.8 | 30 |"
 
 
 def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
@@ -141,6 +175,8 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     markdown = (table / "table1.md").read_text()
     assert markdown.count("| 3m-poor |") == 1 and "| — | — | — |" in markdown    # RAD-s/m, EAQ^-Q not run
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
+    cost = markdown.split("\nWall time per map")[1].splitlines()
+    assert [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")] == [["4", "1"]]   # runs, models
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
     seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
                                                "--iters", "5", "--out", str(out)] + TINY_SWEEP))
@@ -155,9 +191,11 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
 
 
 def table_without_paths(out):
+    """table1.csv and table1.md without what differs between two sweeps of the same runs: paths and wall times."""
     with open(out / "table1" / "table1.csv") as f:
-        rows = [{k: v for k, v in row.items() if k != "run_dir"} for row in csv.DictReader(f)]
-    return rows, (out / "table1" / "table1.md").read_text()
+        rows = [{k: v for k, v in row.items() if k not in ("run_dir", "learner_s", "diffusion_s")}
+                for row in csv.DictReader(f)]
+    return rows, (out / "table1" / "table1.md").read_text().split("\nWall time per map")[0]
 
 
 def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_sweep, tmp_path):
@@ -199,3 +237,10 @@ def test_table1_bad_train_flag_fails_before_any_run(tmp_path, capsys):
 def test_table1_table_only_without_finished_runs_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no finished run of this sweep"):
         evaluate.main(["table1", "--seeds", "0", "--out", str(tmp_path), "--table-only"])
+
+
+def test_figures_with_more_synthetic_sets_than_colours_fail_before_reading_any(tmp_path, capsys):
+    syns = [arg for i in range(len(evaluate.FIGURE_COLORS)) for arg in ("--syn", str(tmp_path / f"s{i}.h5"))]
+    with pytest.raises(SystemExit):
+        evaluate.main(["figures", "--real", str(tmp_path / "missing.h5")] + syns)
+    assert f"at most {len(evaluate.FIGURE_COLORS) - 1} --syn datasets" in capsys.readouterr().err
