@@ -405,7 +405,8 @@ def table1_rows(runs):
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
                      "heldout_return": results["heldout"]["return_mean"],
-                     "learner_s": results["seconds"]["learner"], "diffusion_s": results["seconds"].get("diffusion", 0.0),
+                     "learner_s": results["seconds"]["learner"],
+                     "diffusion_s": results["seconds"].get("diffusion", 0.0),
                      "d_syn": os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else "",
                      "run_dir": run_dir})
     return rows

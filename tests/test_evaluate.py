@@ -97,7 +97,8 @@ def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_
                 "diffusion_s": diffusion_s, "d_syn": d_syn}
     rows = [run("cql", 600), run("bcq", 1200), run("cql", 1560),                      # one slowed run
             run("cql", 600, 1200, "lam0.1-s0"), run("bcq", 1200, 300, "lam0.1-s0")]   # bcq loaded the model
-    assert evaluate.cost_markdown(rows).splitlines()[2] == "| 3m-poor | 5 | 20.0 (BCQ 20.0, CQL 10.0) | 1 | 20.0 | 1.8 | 30 |"
+    assert evaluate.cost_markdown(rows).splitlines()[2] == (
+        "| 3m-poor | 5 | 20.0 (BCQ 20.0, CQL 10.0) | 1 | 20.0 | 1.8 | 30 |")
 
 
 def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
@@ -177,7 +178,8 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     assert table1.count("| 3m-poor |") == 1 and "| — | — | — |" in table1     # RAD-s/m, EAQ^-Q not run
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
     cost = markdown.split("\nWall time per map")[1].splitlines()
-    assert [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")] == [["4", "1"]]   # runs, models
+    runs_and_models = [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")]
+    assert runs_and_models == [["4", "1"]]
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
     seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
                                                "--iters", "5", "--out", str(out)] + TINY_SWEEP))
