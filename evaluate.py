@@ -387,19 +387,28 @@ def run_sweep(runs, jobs, out, ray=None):
         return run_with_ray(groups, ray, log_dir, progress)
 
 
-def read_run(flags):
-    """A finished run's (train.py arguments, result folder, results.json contents)."""
-    targs = train.parse_args(flags)
-    run_dir = train.result_dir(targs)
-    with open(os.path.join(run_dir, "results.json")) as f:
-        return targs, run_dir, json.load(f)
-
-
-def table1_rows(runs):
-    """One row per finished run: its cell, seed, reported and held-out evaluations and folder."""
-    rows = []
+def read_runs(runs):
+    """Finished (method, flags) runs -> (method, train.py arguments, result folder, results.json contents),
+    each results.json read once for the table, the fidelity section and the cost."""
+    read = []
     for method, flags in runs:
-        targs, run_dir, results = read_run(flags)
+        targs = train.parse_args(flags)
+        run_dir = train.result_dir(targs)
+        with open(os.path.join(run_dir, "results.json")) as f:
+            read.append((method, targs, run_dir, json.load(f)))
+    return read
+
+
+def d_syn_name(targs):
+    """The folder name of the D_syn an EAQ / EAQ^-Q run trained on ('' for any other run)."""
+    return os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else ""
+
+
+def table1_rows(read):
+    """One row per finished run (`read_runs`): its cell, seed, reported and held-out evaluations, wall time
+    per stage, D_syn and folder."""
+    rows = []
+    for method, targs, run_dir, results in read:
         final = results["final"]
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
@@ -407,7 +416,7 @@ def table1_rows(runs):
                      "heldout_return": results["heldout"]["return_mean"],
                      "learner_s": results["seconds"]["learner"],
                      "diffusion_s": results["seconds"].get("diffusion", 0.0),
-                     "d_syn": os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else "",
+                     "d_syn": d_syn_name(targs),
                      "run_dir": run_dir})
     return rows
 
@@ -448,17 +457,16 @@ FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", 
                     ("q_consistency", "Q-consistency", "{:.2f}"))
 
 
-def synthetic_reports(runs):
-    """Each D_syn the sweep's finished EAQ and EAQ^-Q runs trained on, once:
+def synthetic_reports(read):
+    """Each D_syn the sweep's finished EAQ and EAQ^-Q runs (`read_runs`) trained on, once:
     {D_syn folder name: {scenario, quality, lam, diffusion_seed, report}} (report: `diffusion.synthetic_report`'s)."""
     reports = {}
-    for method, flags in runs:
+    for method, targs, _, results in read:
         if method not in ("EAQ", "EAQ^-Q"):
             continue
-        targs, _, results = read_run(flags)
-        name = os.path.basename(train.eaq_dir(targs))
-        reports.setdefault(name, {"scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
-                                  "diffusion_seed": targs.diffusion_seed, "report": results["augmentation_report"]})
+        reports.setdefault(d_syn_name(targs), {
+            "scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
+            "diffusion_seed": targs.diffusion_seed, "report": results["augmentation_report"]})
     return reports
 
 
@@ -528,12 +536,13 @@ def run_table1(args, train_flags):
     if not runs:
         raise SystemExit(f"no finished run of this sweep under {args.out}/results"
                          + ("" if args.table_only else "; every run failed, see the logs in OUT/logs"))
-    rows = table1_rows(runs)
+    read = read_runs(runs)
+    rows = table1_rows(read)
     table_dir = os.path.join(args.out, "table1")
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
     markdown = table1_markdown(rows, tuple(args.algos))
-    reports = synthetic_reports(runs)
+    reports = synthetic_reports(read)
     if reports:
         markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"
                      + fidelity_markdown(reports))

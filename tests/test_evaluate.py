@@ -216,8 +216,8 @@ def test_a_failing_ray_task_is_reported_and_its_cell_left_out(two_worker_sweep, 
             ("RAD-s", base + ["--aug", "rad-s", "--backend", "smac"])]      # fails: no StarCraft II here
     failures = evaluate.run_sweep(runs, jobs=1, out=str(tmp_path), ray="local")
     assert len(failures) == 1 and "--backend smac" in failures[0] and "failed (exit 2)" in failures[0]
-    markdown = evaluate.table1_markdown(evaluate.table1_rows([r for r in runs if evaluate.finished(r[1])]),
-                                        algos=("cql",))
+    finished = evaluate.read_runs([r for r in runs if evaluate.finished(r[1])])
+    markdown = evaluate.table1_markdown(evaluate.table1_rows(finished), algos=("cql",))
     assert "| 3m-poor | " in markdown and "| — |" in markdown
 
 
