@@ -24,6 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
+from scipy import stats
 from sklearn.manifold import TSNE
 from tqdm import tqdm
 
@@ -148,7 +149,8 @@ def table1_cells(rows):
     (the run's reported final evaluation) and heldout_return (its held-out
     evaluation). A cell holds the mean and std over seeds of the reported
     returns; for EAQ, of the λ whose mean held-out return is highest (ties:
-    the smaller λ), with that λ, its held-out mean and every λ's held-out mean.
+    the smaller λ), with that λ, its held-out mean and every λ's held-out
+    mean and reported mean and std.
     """
     groups = {}
     for r in rows:
@@ -158,9 +160,10 @@ def table1_cells(rows):
     for key, by_lam in groups.items():
         heldout = {lam: float(np.mean([r["heldout_return"] for r in runs])) for lam, runs in by_lam.items()}
         lam = max(sorted(heldout), key=lambda x: heldout[x])
-        reported = [float(r["return_mean"]) for r in by_lam[lam]]
-        cells[key] = {"mean": float(np.mean(reported)), "std": float(np.std(reported)), "seeds": len(reported),
-                      "lam": lam, "heldout": heldout[lam], "heldout_by_lam": heldout}
+        reported = {x: [float(r["return_mean"]) for r in runs] for x, runs in by_lam.items()}
+        cells[key] = {"mean": float(np.mean(reported[lam])), "std": float(np.std(reported[lam])),
+                      "seeds": len(reported[lam]), "lam": lam, "heldout": heldout[lam], "heldout_by_lam": heldout,
+                      "reported_by_lam": {x: (float(np.mean(v)), float(np.std(v))) for x, v in reported.items()}}
     return cells
 
 
@@ -239,9 +242,9 @@ def table1_markdown(rows, algos=("cql", "bcq")):
             improvements.append(line)
     for (scenario, quality, algo, method), cell in sorted(cells.items()):
         if method == "EAQ" and algo in algos:
-            tried = ", ".join(f"λ={lam:g}: {h:.2f}" for lam, h in sorted(cell["heldout_by_lam"].items()))
-            selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} (held-out returns "
-                              f"{tried}; reported {cell['mean']:.2f})")
+            tried = "; ".join(f"λ={lam:g}: held-out {h:.2f}, reported {cell['reported_by_lam'][lam][0]:.2f} ± "
+                              f"{cell['reported_by_lam'][lam][1]:.2f}" for lam, h in sorted(cell["heldout_by_lam"].items()))
+            selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} ({tried})")
     return "\n".join(lines + [""] + improvements + [""] * bool(selections) + selections) + "\n"
 
 
@@ -265,13 +268,24 @@ def table1_runs(scenarios, qualities, algos, seeds, lams, methods=METHODS):
 
 def sharing_groups(runs):
     """Runs that share a diffusion model (train.eaq_dir) in one group, to run one after another in
-    one worker; every other run alone. Largest groups first, so the workers finish together."""
-    groups = {}
+    one worker; every other run alone.
+
+    Groups go map by map and quality by quality (in the order of `runs`), and
+    within a cell seed by seed, so a sweep cut short leaves whole seeds of
+    every method rather than every seed of a few; within one seed the largest
+    groups go first, so the workers finish together.
+    """
+    groups, cells = {}, {}
     for method, flags in runs:
         targs = train.parse_args(flags)
         key = train.eaq_dir(targs) if targs.aug == "eaq" else train.result_dir(targs)
         groups.setdefault(key, []).append((method, flags))
-    return sorted(groups.values(), key=len, reverse=True)
+        cells.setdefault((targs.scenario, targs.quality), len(cells))
+
+    def order(group):
+        targs = train.parse_args(group[0][1])
+        return cells[(targs.scenario, targs.quality)], targs.seed, -len(group)
+    return sorted(groups.values(), key=order)
 
 
 # One thread each for torch (OMP/MKL) and XLA: on this 2-core machine two
@@ -373,14 +387,14 @@ def run_sweep(runs, jobs, out, ray=None):
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
     if not todo:
         return []
+    groups = sharing_groups(todo)
     if jobs == 1 and ray is None:
-        for i, (method, flags) in enumerate(todo):
+        for i, (method, flags) in enumerate(run for group in groups for run in group):
             print(f"[{i + 1}/{len(todo)}] {method}: {' '.join(flags)}", flush=True)
             train.run(train.parse_args(flags))
         return []
     log_dir = os.path.join(out, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    groups = sharing_groups(todo)
     with tqdm(total=len(todo), desc="runs", unit="run") as progress:
         if ray is None:
             return run_with_workers(groups, jobs, log_dir, progress)
@@ -404,21 +418,79 @@ def d_syn_name(targs):
     return os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else ""
 
 
+# The late return: the mean of a run's last LATE_EVALUATIONS evaluations (every 1 000 iterations:
+# 11 000-15 000 of 15 000), a check on the single final evaluation Table 1 reports.
+LATE_EVALUATIONS = 5
+
+
+def evaluation_curve(run_dir):
+    """A run's evaluations during training, from its metrics.csv: (evaluations, 2) of (iteration, return)."""
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return np.array([(float(m["iteration"]), float(m["return_mean"])) for m in csv.DictReader(f)])
+
+
 def table1_rows(read):
-    """One row per finished run (`read_runs`): its cell, seed, reported and held-out evaluations, wall time
-    per stage, D_syn and folder."""
+    """One row per finished run (`read_runs`): its cell, seed, reported, late and held-out evaluations,
+    wall time per stage, D_syn and folder."""
     rows = []
     for method, targs, run_dir, results in read:
         final = results["final"]
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
+                     "return_late": float(evaluation_curve(run_dir)[-LATE_EVALUATIONS:, 1].mean()),
                      "heldout_return": results["heldout"]["return_mean"],
                      "learner_s": results["seconds"]["learner"],
                      "diffusion_s": results["seconds"].get("diffusion", 0.0),
                      "d_syn": d_syn_name(targs),
                      "run_dir": run_dir})
     return rows
+
+
+def welch_p(values, baseline):
+    """Two-sided p-value of Welch's t-test (unequal variances) between two lists of per-seed returns;
+    None where it is undefined (fewer than two seeds in either, or no spread in both)."""
+    a, b = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
+    if min(len(a), len(b)) < 2:
+        return None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)       # squared standard errors of the means
+    if va + vb == 0:
+        return None
+    t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))   # Welch-Satterthwaite
+    return float(2 * stats.t.sf(abs(t), df))
+
+
+def spread_markdown(rows, algos=("cql", "bcq")):
+    """Every Table 1 cell against the seed spread: final and late return per column, each with Welch's p
+    against the original data's column (per-seed values; uncorrected for the columns compared).
+
+    The EAQ column is the λ `table1_cells` chose on held-out; its every λ
+    is in the CSV. The late return is the mean of each run's last
+    LATE_EVALUATIONS evaluations (`table1_rows`).
+    """
+    cells = table1_cells(rows)
+    lines = ["| cell | learner | method | final | p vs original | late | p vs original |",
+             "|---|---|---|---|---|---|---|"]
+
+    def per_seed(scenario, quality, algo, method, key):
+        lam = cells[(scenario, quality, algo, method)]["lam"] if method == "EAQ" else 0.0
+        return [float(r[key]) for r in sorted(rows, key=lambda r: r["seed"])
+                if (r["scenario"], r["quality"], r["algo"], r["method"]) == (scenario, quality, algo, method)
+                and float(r["lam"]) == lam]
+
+    shown = sorted((k for k in cells if k[2] in algos),     # Table 1's order
+                   key=lambda k: (k[1] != "medium", k[0], algos.index(k[2]), METHODS.index(k[3])))
+    for scenario, quality, algo, method in shown:
+        compare = method != "original" and (scenario, quality, algo, "original") in cells
+        label = f"EAQ (λ={cells[(scenario, quality, algo, method)]['lam']:g})" if method == "EAQ" else method
+        out = [f"{scenario}-{quality}", algo.upper(), label]
+        for key in ("return_mean", "return_late"):
+            values = per_seed(scenario, quality, algo, method, key)
+            p = welch_p(values, per_seed(scenario, quality, algo, "original", key)) if compare else None
+            out += [f"{np.mean(values):.2f} ± {np.std(values):.2f}", "" if p is None else f"{p:.2f}"]
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def cost_markdown(rows, seeds=5, lams=3):
@@ -506,11 +578,7 @@ def cell_curves(rows, path):
                 label = f"{r['method']} (λ={r['lam']:g})" if r["method"] == "EAQ" else r["method"]
                 cells.setdefault(label, []).append(r["run_dir"])
         for label, dirs in cells.items():
-            curves = []
-            for d in dirs:
-                with open(os.path.join(d, "metrics.csv")) as f:
-                    curves.append([(float(m["iteration"]), float(m["return_mean"])) for m in csv.DictReader(f)])
-            curves = np.array(curves)                         # (seeds, evaluations, 2)
+            curves = np.array([evaluation_curve(d) for d in dirs])   # (seeds, evaluations, 2)
             mean, std = curves[:, :, 1].mean(0), curves[:, :, 1].std(0)
             ax.plot(curves[0, :, 0], mean, label=f"{label} ({len(dirs)} seeds)")
             ax.fill_between(curves[0, :, 0], mean - std, mean + std, alpha=0.15)
@@ -542,6 +610,9 @@ def run_table1(args, train_flags):
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
     markdown = table1_markdown(rows, tuple(args.algos))
+    markdown += (f"\nEach column against the seed spread: final evaluation and late return (mean of the last "
+                 f"{LATE_EVALUATIONS} evaluations), mean ± std over seeds, and Welch's p against original:\n\n"
+                 + spread_markdown(rows, tuple(args.algos)))
     reports = synthetic_reports(read)
     if reports:
         markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"

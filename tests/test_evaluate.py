@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import scipy.stats
 
 import data
 import evaluate
@@ -45,8 +46,9 @@ def test_table1_markdown_matches_the_papers_format_and_picks_lambda_on_heldout_e
         "EAQ over original, poor: +10.0 points of normalised return (mean over CQL); the paper, same learners: "
         "+33.9 on the same maps, +13.5 on its five (it states +12.9 %)\n"
         "\n"
-        "λ for 3m-medium CQL: 0.5 (held-out returns λ=0.1: 3.00, λ=0.5: 5.50; reported 4.00)\n"
-        "λ for 3m-poor CQL: 0.01 (held-out returns λ=0.01: 1.00; reported 3.00)\n")
+        "λ for 3m-medium CQL: 0.5 (λ=0.1: held-out 3.00, reported 9.00 ± 1.00; "
+        "λ=0.5: held-out 5.50, reported 4.00 ± 0.00)\n"
+        "λ for 3m-poor CQL: 0.01 (λ=0.01: held-out 1.00, reported 3.00 ± 1.00)\n")
     assert evaluate.table1_markdown(tiny_rows(), algos=("cql",)) == expected
 
 
@@ -101,6 +103,26 @@ def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_
         "| 3m-poor | 5 | 20.0 (BCQ 20.0, CQL 10.0) | 1 | 20.0 | 1.8 | 30 |")
 
 
+def test_spread_table_tests_each_column_against_original_with_welchs_t_at_the_chosen_lambda():
+    per_seed = {   # (method, λ): (final, late, held-out) per seed; λ = 0.5 is original's twin but not chosen
+        ("original", 0.0): [(1, 0, 0), (3, 2, 0)], ("RAD-s", 0.0): [(2, 1, 0), (2, 1, 0)],
+        ("EAQ", 0.1): [(4, 5, 3), (6, 7, 3)], ("EAQ", 0.5): [(1, 0, 1), (3, 2, 1)]}
+    rows = [{"scenario": "3m", "quality": "poor", "algo": "cql", "method": m, "lam": lam, "seed": seed,
+             "return_mean": final, "return_late": late, "heldout_return": h}
+            for (m, lam), values in per_seed.items() for seed, (final, late, h) in enumerate(values)]
+    # Welch with two seeds a side and equal variances: df = 2, p = 1 - t / sqrt(2 + t²);
+    # final t = 3 / √2 -> p = 0.17, late t = 5 / √2 -> p = 0.07; RAD-s t = 0 -> p = 1.
+    assert evaluate.spread_markdown(rows, algos=("cql",)) == (
+        "| cell | learner | method | final | p vs original | late | p vs original |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| 3m-poor | CQL | original | 2.00 ± 1.00 |  | 1.00 ± 1.00 |  |\n"
+        "| 3m-poor | CQL | RAD-s | 2.00 ± 0.00 | 1.00 | 1.00 ± 0.00 | 1.00 |\n"
+        "| 3m-poor | CQL | EAQ (λ=0.1) | 5.00 ± 1.00 | 0.17 | 6.00 ± 1.00 | 0.07 |\n")
+    assert evaluate.welch_p([1.0, 1.0], [2.0, 2.0]) is None and evaluate.welch_p([1.0], [2.0, 3.0]) is None
+    a, b = [6.1, 7.9, 7.2], [4.0, 6.5, 5.1, 8.8]                # unequal seeds and spreads: scipy's Welch
+    assert evaluate.welch_p(a, b) == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
     rows = [{"scenario": "3m", "quality": "poor", "algo": "cql", "method": "EAQ", "lam": lam, "seed": 0,
              "return_mean": r, "heldout_return": 2.0} for lam, r in ((0.5, 9.0), (0.01, 1.0))]
@@ -114,6 +136,24 @@ def test_table1_runs_cover_every_method_and_lambda():
     assert methods.count("EAQ") == 8 and methods.count("original") == 4
     eaq_q = [flags for m, flags in runs if m == "EAQ^-Q"][0]
     assert eaq_q[eaq_q.index("--lam") + 1] == "0"
+
+
+def test_sweep_order_leaves_whole_seeds_of_each_cell_and_pairs_the_runs_sharing_a_model():
+    runs = list(evaluate.table1_runs(["3m", "8m"], ["poor"], ["cql", "bcq"], [0, 1], [0.5, 0.1]))
+    groups = evaluate.sharing_groups(runs)
+    assert sorted(run for g in groups for run in g) == sorted(runs)
+
+    def seed(run):
+        return int(run[1][run[1].index("--seed") + 1])
+
+    def cell(run):
+        return run[1][run[1].index("--scenario") + 1]
+    order = [(cell(g[0]), seed(g[0]), -len(g)) for g in groups]
+    assert order == sorted(order, key=lambda o: (["3m", "8m"].index(o[0]), o[1], o[2]))
+    pairs = [g for g in groups if len(g) == 2]     # EAQ^-Q and EAQ at 2 λ, per map and seed: CQL beside BCQ
+    assert len(pairs) == 2 * 2 * 3 and len(groups) == len(pairs) + 2 * 2 * 2 * 3
+    for cql, bcq in pairs:
+        assert [f for f in cql[1] if f != "cql"] == [f for f in bcq[1] if f != "bcq"]
 
 
 def test_focus_fire_ratio_by_hand():
@@ -171,11 +211,15 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     rows = (table / "table1.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
     assert "heldout_return" in rows[0]
+    for row in csv.DictReader(open(table / "table1.csv")):      # the late return: mean of the last five evaluations
+        curve = [float(m["return_mean"]) for m in csv.DictReader(open(os.path.join(row["run_dir"], "metrics.csv")))]
+        assert float(row["return_late"]) == pytest.approx(np.mean(curve[-5:]))
     assert len(os.listdir(out / "logs")) == 4
     assert len(os.listdir(out / "eaq")) == 1                     # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
-    table1 = markdown.split("\nFidelity")[0]
+    table1 = markdown.split("\nEach column against")[0]
     assert table1.count("| 3m-poor |") == 1 and "| — | — | — |" in table1     # RAD-s/m, EAQ^-Q not run
+    assert markdown.count("| 3m-poor | CQL | original |") == 1 and markdown.count("| 3m-poor | CQL | EAQ (λ=0.1) |") == 1
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
     cost = markdown.split("\nWall time per map")[1].splitlines()
     runs_and_models = [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")]
