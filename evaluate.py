@@ -9,7 +9,9 @@
   workers on this machine or as Ray tasks on a cluster), and the table in
   the paper's format. Where several λ are run, λ is chosen per cell on the
   held-out evaluation (its own seeded episodes) and the chosen λ's result
-  on the reported evaluation is shown; every λ stays in the CSV.
+  on the reported evaluation is shown; every λ stays in the CSV. Under it,
+  each column against the seed spread: final and late return (the mean of
+  the last evaluations), with Welch's t-test against the original data.
 
 Rollouts of a policy in the simulator live beside the policy, in
 `qmix.evaluate_policy`.
