@@ -244,9 +244,11 @@ def table1_markdown(rows, algos=("cql", "bcq")):
             improvements.append(line)
     for (scenario, quality, algo, method), cell in sorted(cells.items()):
         if method == "EAQ" and algo in algos:
-            tried = "; ".join(f"λ={lam:g}: held-out {h:.2f}, reported {cell['reported_by_lam'][lam][0]:.2f} ± "
-                              f"{cell['reported_by_lam'][lam][1]:.2f}" for lam, h in sorted(cell["heldout_by_lam"].items()))
-            selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} ({tried})")
+            tried = []
+            for lam, heldout in sorted(cell["heldout_by_lam"].items()):
+                mean, std = cell["reported_by_lam"][lam]
+                tried.append(f"λ={lam:g}: held-out {heldout:.2f}, reported {mean:.2f} ± {std:.2f}")
+            selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} ({'; '.join(tried)})")
     return "\n".join(lines + [""] + improvements + [""] * bool(selections) + selections) + "\n"
 
 

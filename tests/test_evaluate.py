@@ -211,15 +211,18 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     rows = (table / "table1.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
     assert "heldout_return" in rows[0]
-    for row in csv.DictReader(open(table / "table1.csv")):      # the late return: mean of the last five evaluations
-        curve = [float(m["return_mean"]) for m in csv.DictReader(open(os.path.join(row["run_dir"], "metrics.csv")))]
-        assert float(row["return_late"]) == pytest.approx(np.mean(curve[-5:]))
+    with open(table / "table1.csv") as f:
+        for row in csv.DictReader(f):                         # the late return: mean of the last five evaluations
+            with open(os.path.join(row["run_dir"], "metrics.csv")) as m:
+                curve = [float(e["return_mean"]) for e in csv.DictReader(m)]
+            assert float(row["return_late"]) == pytest.approx(np.mean(curve[-5:]))
     assert len(os.listdir(out / "logs")) == 4
     assert len(os.listdir(out / "eaq")) == 1                     # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
     table1 = markdown.split("\nEach column against")[0]
     assert table1.count("| 3m-poor |") == 1 and "| — | — | — |" in table1     # RAD-s/m, EAQ^-Q not run
-    assert markdown.count("| 3m-poor | CQL | original |") == 1 and markdown.count("| 3m-poor | CQL | EAQ (λ=0.1) |") == 1
+    assert markdown.count("| 3m-poor | CQL | original |") == 1                    # the seed-spread table
+    assert markdown.count("| 3m-poor | CQL | EAQ (λ=0.1) |") == 1
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
     cost = markdown.split("\nWall time per map")[1].splitlines()
     runs_and_models = [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")]
