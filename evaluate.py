@@ -144,6 +144,11 @@ def normalised_gain(averages, algos):
                                 for a in algos]))
 
 
+def table_order(scenario, quality):
+    """Table 1's row order: the medium rows before the poor ones, as in the paper; maps by name."""
+    return quality != "medium", scenario
+
+
 def table1_cells(rows):
     """Per-run rows -> {(scenario, quality, algo, method): cell dict}, choosing λ for EAQ on held-out returns.
 
@@ -151,8 +156,8 @@ def table1_cells(rows):
     (the run's reported final evaluation) and heldout_return (its held-out
     evaluation). A cell holds the mean and std over seeds of the reported
     returns; for EAQ, of the λ whose mean held-out return is highest (ties:
-    the smaller λ), with that λ, its held-out mean and every λ's held-out
-    mean and reported mean and std.
+    the smaller λ), with that λ, its runs (by seed), its held-out mean and
+    every λ's held-out mean and reported mean and std.
     """
     groups = {}
     for r in rows:
@@ -164,7 +169,8 @@ def table1_cells(rows):
         lam = max(sorted(heldout), key=lambda x: heldout[x])
         reported = {x: [float(r["return_mean"]) for r in runs] for x, runs in by_lam.items()}
         cells[key] = {"mean": float(np.mean(reported[lam])), "std": float(np.std(reported[lam])),
-                      "seeds": len(reported[lam]), "lam": lam, "heldout": heldout[lam], "heldout_by_lam": heldout,
+                      "seeds": len(reported[lam]), "lam": lam, "runs": sorted(by_lam[lam], key=lambda r: r["seed"]),
+                      "heldout": heldout[lam], "heldout_by_lam": heldout,
                       "reported_by_lam": {x: (float(np.mean(v)), float(np.std(v))) for x, v in reported.items()}}
     return cells
 
@@ -183,7 +189,7 @@ def table1_markdown(rows, algos=("cql", "bcq")):
     definition; then, per EAQ cell, the λ selection (held-out mean of every λ).
     """
     cells = table1_cells(rows)
-    pairs = sorted({(s, q) for s, q, _, _ in cells}, key=lambda p: (p[1] != "medium", p[0]))
+    pairs = sorted({(s, q) for s, q, _, _ in cells}, key=lambda p: table_order(*p))
     header = "| scenario | " + " | ".join(f"{a.upper()} {m}" for a in algos for m in METHODS) + " |"
     lines = [header, "|---|" + "---|" * (len(algos) * len(METHODS))]
 
@@ -279,17 +285,13 @@ def sharing_groups(runs):
     every method rather than every seed of a few; within one seed the largest
     groups go first, so the workers finish together.
     """
-    groups, cells = {}, {}
+    groups, place, cells = {}, {}, {}
     for method, flags in runs:
         targs = train.parse_args(flags)
         key = train.eaq_dir(targs) if targs.aug == "eaq" else train.result_dir(targs)
         groups.setdefault(key, []).append((method, flags))
-        cells.setdefault((targs.scenario, targs.quality), len(cells))
-
-    def order(group):
-        targs = train.parse_args(group[0][1])
-        return cells[(targs.scenario, targs.quality)], targs.seed, -len(group)
-    return sorted(groups.values(), key=order)
+        place[key] = (cells.setdefault((targs.scenario, targs.quality), len(cells)), targs.seed)
+    return [groups[k] for k in sorted(groups, key=lambda k: (*place[k], -len(groups[k])))]
 
 
 # One thread each for torch (OMP/MKL) and XLA: on this 2-core machine two
@@ -405,23 +407,6 @@ def run_sweep(runs, jobs, out, ray=None):
         return run_with_ray(groups, ray, log_dir, progress)
 
 
-def read_runs(runs):
-    """Finished (method, flags) runs -> (method, train.py arguments, result folder, results.json contents),
-    each results.json read once for the table, the fidelity section and the cost."""
-    read = []
-    for method, flags in runs:
-        targs = train.parse_args(flags)
-        run_dir = train.result_dir(targs)
-        with open(os.path.join(run_dir, "results.json")) as f:
-            read.append((method, targs, run_dir, json.load(f)))
-    return read
-
-
-def d_syn_name(targs):
-    """The folder name of the D_syn an EAQ / EAQ^-Q run trained on ('' for any other run)."""
-    return os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else ""
-
-
 # The late return: the mean of a run's last LATE_EVALUATIONS evaluations (every 1 000 iterations:
 # 11 000-15 000 of 15 000), a check on the single final evaluation Table 1 reports.
 LATE_EVALUATIONS = 5
@@ -433,16 +418,33 @@ def evaluation_curve(run_dir):
         return np.array([(float(m["iteration"]), float(m["return_mean"])) for m in csv.DictReader(f)])
 
 
+def read_runs(runs):
+    """Finished (method, flags) runs -> (method, train.py arguments, result folder, results.json contents,
+    evaluation curve), each file read once for the table, the curves, the fidelity section and the cost."""
+    read = []
+    for method, flags in runs:
+        targs = train.parse_args(flags)
+        run_dir = train.result_dir(targs)
+        with open(os.path.join(run_dir, "results.json")) as f:
+            read.append((method, targs, run_dir, json.load(f), evaluation_curve(run_dir)))
+    return read
+
+
+def d_syn_name(targs):
+    """The folder name of the D_syn an EAQ / EAQ^-Q run trained on ('' for any other run)."""
+    return os.path.basename(train.eaq_dir(targs)) if targs.aug == "eaq" else ""
+
+
 def table1_rows(read):
     """One row per finished run (`read_runs`): its cell, seed, reported, late and held-out evaluations,
     wall time per stage, D_syn and folder."""
     rows = []
-    for method, targs, run_dir, results in read:
+    for method, targs, run_dir, results, curve in read:
         final = results["final"]
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
-                     "return_late": float(evaluation_curve(run_dir)[-LATE_EVALUATIONS:, 1].mean()),
+                     "return_late": float(curve[-LATE_EVALUATIONS:, 1].mean()),
                      "heldout_return": results["heldout"]["return_mean"],
                      "learner_s": results["seconds"]["learner"],
                      "diffusion_s": results["seconds"].get("diffusion", 0.0),
@@ -477,21 +479,16 @@ def spread_markdown(rows, algos=("cql", "bcq")):
     lines = ["| cell | learner | method | final | p vs original | late | p vs original |",
              "|---|---|---|---|---|---|---|"]
 
-    def per_seed(scenario, quality, algo, method, key):
-        lam = cells[(scenario, quality, algo, method)]["lam"] if method == "EAQ" else 0.0
-        return [float(r[key]) for r in sorted(rows, key=lambda r: r["seed"])
-                if (r["scenario"], r["quality"], r["algo"], r["method"]) == (scenario, quality, algo, method)
-                and float(r["lam"]) == lam]
-
-    shown = sorted((k for k in cells if k[2] in algos),     # Table 1's order
-                   key=lambda k: (k[1] != "medium", k[0], algos.index(k[2]), METHODS.index(k[3])))
+    shown = sorted((k for k in cells if k[2] in algos),
+                   key=lambda k: (*table_order(k[0], k[1]), algos.index(k[2]), METHODS.index(k[3])))
     for scenario, quality, algo, method in shown:
-        compare = method != "original" and (scenario, quality, algo, "original") in cells
-        label = f"EAQ (λ={cells[(scenario, quality, algo, method)]['lam']:g})" if method == "EAQ" else method
+        cell = cells[(scenario, quality, algo, method)]
+        original = cells.get((scenario, quality, algo, "original")) if method != "original" else None
+        label = f"EAQ (λ={cell['lam']:g})" if method == "EAQ" else method
         out = [f"{scenario}-{quality}", algo.upper(), label]
         for key in ("return_mean", "return_late"):
-            values = per_seed(scenario, quality, algo, method, key)
-            p = welch_p(values, per_seed(scenario, quality, algo, "original", key)) if compare else None
+            values = [float(r[key]) for r in cell["runs"]]
+            p = welch_p(values, [float(r[key]) for r in original["runs"]]) if original else None
             out += [f"{np.mean(values):.2f} ± {np.std(values):.2f}", "" if p is None else f"{p:.2f}"]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
@@ -537,7 +534,7 @@ def synthetic_reports(read):
     """Each D_syn the sweep's finished EAQ and EAQ^-Q runs (`read_runs`) trained on, once:
     {D_syn folder name: {scenario, quality, lam, diffusion_seed, report}} (report: `diffusion.synthetic_report`'s)."""
     reports = {}
-    for method, targs, _, results in read:
+    for method, targs, _, results, _ in read:
         if method not in ("EAQ", "EAQ^-Q"):
             continue
         reports.setdefault(d_syn_name(targs), {
@@ -570,8 +567,9 @@ def fidelity_markdown(reports):
     return "\n".join(lines) + "\n"
 
 
-def cell_curves(rows, path):
-    """Learning curves per Table 1 cell of one map and quality: mean ± std over seeds, a panel per learner."""
+def cell_curves(rows, curves, path):
+    """Learning curves per Table 1 cell of one map and quality: mean ± std over seeds, a panel per learner.
+    curves: {run folder: its evaluation curve} (`read_runs`)."""
     plt = artifacts.pyplot()
     algos = sorted({r["algo"] for r in rows})
     fig, axes = plt.subplots(1, len(algos), figsize=(5 * len(algos), 3.5), squeeze=False, sharey=True)
@@ -582,10 +580,10 @@ def cell_curves(rows, path):
                 label = f"{r['method']} (λ={r['lam']:g})" if r["method"] == "EAQ" else r["method"]
                 cells.setdefault(label, []).append(r["run_dir"])
         for label, dirs in cells.items():
-            curves = np.array([evaluation_curve(d) for d in dirs])   # (seeds, evaluations, 2)
-            mean, std = curves[:, :, 1].mean(0), curves[:, :, 1].std(0)
-            ax.plot(curves[0, :, 0], mean, label=f"{label} ({len(dirs)} seeds)")
-            ax.fill_between(curves[0, :, 0], mean - std, mean + std, alpha=0.15)
+            seeds = np.array([curves[d] for d in dirs])        # (seeds, evaluations, 2)
+            mean, std = seeds[:, :, 1].mean(0), seeds[:, :, 1].std(0)
+            ax.plot(seeds[0, :, 0], mean, label=f"{label} ({len(dirs)} seeds)")
+            ax.fill_between(seeds[0, :, 0], mean - std, mean + std, alpha=0.15)
         ax.set(title=f"QMIX+{algo.upper()}, {rows[0]['scenario']}-{rows[0]['quality']}",
                xlabel="iteration", ylabel="evaluation return")
         ax.legend(fontsize=8)
@@ -610,6 +608,7 @@ def run_table1(args, train_flags):
                          + ("" if args.table_only else "; every run failed, see the logs in OUT/logs"))
     read = read_runs(runs)
     rows = table1_rows(read)
+    curves = {run_dir: curve for _, _, run_dir, _, curve in read}
     table_dir = os.path.join(args.out, "table1")
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
@@ -629,7 +628,7 @@ def run_table1(args, train_flags):
         for quality in args.qualities:
             cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
             if cell:
-                cell_curves(cell, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
+                cell_curves(cell, curves, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
     print(markdown)
     print(f"wrote {table_dir}/table1.csv, table1.md and the learning curves per map and quality")
     if failures:
