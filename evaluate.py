@@ -157,7 +157,9 @@ def table1_cells(rows):
     evaluation). A cell holds the mean and std over seeds of the reported
     returns; for EAQ, of the λ whose mean held-out return is highest (ties:
     the smaller λ), with that λ, its runs (by seed), its held-out mean and
-    every λ's held-out mean and reported mean and std.
+    every λ's held-out mean and reported (mean, std, seeds). While a sweep is
+    still running, a λ may have fewer seeds than another; only the λ with
+    the most seeds compete, so none wins on a smaller (easier) set.
     """
     groups = {}
     for r in rows:
@@ -166,12 +168,14 @@ def table1_cells(rows):
     cells = {}
     for key, by_lam in groups.items():
         heldout = {lam: float(np.mean([r["heldout_return"] for r in runs])) for lam, runs in by_lam.items()}
-        lam = max(sorted(heldout), key=lambda x: heldout[x])
+        most_seeds = max(len(runs) for runs in by_lam.values())
+        lam = max((x for x in sorted(heldout) if len(by_lam[x]) == most_seeds), key=lambda x: heldout[x])
         reported = {x: [float(r["return_mean"]) for r in runs] for x, runs in by_lam.items()}
         cells[key] = {"mean": float(np.mean(reported[lam])), "std": float(np.std(reported[lam])),
                       "seeds": len(reported[lam]), "lam": lam, "runs": sorted(by_lam[lam], key=lambda r: r["seed"]),
                       "heldout": heldout[lam], "heldout_by_lam": heldout,
-                      "reported_by_lam": {x: (float(np.mean(v)), float(np.std(v))) for x, v in reported.items()}}
+                      "reported_by_lam": {x: (float(np.mean(v)), float(np.std(v)), len(v))
+                                          for x, v in reported.items()}}
     return cells
 
 
@@ -211,6 +215,7 @@ def table1_markdown(rows, algos=("cql", "bcq")):
         return {(a, m): (*paper_cell(scenario, quality, a, m), "")
                 for a in algos for m in METHODS if paper_cell(scenario, quality, a, m)}
 
+    most_seeds = max(cell["seeds"] for cell in cells.values())
     for scenario, quality in pairs:
         values = {}
         for algo in algos:
@@ -218,6 +223,7 @@ def table1_markdown(rows, algos=("cql", "bcq")):
                 cell = cells.get((scenario, quality, algo, method))
                 if cell:
                     suffix = f" (λ={cell['lam']:g})" if method == "EAQ" else ""
+                    suffix += f" [{cell['seeds']} of {most_seeds} seeds]" if cell["seeds"] < most_seeds else ""
                     values[(algo, method)] = (cell["mean"], cell["std"], suffix)
         lines.append(row(f"{scenario}-{quality}", values))
         if (scenario, quality) in PAPER_TABLE1:
@@ -252,9 +258,13 @@ def table1_markdown(rows, algos=("cql", "bcq")):
         if method == "EAQ" and algo in algos:
             tried = []
             for lam, heldout in sorted(cell["heldout_by_lam"].items()):
-                mean, std = cell["reported_by_lam"][lam]
-                tried.append(f"λ={lam:g}: held-out {heldout:.2f}, reported {mean:.2f} ± {std:.2f}")
+                mean, std, seeds = cell["reported_by_lam"][lam]
+                fewer = f" [{seeds} of {cell['seeds']} seeds, not chosen]" if seeds < cell["seeds"] else ""
+                tried.append(f"λ={lam:g}{fewer}: held-out {heldout:.2f}, reported {mean:.2f} ± {std:.2f}")
             selections.append(f"λ for {scenario}-{quality} {algo.upper()}: {cell['lam']:g} ({'; '.join(tried)})")
+    if any(cell["seeds"] < most_seeds for cell in cells.values()):
+        lines.append("\n[k of n seeds]: a cell with fewer seeds than the table's others; "
+                     "its sweep is not finished, so it is not comparable yet")
     return "\n".join(lines + [""] + improvements + [""] * bool(selections) + selections) + "\n"
 
 

@@ -129,6 +129,22 @@ def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
     assert evaluate.table1_cells(rows)[("3m", "poor", "cql", "EAQ")]["lam"] == 0.01
 
 
+def test_a_sweep_half_done_marks_cells_short_of_seeds_and_a_lambda_with_fewer_seeds_cannot_win():
+    rows = tiny_rows()   # two seeds everywhere; then a third seed for original and for EAQ λ = 0.5 only
+    rows += [{"scenario": "3m", "quality": "medium", "algo": "cql", "method": m, "lam": lam, "seed": 2,
+              "return_mean": r, "heldout_return": h} for m, lam, r, h in (("original", 0.0, 3, 0), ("EAQ", 0.5, 7, 0))]
+    rows += [{"scenario": "3m", "quality": "medium", "algo": "cql", "method": "EAQ", "lam": 0.01, "seed": 0,
+              "return_mean": 20, "heldout_return": 50}]   # one seed, the best held-out by far
+    cell = evaluate.table1_cells(rows)[("3m", "medium", "cql", "EAQ")]
+    assert (cell["lam"], cell["seeds"], cell["heldout"]) == (0.5, 3, pytest.approx(11 / 3))
+    table = evaluate.table1_markdown(rows, algos=("cql",))
+    assert "| 3m-medium | 3.00 ± 0.82 | 5.00 ± 0.00 [2 of 3 seeds] | 2.00 ± 1.00 [2 of 3 seeds] |" in table
+    assert "| 5.00 ± 1.41 (λ=0.5) |" in table and "| 3m-poor | 1.00 ± 0.00 [2 of 3 seeds] |" in table
+    assert "λ=0.01 [1 of 3 seeds, not chosen]: held-out 50.00, reported 20.00 ± 0.00; " in table
+    assert "\n[k of n seeds]: a cell with fewer seeds than the table's others;" in table
+    assert "seeds" not in evaluate.table1_markdown(tiny_rows(), algos=("cql",))   # a finished sweep: no marks
+
+
 def test_table1_runs_cover_every_method_and_lambda():
     runs = list(evaluate.table1_runs(["3m"], ["poor"], ["cql", "bcq"], [0, 1], [0.5, 0.1]))
     assert len(runs) == 2 * 2 * (4 + 2)
