@@ -11,12 +11,15 @@
   held-out evaluation (its own seeded episodes) and the chosen λ's result
   on the reported evaluation is shown; every λ stays in the CSV. Under it,
   each column against the seed spread: final and late return (the mean of
-  the last evaluations), with Welch's t-test against the original data.
+  the last evaluations), with Welch's t-test against the original data,
+  and per cell the smallest gap its seeds could resolve given the final
+  evaluation's own noise.
 
 Rollouts of a policy in the simulator live beside the policy, in
 `qmix.evaluate_policy`.
 """
 import argparse
+import collections
 import csv
 import json
 import os
@@ -454,6 +457,7 @@ def table1_rows(read):
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
+                     "eval_episodes": targs.eval_episodes,
                      "return_late": float(curve[-LATE_EVALUATIONS:, 1].mean()),
                      "heldout_return": results["heldout"]["return_mean"],
                      "learner_s": results["seconds"]["learner"],
@@ -502,6 +506,36 @@ def spread_markdown(rows, algos=("cql", "bcq")):
             out += [f"{np.mean(values):.2f} ± {np.std(values):.2f}", "" if p is None else f"{p:.2f}"]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
+
+
+def resolvable_difference(episode_std, episodes, seeds):
+    """The smallest gap between two columns' mean returns that Welch's test calls significant (two-sided
+    p < 0.05) when each column has `seeds` runs and no spread but the final evaluation's own noise.
+
+    episode_std: the per-episode standard deviation of an evaluation's returns (population, as the runs
+    report it), so one evaluation of `episodes` episodes has standard error episode_std / √(episodes − 1).
+    With equal spreads and seeds a side, Welch's df is 2 (seeds − 1).
+    """
+    se = episode_std / np.sqrt(episodes - 1)
+    return float(stats.t.ppf(0.975, 2 * (seeds - 1)) * se * np.sqrt(2 / seeds))
+
+
+def resolution_markdown(rows):
+    """Per cell: how noisy one final evaluation is, and the smallest gap its seeds could resolve."""
+    lines = []
+    for scenario, quality in sorted({(r["scenario"], r["quality"]) for r in rows}, key=lambda p: table_order(*p)):
+        cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
+        episode_std = float(np.mean([float(r["return_std"]) for r in cell]))
+        episodes = int(cell[0]["eval_episodes"])
+        seeds = max(collections.Counter((r["algo"], r["method"], r["lam"]) for r in cell).values())
+        if seeds < 2:
+            continue
+        gap = resolvable_difference(episode_std, episodes, seeds)
+        lines.append(f"{scenario}-{quality}: per-episode return std {episode_std:.2f} over {episodes} episodes, "
+                     f"one evaluation's standard error {episode_std / np.sqrt(episodes - 1):.2f}; with {seeds} "
+                     f"seeds a side and no other spread, Welch's p < 0.05 needs a gap of {gap:.2f} "
+                     f"({100 * gap / envlib.MAX_RETURN:.1f} points of normalised return)")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def cost_markdown(rows, seeds=5, lams=3):
@@ -626,6 +660,9 @@ def run_table1(args, train_flags):
     markdown += (f"\nEach column against the seed spread: final evaluation and late return (mean of the last "
                  f"{LATE_EVALUATIONS} evaluations), mean ± std over seeds, and Welch's p against original:\n\n"
                  + spread_markdown(rows, tuple(args.algos)))
+    resolution = resolution_markdown(rows)
+    if resolution:
+        markdown += "\nWhat a column's seeds can resolve, from the final evaluations' own noise:\n\n" + resolution
     reports = synthetic_reports(read)
     if reports:
         markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"

@@ -123,6 +123,24 @@ def test_spread_table_tests_each_column_against_original_with_welchs_t_at_the_ch
     assert evaluate.welch_p(a, b) == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def test_resolvable_gap_is_where_welchs_p_reaches_0_05_for_columns_spread_by_evaluation_noise_alone():
+    episode_std, episodes = 6.0, 32                               # population std, as the runs report it
+    se = 6.0 / np.sqrt(31)                                        # one evaluation's standard error
+    for seeds in (2, 3, 5):
+        gap = evaluate.resolvable_difference(episode_std, episodes, seeds)
+        column = se * (np.arange(seeds) - (seeds - 1) / 2) / np.std(np.arange(seeds), ddof=1)   # sample std = se
+        assert np.std(column, ddof=1) == pytest.approx(se)
+        assert evaluate.welch_p(list(column + gap), list(column)) == pytest.approx(0.05)
+    assert evaluate.resolvable_difference(episode_std, episodes, 2) == pytest.approx(4.303 * se, rel=1e-4)
+    rows = [dict(r, return_std=episode_std, eval_episodes=episodes) for r in tiny_rows()]   # 2 seeds a column
+    text = evaluate.resolution_markdown(rows)
+    assert text.splitlines() == [
+        f"3m-{q}: per-episode return std 6.00 over 32 episodes, one evaluation's standard error 1.08; with 2 "
+        f"seeds a side and no other spread, Welch's p < 0.05 needs a gap of 4.64 (23.2 points of normalised return)"
+        for q in ("medium", "poor")]
+    assert evaluate.resolution_markdown([dict(r, seed=0) for r in rows[:1]]) == ""   # one seed: nothing to say
+
+
 def test_lambda_ties_on_heldout_go_to_the_smaller_lambda():
     rows = [{"scenario": "3m", "quality": "poor", "algo": "cql", "method": "EAQ", "lam": lam, "seed": 0,
              "return_mean": r, "heldout_return": 2.0} for lam, r in ((0.5, 9.0), (0.01, 1.0))]
@@ -240,6 +258,7 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     assert markdown.count("| 3m-poor | CQL | original |") == 1                    # the seed-spread table
     assert markdown.count("| 3m-poor | CQL | EAQ (λ=0.1) |") == 1
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
+    assert "\n3m-poor: per-episode return std " in markdown and " over 2 episodes, " in markdown   # --eval-episodes
     cost = markdown.split("\nWall time per map")[1].splitlines()
     runs_and_models = [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")]
     assert runs_and_models == [["4", "1"]]
