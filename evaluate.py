@@ -570,7 +570,8 @@ def cost_markdown(rows, seeds=5, lams=3):
 # The fidelity numbers of a D_syn beside its D_real's (diffusion.MatrixStats; README "Fidelity report").
 FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", "confident dones", "{:.1%}"),
                     ("legal_before_repair", "legal", "{:.3f}"), ("length_mean", "mean length", "{:.1f}"),
-                    ("return_mean", "return", "{:.2f}"), ("q_bar_mean", "Q̄", "{:.2f}"),
+                    ("return_mean", "return", "{:.2f}"), ("return_std", "return std", "{:.2f}"),
+                    ("q_bar_mean", "Q̄", "{:.2f}"),
                     ("q_consistency", "Q-consistency", "{:.2f}"))
 
 

@@ -71,26 +71,27 @@ def test_the_papers_gain_by_our_definition_is_18_3_and_11_9_points():
         assert round(evaluate.normalised_gain(averages, ("cql", "bcq")), 1) == points
 
 
-def stats(attack, ended, legal, length, ret, q_bar, q_cons):
+def stats(attack, ended, legal, length, ret, ret_std, q_bar, q_cons):
     return {"attack_share": attack, "ended_share": ended, "legal_before_repair": legal, "length_mean": length,
-            "return_mean": ret, "q_bar_mean": q_bar, "q_consistency": q_cons}
+            "return_mean": ret, "return_std": ret_std, "q_bar_mean": q_bar, "q_consistency": q_cons}
 
 
 def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
-    real = stats(0.138, 1.0, 1.0, 18.7, 4.26, 2.84, 0.0)
+    real = stats(0.138, 1.0, 1.0, 18.7, 4.26, 3.92, 2.84, 0.0)
     reports = {
         "b": {"scenario": "3m", "quality": "poor", "lam": 0.1, "diffusion_seed": 1,
-              "report": {"real": real, "synthetic": stats(0.108, 0.965, 0.973, 18.2, 4.37, 17.1, 13.2),
+              "report": {"real": real, "synthetic": stats(0.108, 0.965, 0.973, 18.2, 4.37, 2.41, 17.1, 13.2),
                          "action_tv_distance": 0.096,
                          "fidelity_misses": ["legal before repair 0.973 < 0.98"]}},
         "a": {"scenario": "3m", "quality": "poor", "lam": 0.0, "diffusion_seed": 0,
-              "report": {"real": real, "synthetic": stats(0.12, 0.95, 0.99, 18.0, 4.0, 3.0, 1.5),
+              "report": {"real": real, "synthetic": stats(0.12, 0.95, 0.99, 18.0, 4.0, 2.2, 3.0, 1.5),
                          "action_tv_distance": 0.05, "fidelity_misses": []}},
     }
     assert evaluate.fidelity_markdown(reports).splitlines()[2:] == [
-        "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 2.84 | 0.00 |  |  |",
-        "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 3.00 | 1.50 | 0.050 | meets |",
-        "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 17.10 | 13.20 | 0.096 | misses: legal before repair |"]
+        "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 3.92 | 2.84 | 0.00 |  |  |",
+        "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 2.20 | 3.00 | 1.50 | 0.050 | meets |",
+        "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 2.41 | 17.10 | 13.20 | 0.096 | "
+        "misses: legal before repair |"]
 
 
 def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_cell():

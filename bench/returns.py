@@ -1,0 +1,64 @@
+"""How D_syn's episode returns compare with D_real's (README "Where the wins went").
+
+    python bench/returns.py --real runs/datasets/<D_real>.h5 --syn runs/eaq/<run>/synthetic.h5 [--syn ...]
+
+(each D_syn's row is numbered in the order of the --syn flags).
+
+For each dataset: percentiles of the episode return, the share of
+episodes at a win's level (return ≥ 18 of 20; in our data that is the win
+rate), and the share whose largest one-step reward reaches half the win
+bonus (≥ 5: SMAX pays 1 × REWARD_SCALE = 10 on the step an episode is
+won, while damage comes in small steps). A D_syn can match D_real's mean
+return and still have no wins: the diffusion model may spread the win
+bonus over many steps (or drop it).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+import env as envlib  # noqa: E402
+
+PERCENTILES = (5, 25, 50, 75, 95, 99)
+WIN_LEVEL = 0.9 * envlib.MAX_RETURN          # return of a won episode: 20 (damage 10 + bonus 10)
+SPIKE = 0.5 * envlib.REWARD_SCALE            # half the win bonus, paid in one step
+
+
+def return_profile(episodes):
+    """{percentile: return}, win-level share and win-spike share of one dataset (`data.Episodes`)."""
+    returns = episodes.returns()                                    # (E,)
+    return {"percentiles": dict(zip(PERCENTILES, np.percentile(returns, PERCENTILES))),
+            "mean": float(returns.mean()), "std": float(returns.std()),
+            "win_level": float(np.mean(returns >= WIN_LEVEL)),
+            "win_spike": float(np.mean(episodes.rewards.max(axis=1) >= SPIKE))}
+
+
+def profile_line(label, profile):
+    cells = [f"{profile['percentiles'][q]:.1f}" for q in PERCENTILES]
+    return (f"| {label} | {profile['mean']:.2f} ± {profile['std']:.2f} | " + " | ".join(cells)
+            + f" | {profile['win_level']:.3f} | {profile['win_spike']:.3f} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", required=True, help="D_real (HDF5 made by data.py)")
+    p.add_argument("--syn", action="append", default=[], help="a D_syn (synthetic.h5); repeat for several")
+    args = p.parse_args(argv)
+    header = (["data", "return"] + [f"p{q}" for q in PERCENTILES]
+              + [f"return ≥ {WIN_LEVEL:g}", f"a step ≥ {SPIKE:g}"])
+    lines = [profile_line("D_real", return_profile(data.load_dataset(args.real)))]
+    for i, path in enumerate(args.syn, 1):                          # every file checked before any line prints
+        syn = data.load_dataset(path)
+        if not syn.attrs.get("synthetic"):
+            p.error(f"--syn {path} is not a synthetic dataset (no 'synthetic' attribute); pass diffusion.py's "
+                    "synthetic.h5")
+        lines.append(profile_line(f"D_syn {i} (λ={syn.attrs['lam']:g})", return_profile(syn)))
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
