@@ -556,6 +556,16 @@ def _first(bad, first_episode=0):
     return f" at index {(int(index[0]) + first_episode, *(int(i) for i in index[1:]))}"
 
 
+# A won episode's return: all the damage (1 × REWARD_SCALE) plus the win bonus (1 × REWARD_SCALE), 20 in all;
+# a lost one stays at or below the damage's 10. 90 % of the maximum counts as a win's level.
+WIN_RETURN = 0.9 * envlib.MAX_RETURN
+
+
+def win_share(returns):
+    """Share of episodes whose return reaches a win's level (`WIN_RETURN`); for recorded data, its win rate."""
+    return float(np.mean(np.asarray(returns) >= WIN_RETURN))
+
+
 # ---------------------------------------------------------------------------
 # The episode matrix (Eq. 4)
 # ---------------------------------------------------------------------------

@@ -474,6 +474,7 @@ class MatrixStats:
             "length_min": int(lengths.min()), "length_max": int(lengths.max()),
             "legal_before_repair": self.legal / self.agent_steps,
             "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "win_share": data.win_share(returns),
             "q_bar_mean": float(np.concatenate(self.q_bars).mean()),
             "q_consistency": self.q_error / self.steps,
             "attack_share": self.attacks / self.agent_steps,

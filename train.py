@@ -225,9 +225,11 @@ def summary_lines(results):
     d, final, heldout = results["dataset"], results["final"], results["heldout"]
     lines = [f"D_real: {d['episodes']} episodes, return {d['return_mean']:.2f} ± {d['return_std']:.2f}"]
     if results.get("augmentation_report"):
-        syn = results["augmentation_report"]["synthetic"]
+        real, syn = results["augmentation_report"]["real"], results["augmentation_report"]["synthetic"]
+        wins = (f", wins {syn['win_share']:.1%} (D_real {real['win_share']:.1%})"
+                if "win_share" in syn else "")                      # reports before 2026-11-26 lack it
         lines.append(f"D_syn: {syn['episodes']} episodes, return {syn['return_mean']:.2f} ± "
-                     f"{syn['return_std']:.2f}, mean Q̄ {syn['q_bar_mean']:.2f}")
+                     f"{syn['return_std']:.2f}{wins}, mean Q̄ {syn['q_bar_mean']:.2f}")
         lines.append(diffusion.fidelity_line(results["augmentation_report"]))
     lines.append(f"{results['algo'].upper()} + {results['aug']} on {results['training_episodes']} episodes: "
                  f"return {final['return_mean']:.2f} ± {final['return_std']:.2f}, normalised "

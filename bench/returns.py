@@ -23,7 +23,6 @@ import data  # noqa: E402
 import env as envlib  # noqa: E402
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
-WIN_LEVEL = 0.9 * envlib.MAX_RETURN          # return of a won episode: 20 (damage 10 + bonus 10)
 SPIKE = 0.5 * envlib.REWARD_SCALE            # half the win bonus, paid in one step
 
 
@@ -32,7 +31,7 @@ def return_profile(episodes):
     returns = episodes.returns()                                    # (E,)
     return {"percentiles": dict(zip(PERCENTILES, np.percentile(returns, PERCENTILES))),
             "mean": float(returns.mean()), "std": float(returns.std()),
-            "win_level": float(np.mean(returns >= WIN_LEVEL)),
+            "win_level": data.win_share(returns),
             "win_spike": float(np.mean(episodes.rewards.max(axis=1) >= SPIKE))}
 
 
@@ -48,7 +47,7 @@ def main(argv=None):
     p.add_argument("--syn", action="append", default=[], help="a D_syn (synthetic.h5); repeat for several")
     args = p.parse_args(argv)
     header = (["data", "return"] + [f"p{q}" for q in PERCENTILES]
-              + [f"return ≥ {WIN_LEVEL:g}", f"a step ≥ {SPIKE:g}"])
+              + [f"return ≥ {data.WIN_RETURN:g}", f"a step ≥ {SPIKE:g}"])
     lines = [profile_line("D_real", return_profile(data.load_dataset(args.real)))]
     for i, path in enumerate(args.syn, 1):                          # every file checked before any line prints
         syn = data.load_dataset(path)
