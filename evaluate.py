@@ -218,7 +218,7 @@ def table1_markdown(rows, algos=("cql", "bcq")):
         return {(a, m): (*paper_cell(scenario, quality, a, m), "")
                 for a in algos for m in METHODS if paper_cell(scenario, quality, a, m)}
 
-    most_seeds = max(cell["seeds"] for cell in cells.values())
+    most_seeds = max((cell["seeds"] for cell in cells.values()), default=0)
     for scenario, quality in pairs:
         values = {}
         for algo in algos:
