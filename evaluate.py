@@ -152,6 +152,14 @@ def table_order(scenario, quality):
     return quality != "medium", scenario
 
 
+def rows_by_cell(rows):
+    """Per-run rows -> {(scenario, quality): that map and quality's rows}, in the rows' order."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["scenario"], r["quality"]), []).append(r)
+    return cells
+
+
 def table1_cells(rows):
     """Per-run rows -> {(scenario, quality, algo, method): cell dict}, choosing λ for EAQ on held-out returns.
 
@@ -523,8 +531,7 @@ def resolvable_difference(episode_std, episodes, seeds):
 def resolution_markdown(rows):
     """Per cell: how noisy one final evaluation is, and the smallest gap its seeds could resolve."""
     lines = []
-    for scenario, quality in sorted({(r["scenario"], r["quality"]) for r in rows}, key=lambda p: table_order(*p)):
-        cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
+    for (scenario, quality), cell in sorted(rows_by_cell(rows).items(), key=lambda item: table_order(*item[0])):
         episode_std = float(np.mean([float(r["return_std"]) for r in cell]))
         episodes = int(cell[0]["eval_episodes"])
         seeds = max(collections.Counter((r["algo"], r["method"], r["lam"]) for r in cell).values())
@@ -549,8 +556,7 @@ def cost_markdown(rows, seeds=5, lams=3):
     """
     lines = ["| map-quality | learner runs | min per learner run (median) | diffusion models | "
              "min per model (median) | run-hours so far | CPU-h, full cell |", "|---|---|---|---|---|---|---|"]
-    for scenario, quality in sorted({(r["scenario"], r["quality"]) for r in rows}):
-        cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
+    for (scenario, quality), cell in sorted(rows_by_cell(rows).items(), key=lambda item: item[0]):
         learner = [r["learner_s"] for r in cell]
         models = {}
         for r in cell:
@@ -672,11 +678,8 @@ def run_table1(args, train_flags):
                  "workers), and the CPU-hours of the paper's full cell (5 seeds, 3 λ):\n\n" + cost_markdown(rows))
     with artifacts.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
-    for scenario in args.scenarios:
-        for quality in args.qualities:
-            cell = [r for r in rows if (r["scenario"], r["quality"]) == (scenario, quality)]
-            if cell:
-                cell_curves(cell, curves, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
+    for (scenario, quality), cell in rows_by_cell(rows).items():
+        cell_curves(cell, curves, os.path.join(table_dir, f"curves-{scenario}-{quality}.png"))
     print(markdown)
     print(f"wrote {table_dir}/table1.csv, table1.md and the learning curves per map and quality")
     if failures:
