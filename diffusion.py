@@ -28,6 +28,14 @@ paper's λ_data equals our λ x 2 / (hi - lo) of the Q_tot row. The paper does
 not say which it used. The report gives both equivalents for the run's λ
 and the share of training steps on which the hinge was active (> 0).
 
+Global-row weight (a departure, off by default). The squared error of Eq. 5
+weighs all F rows alike, so the three rows that carry the episode's outcome
+(reward, Q_tot, done; 3 of 141 rows on 3m) get about 2 % of it. At the
+default budget the model then generates no won episodes at all (README
+"Where the wins went"). `--global-row-weight W` multiplies those three rows'
+squared error by W relative to the agents' rows, the weights scaled to mean
+1 so the loss keeps its size against λ's hinge; W = 1 is Eq. 5 as written.
+
 Index convention: the paper's diffusion step k runs over 1..K; arrays here
 are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
 
@@ -226,10 +234,21 @@ def q_bar(tau, q_row, valid):
     return (tau[:, q_row] * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
 
 
-def eaq_loss(tau0_pred, tau0, q_row, valid, lam):
+def global_row_weights(layout, weight):
+    """(F,) weights of the squared error: 1 on the agents' rows, `weight` on the reward, Q_tot and done rows,
+    scaled to mean 1; None for weight 1 (Eq. 5's plain mean)."""
+    if weight == 1.0:
+        return None
+    rows = torch.ones(layout.n_features)
+    rows[[layout.reward, layout.q_tot, layout.done]] = weight
+    return rows / rows.mean()
+
+
+def eaq_loss(tau0_pred, tau0, q_row, valid, lam, row_weights=None):
     """Eq. 5 -> (total, diffusion_term, q_term).
 
-    diffusion_term = mean over the whole matrix of (tau0 - f_theta(tau_k, k))^2
+    diffusion_term = mean over the whole matrix of (tau0 - f_theta(tau_k, k))^2,
+                     each row's error times row_weights (F,) if given (`global_row_weights`)
     q_term         = mean_b [ max_{b'} Qbar(tau0_{b'}) - Qbar(f_theta(tau_k, k)_b) ]_+
     total          = diffusion_term + lam * q_term
 
@@ -237,7 +256,10 @@ def eaq_loss(tau0_pred, tau0, q_row, valid, lam):
     (no gradient flows into the data); `valid` (B, T) marks the real steps
     of each episode, so padding never enters Qbar.
     """
-    diffusion_term = F.mse_loss(tau0_pred, tau0)
+    if row_weights is None:
+        diffusion_term = F.mse_loss(tau0_pred, tau0)
+    else:
+        diffusion_term = (((tau0_pred - tau0) ** 2) * row_weights.to(tau0.device)[None, :, None]).mean()
     best = q_bar(tau0, q_row, valid).max().detach()
     q_term = F.relu(best - q_bar(tau0_pred, q_row, valid)).mean()
     return diffusion_term + lam * q_term, diffusion_term, q_term
@@ -288,6 +310,8 @@ def save_checkpoint(path, model):
 
 
 CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "normalizer", "config"}
+# Config fields added after checkpoints were first written, with the value those older ones were trained with.
+OLDER_CHECKPOINTS = {"global_row_weight": 1.0}
 
 
 def load_checkpoint(path):
@@ -313,7 +337,7 @@ def load_checkpoint(path):
         raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
                                    f"delete it to train again") from None
     return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]),
-                 ckpt["config"], int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
+                 {**OLDER_CHECKPOINTS, **ckpt["config"]}, int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
                  float(ckpt.get("train_seconds", 0.0)))
 
 
@@ -346,7 +370,7 @@ def episode_horizons(lengths, bucket_width, T):
 
 def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, horizons=None, start_step=0,
           batch_size=32, ema_decay=0.995, seed=0, on_checkpoint=None, checkpoint_every=1000,
-          progress=True):
+          progress=True, row_weights=None):
     """Algorithm 1's training loop from `start_step` to `steps`; returns the last losses.
 
     Each minibatch comes from one horizon bucket (`episode_horizons`, (E,);
@@ -357,6 +381,7 @@ def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, horizons=No
     depend only on (seed, s), so a run resumed from a checkpoint continues
     exactly as an uninterrupted one. A non-finite loss stops training with
     an error. The returned dict also counts the steps whose Q-hinge was active.
+    `row_weights` (F,) weighs each row's squared error (`global_row_weights`; None = Eq. 5's plain mean).
     """
     E, T = tau0.shape[0], tau0.shape[-1]
     horizons = torch.full((E,), T) if horizons is None else torch.as_tensor(horizons)
@@ -373,7 +398,8 @@ def train(diffusion, ema, optimizer, tau0, valid, q_row, lam, steps, horizons=No
         k = torch.randint(1, diffusion.K + 1, (len(index),), generator=g).to(tau0.device)  # k ~ U{1..K}
         noise = torch.randn(batch.shape, generator=g).to(tau0.device)
         tau_k = diffusion.q_sample(batch, k, noise)
-        total, diff_term, q_term = eaq_loss(diffusion.model(tau_k, k), batch, q_row, batch_valid, lam)
+        total, diff_term, q_term = eaq_loss(diffusion.model(tau_k, k), batch, q_row, batch_valid, lam,
+                                           row_weights)
         if not torch.isfinite(total):
             raise FloatingPointError(f"diffusion loss became {total.item()} at step {step}; "
                                      "lower --lr or check the dataset for NaNs")
@@ -432,12 +458,17 @@ class MatrixStats:
 
     `add(matrix)` takes (b, F, T) in data units and returns the decoded
     Episodes; `summary()` gives the report entries; `action_counts` (N, A)
-    feeds the action-histogram distance between two sets.
+    feeds the action-histogram distance between two sets. Wins are counted
+    twice: from the reward row (the return the learners read) and from the
+    Q_tot row at step 0, the episode's reward-to-go there, i.e. the return
+    the matrix itself claims (Eq. 4). On D_real the two agree; a model that
+    generated won episodes but blurred the terminal reward would show wins
+    in the second count only.
     """
 
     def __init__(self, layout, reward_range, backend="smax"):
         self.layout, self.reward_range, self.backend = layout, reward_range, backend
-        self.lengths, self.ended, self.returns, self.q_bars = [], [], [], []
+        self.lengths, self.ended, self.returns, self.q_bars, self.q0s = [], [], [], [], []
         self.legal = self.agent_steps = self.attacks = 0
         self.q_error = self.steps = 0.0
         self.focus = self.all_attack_steps = 0
@@ -454,6 +485,7 @@ class MatrixStats:
         rtg = data.reward_to_go(episodes.rewards, lengths)
         self.lengths.append(lengths), self.ended.append(ended), self.returns.append(episodes.returns())
         self.q_bars.append((q_row * valid).sum(1) / valid.sum(1))
+        self.q0s.append(q_row[:, 0])                                           # (b,) Q_tot at step 0
         self.legal += int(legal[valid].sum())
         self.agent_steps += int(valid.sum()) * layout.n_agents
         self.q_error += float(np.abs(q_row - rtg)[valid].sum())
@@ -466,7 +498,7 @@ class MatrixStats:
         return episodes
 
     def summary(self):
-        lengths, returns = np.concatenate(self.lengths), np.concatenate(self.returns)
+        lengths, returns, q0s = np.concatenate(self.lengths), np.concatenate(self.returns), np.concatenate(self.q0s)
         return {
             "episodes": int(len(lengths)),
             "ended_share": float(np.concatenate(self.ended).mean()),
@@ -475,6 +507,7 @@ class MatrixStats:
             "legal_before_repair": self.legal / self.agent_steps,
             "return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "win_share": data.win_share(returns),
+            "q0_win_share": data.win_share(q0s), "q0_std": float(q0s.std()),
             "q_bar_mean": float(np.concatenate(self.q_bars).mean()),
             "q_consistency": self.q_error / self.steps,
             "attack_share": self.attacks / self.agent_steps,
@@ -518,7 +551,7 @@ def format_report(report):
     rows = [("episodes", "{:d}"), ("ended_share", "{:.3f}"), ("length_mean", "{:.1f}"),
             ("length_std", "{:.1f}"), ("length_min", "{:d}"), ("length_max", "{:d}"),
             ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
-            ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
+            ("win_share", "{:.3f}"), ("q0_win_share", "{:.3f}"), ("q0_std", "{:.2f}"), ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
             ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
     for key, fmt in rows:
@@ -529,6 +562,9 @@ def format_report(report):
     lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
                  f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "
                  f"with Q̄ in data units: λ_data = {lam['q_in_data_units']:g}")
+    if report.get("global_row_weight", 1.0) != 1.0:
+        lines.append(f"Eq. 5's squared error weighted {report['global_row_weight']:g}x on the reward, Q_tot and "
+                     "done rows (--global-row-weight; a departure from the paper)")
     lines.append(fidelity_line(report))
     return "\n".join(lines)
 
@@ -582,6 +618,9 @@ def build_parser():
                         "up to a multiple of this (a multiple of 2^(levels-1)); 0 = the paper's fixed window, "
                         "the longest episode")
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the sampling weights")
+    p.add_argument("--global-row-weight", type=float, default=1.0,
+                   help="weight of the reward, Q_tot and done rows' squared error against the agents' rows "
+                        "(1 = Eq. 5 as written; a departure, see the module docstring)")
     p.add_argument("--scale", type=int, default=5, help="upsampling scale S: |D_syn| = S |D_real| (paper: 5)")
     p.add_argument("--ddim-steps", type=int, default=20,
                    help="sample with DDIM on this many steps; 0 = ancestral DDPM with all K steps "
@@ -607,11 +646,13 @@ def check_bucket_width(p, width, dim_mults):
 def check_args(p, args):
     """One-line argparse errors for diffusion flag values that cannot work."""
     check_device(p, args.device)
-    data.require_finite(p, args, ("lam", "lr", "ema_decay"))
+    data.require_finite(p, args, ("lam", "lr", "ema_decay", "global_row_weight"))
     if args.lam < 0:
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
     if args.lr <= 0:
         p.error(f"--lr must be > 0, got {args.lr}")
+    if args.global_row_weight <= 0:
+        p.error(f"--global-row-weight must be > 0 (1 = Eq. 5's plain squared error), got {args.global_row_weight}")
     data.require_at_least_one(p, args, ("steps", "batch_size", "K", "dim", "scale", "sample_batch",
                                         "checkpoint_every"))
     data.require_seed(p, args, ("seed",))
@@ -646,13 +687,14 @@ def model_config(args, layout):
     """Everything that decides the trained model: a resume must match it field by field."""
     return {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults), "K": args.K,
             "lam": args.lam, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-            "ema_decay": args.ema_decay, "bucket_width": args.bucket_width, "dataset": os.path.abspath(args.dataset),
+            "ema_decay": args.ema_decay, "bucket_width": args.bucket_width,
+            "global_row_weight": args.global_row_weight, "dataset": os.path.abspath(args.dataset),
             "dataset_sha256": file_digest(args.dataset), "layout": dataclasses.asdict(layout)}
 
 
 RESUME_FLAGS = {"dim": "--dim", "dim_mults": "--dim-mults", "K": "--K", "lam": "--lam", "seed": "--seed",
                 "batch_size": "--batch-size", "lr": "--lr", "ema_decay": "--ema-decay",
-                "bucket_width": "--bucket-width",
+                "bucket_width": "--bucket-width", "global_row_weight": "--global-row-weight",
                 "dataset_sha256": "--dataset (its contents)", "n_features": "--dataset (its layout)"}
 
 
@@ -679,7 +721,7 @@ def prepare_model(args, real, ckpt_path):
     return model
 
 
-def fit(model, args, tau0, valid, horizons, q_row, ckpt_path, progress=True):
+def fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress=True):
     """Algorithm 1, training: Eq. 5 from the model's step up to args.steps (none if it is past them)."""
     device = torch.device(args.device)
     model.diffusion.to(device), model.ema.to(device)
@@ -698,10 +740,11 @@ def fit(model, args, tau0, valid, horizons, q_row, ckpt_path, progress=True):
 
     losses = {}
     if model.step < args.steps:
-        losses = train(model.diffusion, model.ema, model.optimizer, tau0.to(device), valid.to(device), q_row,
+        losses = train(model.diffusion, model.ema, model.optimizer, tau0.to(device), valid.to(device), layout.q_tot,
                        model.config["lam"], args.steps, horizons, start_step=start_step, batch_size=args.batch_size,
                        ema_decay=args.ema_decay, seed=args.seed, on_checkpoint=checkpoint,
-                       checkpoint_every=args.checkpoint_every, progress=progress)
+                       checkpoint_every=args.checkpoint_every, progress=progress,
+                       row_weights=global_row_weights(layout, model.config["global_row_weight"]))
     return {"losses": losses, "trained_steps": model.step - start_step, "train_seconds": time.time() - start,
             "model_steps": model.step, "train_seconds_total": model.train_seconds,
             "hinge_active_share": model.hinge_active_steps / max(model.step, 1)}
@@ -761,14 +804,14 @@ def fit_and_sample(args, progress=True):
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = episode_horizons(real.lengths, model.config["bucket_width"], model.config["horizon"])   # (E,)
     layout = data.layout_of(real)
-    training = fit(model, args, tau0, valid, horizons, layout.q_tot, ckpt_path, progress)
+    training = fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress)
     del tau0, valid                  # sampling needs only the model (and the matrix in data units, for the report)
     report = sample_synthetic(model, args, real, real_matrix, horizons, progress)
     window = float(horizons.mean())
     report.update(training, lam=model.config["lam"], lam_units=lam_units(model.config["lam"], model.normalizer,
                                                                           layout, window),
                   n_features=layout.n_features, horizon=model.config["horizon"], mean_window=window,
-                  bucket_width=model.config["bucket_width"],
+                  bucket_width=model.config["bucket_width"], global_row_weight=model.config["global_row_weight"],
                   parameters=sum(p.numel() for p in model.diffusion.parameters()))
     artifacts.write_json(os.path.join(args.out, "report.json"), report)
     return report

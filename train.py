@@ -78,6 +78,9 @@ def build_parser():
     g.add_argument("--bucket-width", type=int, default=d.get_default("bucket_width"),
                    help="length-aware diffusion: windows of each episode's length rounded up to a multiple "
                         "of this; 0 = the paper's fixed window (the longest episode)")
+    g.add_argument("--global-row-weight", type=float, default=d.get_default("global_row_weight"),
+                   help="weight of the reward, Q_tot and done rows in Eq. 5's squared error (1 = the paper's "
+                        "plain mean; README \"Where the wins went\")")
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
                         "learner seeds share one D_syn")
@@ -107,10 +110,12 @@ def parse_args(argv=None):
     cql.check_flags(p, args)
     bcq.check_flags(p, args)
     data.require_seed(p, args, ("data_seed", "diffusion_seed"))
-    data.require_finite(p, args, ("lam",))
+    data.require_finite(p, args, ("lam", "global_row_weight"))
     if args.lam < 0:
         p.error(f"--lam must be >= 0 (the hinge pushes Q_tot up; 0 is EAQ^{{-Q}}), got {args.lam}")
     data.require_at_least_one(p, args, ("scale", "diffusion_steps"))
+    if args.global_row_weight <= 0:
+        p.error(f"--global-row-weight must be > 0 (1 = Eq. 5's plain squared error), got {args.global_row_weight}")
     defaults = diffusion.build_parser()
     K = defaults.get_default("K")
     if not 0 <= args.ddim_steps <= K:
@@ -149,17 +154,22 @@ def diffusion_argv(args, real_path, out):
     """The diffusion.py command line of this run's augmentation (every diffusion flag, once)."""
     return ["--dataset", real_path, "--out", out, "--lam", repr(args.lam), "--steps", str(args.diffusion_steps),
             "--dim", str(args.dim), "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
-            "--bucket-width", str(args.bucket_width),
+            "--bucket-width", str(args.bucket_width), "--global-row-weight", repr(args.global_row_weight),
             "--seed", str(args.diffusion_seed), "--device", args.device]
 
 
+# Diffusion flags added after the Table 1 sweep began: at these values a run keeps the cache key it had before.
+KEY_NEUTRAL_FLAGS = {"global_row_weight": 1.0}
+
+
 def eaq_dir(args):
-    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..-s..-<hash of every diffusion flag>."""
+    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..[-gw..]-s..-<hash of every diffusion flag>."""
     stem = real_dataset_stem(args)
-    argv = diffusion_argv(args, stem, "")
-    key = short_hash(vars(diffusion.build_parser().parse_args(argv)))
+    flags = vars(diffusion.build_parser().parse_args(diffusion_argv(args, stem, "")))
+    key = short_hash({k: v for k, v in flags.items() if not (k in KEY_NEUTRAL_FLAGS and v == KEY_NEUTRAL_FLAGS[k])})
+    weight = f"-gw{args.global_row_weight:g}" if args.global_row_weight != 1.0 else ""
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
-                                         f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}"
+                                         f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}{weight}"
                                          f"-s{args.diffusion_seed}-{key}")
 
 
@@ -228,6 +238,8 @@ def summary_lines(results):
         real, syn = results["augmentation_report"]["real"], results["augmentation_report"]["synthetic"]
         wins = (f", wins {syn['win_share']:.1%} (D_real {real['win_share']:.1%})"
                 if "win_share" in syn else "")                      # reports before 2026-11-26 lack it
+        if "q0_win_share" in syn:                                   # and this, before its afternoon
+            wins += f", by its Q_tot row {syn['q0_win_share']:.1%}"
         lines.append(f"D_syn: {syn['episodes']} episodes, return {syn['return_mean']:.2f} ± "
                      f"{syn['return_std']:.2f}{wins}, mean Q̄ {syn['q_bar_mean']:.2f}")
         lines.append(diffusion.fidelity_line(results["augmentation_report"]))

@@ -66,6 +66,23 @@ def test_hinge_gradient_flows_only_through_the_prediction():
     torch.testing.assert_close(pred.grad, expected)
 
 
+def test_global_row_weight_scales_only_the_reward_q_tot_and_done_rows():
+    layout = data.feature_layout(n_agents=2, obs_dim=3, n_actions=2)        # F = 2 * (3 + 2 + 2) + 3 = 17
+    assert D.global_row_weights(layout, 1.0) is None                        # Eq. 5 as written
+    w = D.global_row_weights(layout, 10.0)
+    outcome = [layout.reward, layout.q_tot, layout.done]
+    assert w.mean().item() == pytest.approx(1.0)
+    assert w[outcome].tolist() == pytest.approx([10 * w[0].item()] * 3)
+    assert (w[[i for i in range(17) if i not in outcome]] == w[0]).all()   # every agent row alike
+    tau0, valid = torch.zeros(2, 17, 4), torch.ones(2, 4, dtype=torch.bool)
+    for row in (layout.reward, 0):                                         # an error on one row only
+        pred = tau0.clone()
+        pred[:, row] = 1.0
+        plain = D.eaq_loss(pred, tau0, layout.q_tot, valid, 0.0)[1]
+        weighted = D.eaq_loss(pred, tau0, layout.q_tot, valid, 0.0, w)[1]
+        assert weighted.item() == pytest.approx(w[row].item() * plain.item())
+
+
 @pytest.mark.parametrize("T", [7, 13, 16])
 def test_unet_keeps_the_shape_for_any_T(T):
     net = D.TemporalUNet(n_features=11, dim=16, dim_mults=(1, 2, 4))
@@ -208,6 +225,22 @@ def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     assert a["return_mean"] == pytest.approx(float(real.returns().mean()), abs=1e-4)
     assert a["win_share"] == pytest.approx(float(np.mean(real.returns() >= 18.0))) and a["win_share"] > 0
     assert data.win_share([20.0, 18.0, 17.9, 5.0]) == 0.5                  # a win's level: 90 % of 20
+    assert a["q0_win_share"] == a["win_share"]                             # D_real: Q_tot at step 0 is the return
+    assert a["q0_std"] == pytest.approx(a["return_std"], rel=1e-4)
+
+
+def test_wins_are_counted_from_the_reward_row_and_from_q_tot_at_step_0_apart(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    wins = float(np.mean(real.returns() >= data.WIN_RETURN))
+    no_rewards, no_q = matrix.copy(), matrix.copy()
+    no_rewards[:, layout.reward] = 0.0                  # the reward row loses every win; the Q row keeps them
+    no_q[:, layout.q_tot] = 0.0                         # and the other way round
+    for m, reward_wins, q_wins in ((no_rewards, 0.0, wins), (no_q, wins, 0.0)):
+        stats = D.MatrixStats(layout, reward_range)
+        stats.add(m)
+        s = stats.summary()
+        assert (s["win_share"], s["q0_win_share"]) == pytest.approx((reward_wins, q_wins))
+    assert wins > 0
 
 
 def test_hinge_active_steps_are_counted():
@@ -305,11 +338,28 @@ def test_a_finished_model_asked_for_fewer_steps_is_reused_and_reported_truthfull
     ({"lr": 2e-4}, "--lr 0.001, not 0.0002"),
     ({"batch_size": 4}, "--batch-size 8, not 4"),
     ({"bucket_width": 0}, "--bucket-width 8, not 0"),
+    ({"global_row_weight": 10.0}, "--global-row-weight 1.0, not 10.0"),
 ])
 def test_resume_refuses_another_configuration(tiny_3m, tmp_path, change, message):
     D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=5), progress=False)
     with pytest.raises(artifacts.InputError, match=re.escape(message)):
         D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=10, resume=True, **change), progress=False)
+
+
+def test_the_global_row_weight_reaches_training_and_older_checkpoints_resume_as_weight_1(tiny_3m, tmp_path):
+    models = {}
+    for weight in (1.0, 10.0):
+        report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / str(weight), steps=5, global_row_weight=weight),
+                                  progress=False)
+        assert report["global_row_weight"] == weight
+        models[weight] = torch.load(tmp_path / str(weight) / "model.pt", weights_only=True)["model"]
+    assert any(not torch.equal(models[1.0][k], models[10.0][k]) for k in models[1.0])
+    path = tmp_path / "1.0" / "model.pt"                # as written before the flag existed
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["global_row_weight"]
+    torch.save(ckpt, path)
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "1.0", steps=10, resume=True), progress=False)
+    assert report["trained_steps"] == 5 and report["global_row_weight"] == 1.0
 
 
 def test_resume_refuses_a_dataset_with_other_contents(tiny_3m, tmp_path):

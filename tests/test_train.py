@@ -39,6 +39,18 @@ def test_tiny_end_to_end_run_trains_on_real_and_synthetic_episodes(tiny_run):
     assert os.path.exists(os.path.join(run_dir(tiny_run), "metrics.csv"))
 
 
+def test_the_summary_gives_d_syn_wins_by_both_rows_and_reads_older_reports(tiny_run):
+    results = json.loads((tiny_run / os.path.relpath(run_dir(tiny_run), tiny_run) / "results.json").read_text())
+    real, syn = results["augmentation_report"]["real"], results["augmentation_report"]["synthetic"]
+    syn["win_share"], syn["q0_win_share"], real["win_share"] = 0.25, 0.125, 0.5
+    line = next(x for x in train.summary_lines(results) if x.startswith("D_syn:"))
+    assert "wins 25.0% (D_real 50.0%), by its Q_tot row 12.5%," in line
+    for key in ("win_share", "q0_win_share"):          # a report written before these existed
+        del syn[key]
+    line = next(x for x in train.summary_lines(results) if x.startswith("D_syn:"))
+    assert "wins" not in line and "Q_tot row" not in line and f"{syn['return_mean']:.2f}" in line
+
+
 def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, monkeypatch, capsys):
     def no_retraining(*args, **kwargs):
         raise AssertionError("the diffusion model was trained again")
@@ -56,6 +68,7 @@ def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, mon
     ("--batch-size", "16"), ("--gamma", "0.9"), ("--target-every", "100"), ("--grad-clip", "0"),
     ("--alpha", "1.0"), ("--cql-samples", "5"), ("--data-seed", "1"), ("--lam", "0.5"),
     ("--diffusion-steps", "11"), ("--ddim-steps", "3"), ("--diffusion-seed", "3"), ("--seed", "2"),
+    ("--global-row-weight", "10"),
 ])
 def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, value):
     assert run_dir(tmp_path, flag, value) != run_dir(tmp_path)
@@ -64,10 +77,25 @@ def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, 
 
 def test_diffusion_flags_key_the_diffusion_stage_and_learner_flags_do_not(tmp_path):
     base = train.parse_args(TINY + ["--out", str(tmp_path)])
-    for extra in (["--lam", "0.5"], ["--dim", "16"], ["--scale", "3"], ["--diffusion-seed", "4"]):
+    for extra in (["--lam", "0.5"], ["--dim", "16"], ["--scale", "3"], ["--diffusion-seed", "4"],
+                  ["--global-row-weight", "10"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) != train.eaq_dir(base)
     for extra in (["--algo", "bcq"], ["--seed", "3", "--diffusion-seed", "0"], ["--lr", "1e-3"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) == train.eaq_dir(base)
+
+
+def test_a_flag_added_later_keeps_the_cache_keys_of_runs_made_before_it():
+    """These names were computed at commit 8608d0f, before --global-row-weight existed: at its neutral
+    value (1, Eq. 5 as written) the Table 1 sweep's finished runs must keep being found."""
+    default = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs"])
+    assert train.eaq_dir(default) == "runs/eaq/3m-poor-polc453ae-eps0.05-n24-s0-lam0.1-k9000-dim40-b8-ddim20-S5-s0-70217c47"
+    bcq = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs", "--algo", "bcq",
+                            "--lam", "0.5", "--seed", "2", "--global-row-weight", "1"])
+    assert train.result_dir(bcq) == ("runs/results/3m-poor-polc453ae-eps0.05-n24-s0-bcq-eaq-lam0.5-k9000-dim40-b8-"
+                                     "ddim20-S5-s2-it15000-s2-f879c1a6")
+    weighted = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs",
+                                 "--global-row-weight", "10"])
+    assert "-S5-gw10-s0-" in train.eaq_dir(weighted)
 
 
 def metrics_of(out, *extra):
@@ -96,6 +124,8 @@ def test_the_same_command_in_two_processes_gives_the_same_numbers(tiny_run, tmp_
     ("--ddim-steps", "1001", "--ddim-steps must be in [0, K=1000]"),
     ("--seed", "99999999999", "--seed must be in [0, 1,000,000,000]"),
     ("--lr", "0", "--lr must be > 0"),
+    ("--global-row-weight", "0", "--global-row-weight must be > 0"),
+    ("--global-row-weight", "nan", "--global-row-weight must be a finite number"),
     ("--alpha", "nan", "--alpha must be a finite number >= 0"),
     ("--device", "tpu9", "--device 'tpu9' is not a torch device"),
     pytest.param("--device", "cuda", "--device cuda: CUDA is not available here",
