@@ -552,7 +552,8 @@ def format_report(report):
     rows = [("episodes", "{:d}"), ("ended_share", "{:.3f}"), ("length_mean", "{:.1f}"),
             ("length_std", "{:.1f}"), ("length_min", "{:d}"), ("length_max", "{:d}"),
             ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
-            ("win_share", "{:.3f}"), ("q0_win_share", "{:.3f}"), ("q0_std", "{:.2f}"), ("q_bar_mean", "{:.2f}"), ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
+            ("win_share", "{:.3f}"), ("q0_win_share", "{:.3f}"), ("q0_std", "{:.2f}"), ("q_bar_mean", "{:.2f}"),
+            ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
             ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
     for key, fmt in rows:

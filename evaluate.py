@@ -663,7 +663,9 @@ def run_table1(args, train_flags):
     table_dir = os.path.join(args.out, "table1")
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
-    markdown = table1_markdown(rows, tuple(args.algos))
+    markdown = (f"Every run of this table was trained with `{' '.join(train_flags)}` beyond train.py's defaults.\n\n"
+                if train_flags else "")                   # e.g. a departure such as --global-row-weight
+    markdown += table1_markdown(rows, tuple(args.algos))
     markdown += (f"\nEach column against the seed spread: final evaluation and late return (mean of the last "
                  f"{LATE_EVALUATIONS} evaluations), mean ± std over seeds, and Welch's p against original:\n\n"
                  + spread_markdown(rows, tuple(args.algos)))

@@ -254,6 +254,7 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     assert len(os.listdir(out / "logs")) == 4
     assert len(os.listdir(out / "eaq")) == 1                     # both seeds share one D_syn
     markdown = (table / "table1.md").read_text()
+    assert markdown.startswith(f"Every run of this table was trained with `{' '.join(TINY_SWEEP)}` beyond")
     table1 = markdown.split("\nEach column against")[0]
     assert table1.count("| 3m-poor |") == 1 and "| — | — | — |" in table1     # RAD-s/m, EAQ^-Q not run
     assert markdown.count("| 3m-poor | CQL | original |") == 1                    # the seed-spread table

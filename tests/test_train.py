@@ -88,7 +88,8 @@ def test_a_flag_added_later_keeps_the_cache_keys_of_runs_made_before_it():
     """These names were computed at commit 8608d0f, before --global-row-weight existed: at its neutral
     value (1, Eq. 5 as written) the Table 1 sweep's finished runs must keep being found."""
     default = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs"])
-    assert train.eaq_dir(default) == "runs/eaq/3m-poor-polc453ae-eps0.05-n24-s0-lam0.1-k9000-dim40-b8-ddim20-S5-s0-70217c47"
+    assert train.eaq_dir(default) == ("runs/eaq/3m-poor-polc453ae-eps0.05-n24-s0-lam0.1-k9000-dim40-b8-ddim20-S5-"
+                                      "s0-70217c47")
     bcq = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs", "--algo", "bcq",
                             "--lam", "0.5", "--seed", "2", "--global-row-weight", "1"])
     assert train.result_dir(bcq) == ("runs/results/3m-poor-polc453ae-eps0.05-n24-s0-bcq-eaq-lam0.5-k9000-dim40-b8-"
