@@ -52,6 +52,11 @@ def living_observations(episodes, n, seed):
     return obs[keep]
 
 
+def column_label(method, lam):
+    """A Table 1 column's name: the method, and for EAQ its λ ('EAQ (λ=0.1)')."""
+    return f"EAQ (λ={float(lam):g})" if method == "EAQ" else method
+
+
 def synthetic_label(episodes):
     """'EAQ (λ=0.1)' or 'EAQ^-Q' for a D_syn made by diffusion.py (λ in its attrs)."""
     lam = float(episodes.attrs.get("lam", 0.0))
@@ -506,7 +511,7 @@ def spread_markdown(rows, algos=("cql", "bcq")):
     for scenario, quality, algo, method in shown:
         cell = cells[(scenario, quality, algo, method)]
         original = cells.get((scenario, quality, algo, "original")) if method != "original" else None
-        label = f"EAQ (λ={cell['lam']:g})" if method == "EAQ" else method
+        label = column_label(method, cell["lam"])
         out = [f"{scenario}-{quality}", algo.upper(), label]
         for key in ("return_mean", "return_late"):
             values = [float(r[key]) for r in cell["runs"]]
@@ -628,7 +633,7 @@ def cell_curves(rows, curves, path):
         cells = {}
         for r in rows:
             if r["algo"] == algo:
-                label = f"{r['method']} (λ={r['lam']:g})" if r["method"] == "EAQ" else r["method"]
+                label = column_label(r["method"], r["lam"])
                 cells.setdefault(label, []).append(r["run_dir"])
         for label, dirs in cells.items():
             seeds = np.array([curves[d] for d in dirs])        # (seeds, evaluations, 2)

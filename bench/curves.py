@@ -28,8 +28,8 @@ def column_curves(table_path):
     try:
         with open(table_path) as f:
             for row in csv.DictReader(f):
-                method = f"EAQ (λ={float(row['lam']):g})" if row["method"] == "EAQ" else row["method"]
-                key = (f"{row['scenario']}-{row['quality']}", row["algo"].upper(), method)
+                key = (f"{row['scenario']}-{row['quality']}", row["algo"].upper(),
+                       evaluate.column_label(row["method"], row["lam"]))
                 columns.setdefault(key, []).append(evaluate.evaluation_curve(row["run_dir"]))
     except OSError as err:
         raise artifacts.InputError(f"{err.filename}: {err.strerror}; pass a table1.csv written by "
@@ -45,8 +45,11 @@ def at_iterations(curves, iterations):
     cells = []
     for it in iterations:
         values = [c[c[:, 0] == it, 1] for c in curves]
-        cells.append("—" if any(len(v) == 0 for v in values)
-                     else f"{np.mean([v[0] for v in values]):.2f} ± {np.std([v[0] for v in values]):.2f}")
+        if any(len(v) == 0 for v in values):
+            cells.append("—")
+            continue
+        first = [v[0] for v in values]
+        cells.append(f"{np.mean(first):.2f} ± {np.std(first):.2f}")
     return cells
 
 
