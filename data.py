@@ -820,6 +820,77 @@ def action_tv_distance(a, b):
 
 
 # ---------------------------------------------------------------------------
+# Attack -> damage: do enemies lose health where the actions say they were shot? (SMAX)
+# ---------------------------------------------------------------------------
+# In the simulator an enemy loses health only when an agent shoots it, and
+# never gains any back (SMAX's units do not heal). D_real therefore shows every
+# health drop right after an attack on that enemy; a generated episode need
+# not: its observation rows and action rows are denoised together, but nothing
+# in Eq. 5 ties one agent's "attack k" at step t to enemy k's health at t+1.
+SEEN_BIT = 0.5   # a unit's block counts as seen when its largest unit-type bit exceeds this (D_real's are 0 or 1)
+
+
+def enemy_health(episodes):
+    """(E, T+1, K): each enemy's health fraction as the agents see it (the largest over the agents
+    that see it), NaN where none does; None unless the data has SMAX's observation layout."""
+    if episodes.attrs.get("backend", "smax") != "smax":
+        return None
+    n_enemies = episodes.n_actions - envlib.FIRST_ATTACK_ACTION["smax"]
+    blocks = envlib.smax_enemy_blocks(episodes.n_agents, n_enemies, episodes.obs_dim)
+    if blocks is None:
+        return None
+    starts, width = blocks
+    obs = episodes.obs                                                              # (E, T+1, N, O)
+    bits = np.stack([obs[..., s + envlib.SMAX_UNIT_FEATURES:s + width].max(axis=-1) for s in starts], axis=-1)
+    health = np.where(bits > SEEN_BIT, obs[..., starts], -np.inf).max(axis=2)      # (E, T+1, K)
+    return np.where(np.isinf(health), np.nan, health)
+
+
+def damage_threshold(episodes):
+    """Half the smallest health drop an enemy shows in `episodes` (D_real: one hit of the weakest
+    attacker on the toughest unit); NaN where there is no drop or no SMAX layout."""
+    health = enemy_health(episodes)
+    if health is None:
+        return float("nan")
+    drops = (health[:, :-1] - health[:, 1:])[valid_steps(episodes.lengths - 1, health.shape[1] - 1)]
+    drops = drops[drops > 1e-3]                                 # float noise of equal healths is not a hit
+    return float(drops.min() / 2) if drops.size else float("nan")
+
+
+def damage_counts(episodes, threshold):
+    """The attack -> damage counts over steps t whose next observation lies inside the episode, per enemy k
+    seen at t and t+1: {"seen", "attacked" (some agent attacks k at t), "attacked_hit" (and k's health
+    drops by more than `threshold` by t+1), "unattacked_hit" (drops although nobody attacks k), "gains"
+    (k's health rises by more than `threshold`)}; all zero without a SMAX layout or threshold."""
+    health = enemy_health(episodes)
+    keys = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains")
+    if health is None or not np.isfinite(threshold):
+        return dict.fromkeys(keys, 0)
+    T = episodes.rewards.shape[1]
+    drop = health[:, :-1] - health[:, 1:]                                            # (E, T, K)
+    seen = valid_steps(episodes.lengths - 1, T)[..., None] & ~np.isnan(drop)         # (E, T, K)
+    first = envlib.FIRST_ATTACK_ACTION["smax"]
+    attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
+                         for k in range(health.shape[-1])], axis=-1)                 # (E, T, K)
+    hit = seen & (np.nan_to_num(drop) > threshold)
+    return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
+            "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
+            "gains": int((seen & (np.nan_to_num(drop) < -threshold)).sum())}
+
+
+def damage_shares(counts):
+    """From `damage_counts` (summed over batches): attacks_that_damage = P(k loses health | attacked),
+    damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health);
+    NaN where a share has no cases. D_real: 1 and 0 for the last two; its misses are weapon cooldowns."""
+    def share(a, b):
+        return a / b if b else float("nan")
+    hits = counts["attacked_hit"] + counts["unattacked_hit"]
+    return {"attacks_that_damage": share(counts["attacked_hit"], counts["attacked"]),
+            "damage_with_shooter": share(counts["attacked_hit"], hits),
+            "health_gain_share": share(counts["gains"], counts["seen"])}
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 def describe(attrs):

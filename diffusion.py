@@ -37,6 +37,16 @@ multiplies those three rows' squared error by W relative to the agents'
 rows, the weights scaled to mean 1 so the loss keeps its size against λ's
 hinge; W = 1 is Eq. 5 as written.
 
+Head width (a departure, off by default). The U-Net ends, as diffuser's
+does, in a convolution to `dim` channels and a 1x1 convolution from them to
+the F rows: before the clip to [-1, 1], every generated step is an affine
+function of `dim` numbers, so D_syn's steps lie near a `dim`-dimensional
+subspace of the F-dimensional columns (40 of 276 on 3m). Which enemy lost
+health after whose attack is not in D_real's top 40 directions (README
+"Damage without a shooter"). `--head-width H` widens that last block to H
+channels, so the 1x1 convolution reads H nonlinear features; 0 (the
+default) keeps H = dim.
+
 Index convention: the paper's diffusion step k runs over 1..K; arrays here
 are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
 
@@ -110,7 +120,7 @@ class TemporalUNet(nn.Module):
     the output is cropped back, so any T (odd included) keeps its shape.
     """
 
-    def __init__(self, n_features, dim=64, dim_mults=(1, 2, 4), kernel=5):
+    def __init__(self, n_features, dim=64, dim_mults=(1, 2, 4), kernel=5, head_width=None):
         super().__init__()
         widths = [dim * m for m in dim_mults]
         self.levels = len(widths)
@@ -134,7 +144,8 @@ class TemporalUNet(nn.Module):
                 ResidualTemporalBlock(in_ch + w, w, dim, kernel),
                 ResidualTemporalBlock(w, w, dim, kernel)]))
             in_ch = w
-        self.out = nn.Sequential(conv_block(in_ch + dim, dim, kernel), nn.Conv1d(dim, n_features, 1))
+        head = head_width or dim                  # channels the last 1x1 convolution reads (module docstring)
+        self.out = nn.Sequential(conv_block(in_ch + dim, head, kernel), nn.Conv1d(head, n_features, 1))
 
     def forward(self, tau_k, k):
         """tau_k (B, F, T), k (B,) int -> predicted tau0 (B, F, T)."""
@@ -271,7 +282,8 @@ def eaq_loss(tau0_pred, tau0, q_row, valid, lam, row_weights=None):
 # ---------------------------------------------------------------------------
 def build(config):
     """A Diffusion model (and its EMA copy) from a config dict."""
-    net = TemporalUNet(config["n_features"], config["dim"], tuple(config["dim_mults"]))
+    net = TemporalUNet(config["n_features"], config["dim"], tuple(config["dim_mults"]),
+                       head_width=config.get("head_width", 0))
     diffusion = Diffusion(net, config["K"])
     ema = copy.deepcopy(diffusion).requires_grad_(False)
     return diffusion, ema
@@ -312,7 +324,7 @@ def save_checkpoint(path, model):
 
 CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "normalizer", "config"}
 # Config fields added after checkpoints were first written, with the value those older ones were trained with.
-OLDER_CHECKPOINTS = {"global_row_weight": 1.0}
+OLDER_CHECKPOINTS = {"global_row_weight": 1.0, "head_width": 0}
 
 
 def load_checkpoint(path):
@@ -329,7 +341,8 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
         raise artifacts.InputError(f"{path}: not an EAQ diffusion checkpoint; delete it to train again")
     try:
-        diffusion, ema = build(ckpt["config"])
+        config = {**OLDER_CHECKPOINTS, **ckpt["config"]}
+        diffusion, ema = build(config)
         diffusion.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer = torch.optim.Adam(diffusion.parameters())
@@ -338,7 +351,7 @@ def load_checkpoint(path):
         raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
                                    f"delete it to train again") from None
     return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]),
-                 {**OLDER_CHECKPOINTS, **ckpt["config"]}, int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
+                 config, int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
                  float(ckpt.get("train_seconds", 0.0)))
 
 
@@ -464,11 +477,15 @@ class MatrixStats:
     Q_tot row at step 0, the episode's reward-to-go there, i.e. the return
     the matrix itself claims (Eq. 4). On D_real the two agree; a model that
     generated won episodes but blurred the terminal reward would show wins
-    in the second count only.
+    in the second count only. With a `damage_threshold` (`data.damage_threshold`
+    of D_real) it also counts whether enemies lose health where the actions
+    say they were shot (`data.damage_counts`; SMAX layouts only, else NaN).
     """
 
-    def __init__(self, layout, reward_range, backend="smax"):
+    def __init__(self, layout, reward_range, backend="smax", damage_threshold=float("nan")):
         self.layout, self.reward_range, self.backend = layout, reward_range, backend
+        self.damage_threshold = damage_threshold
+        self.damage = dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains"), 0)
         self.lengths, self.ended, self.returns, self.q_bars, self.q0s = [], [], [], [], []
         self.legal = self.agent_steps = self.attacks = 0
         self.q_error = self.steps = 0.0
@@ -496,6 +513,8 @@ class MatrixStats:
         self.focus += focus
         self.all_attack_steps += all_attack
         self.action_counts += data.action_counts(episodes)
+        for key, count in data.damage_counts(episodes, self.damage_threshold).items():
+            self.damage[key] += count
         return episodes
 
     def summary(self):
@@ -514,12 +533,13 @@ class MatrixStats:
             "attack_share": self.attacks / self.agent_steps,
             "focus_fire_share": self.focus / self.all_attack_steps if self.all_attack_steps else float("nan"),
             "all_attack_steps": self.all_attack_steps,
+            **data.damage_shares(self.damage),
         }
 
 
 # What a faithful D_syn must show against D_real (README "What the diffusion model generated").
 FIDELITY_BAR = {"attack_share_rel": 0.25, "action_tv": 0.1, "ended_share": 0.9, "legal_before_repair": 0.98,
-                "length_rel": 0.1}
+                "length_rel": 0.1, "damage_with_shooter": 0.9}
 
 
 def fidelity_misses(report):
@@ -537,6 +557,8 @@ def fidelity_misses(report):
         misses.append(f"legal before repair {syn['legal_before_repair']:.3f} < {bar['legal_before_repair']}")
     if abs(syn["length_mean"] - real["length_mean"]) > bar["length_rel"] * real["length_mean"]:
         misses.append(f"mean length {syn['length_mean']:.1f} vs {real['length_mean']:.1f} (±{bar['length_rel']:.0%})")
+    if syn.get("damage_with_shooter", float("nan")) < bar["damage_with_shooter"]:     # NaN (no SMAX layout): no verdict
+        misses.append(f"damage with a shooter {syn['damage_with_shooter']:.3f} < {bar['damage_with_shooter']}")
     return misses
 
 
@@ -554,9 +576,10 @@ def format_report(report):
             ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
             ("win_share", "{:.3f}"), ("q0_win_share", "{:.3f}"), ("q0_std", "{:.2f}"), ("q_bar_mean", "{:.2f}"),
             ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
-            ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}")]
+            ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}"), ("attacks_that_damage", "{:.3f}"),
+            ("damage_with_shooter", "{:.3f}"), ("health_gain_share", "{:.3f}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
-    for key, fmt in rows:
+    for key, fmt in [(key, fmt) for key, fmt in rows if key in report["real"]]:   # older reports lack later keys
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
                      f"{fmt.format(report['synthetic'][key]):>10s}")
     lines.append(f"action-histogram TV distance (D_real vs D_syn): {report['action_tv_distance']:.3f}")
@@ -567,6 +590,8 @@ def format_report(report):
     if report.get("global_row_weight", 1.0) != 1.0:
         lines.append(f"Eq. 5's squared error weighted {report['global_row_weight']:g}x on the reward, Q_tot and "
                      "done rows (--global-row-weight; a departure from the paper)")
+    if report.get("head_width", 0):                                    # 0: the head is --dim wide
+        lines.append(f"U-Net head {report['head_width']} channels wide (--head-width; a departure from the paper)")
     lines.append(fidelity_line(report))
     return "\n".join(lines)
 
@@ -613,6 +638,10 @@ def build_parser():
     p.add_argument("--dim", type=int, default=40,
                    help="U-Net base width (paper: silent; wide enough for faithful actions, narrow enough to "
                         "stay >= 2x faster than lucidrains' Unet1D: README)")
+    p.add_argument("--head-width", type=int, default=0,
+                   help="channels of the U-Net's last block, read by its final 1x1 convolution; 0 = --dim "
+                        "(diffuser's head: every generated step an affine function of --dim numbers; a wider "
+                        "head is a departure, see the module docstring); a multiple of 8")
     p.add_argument("--dim-mults", type=int, nargs="+", default=[1, 2, 4],
                    help="width multiplier per U-Net level (each extra level halves T)")
     p.add_argument("--bucket-width", type=int, default=8,
@@ -645,6 +674,13 @@ def check_bucket_width(p, width, dim_mults):
                 f"--dim-mults {' '.join(map(str, dim_mults))}), got {width}")
 
 
+def check_head_width(p, width):
+    """Stop with a one-line argparse error unless --head-width is 0 or a positive multiple of 8."""
+    if width < 0 or width % 8:
+        p.error(f"--head-width must be 0 (= --dim) or a positive multiple of 8 (GroupNorm uses 8 groups), "
+                f"got {width}")
+
+
 def check_args(p, args):
     """One-line argparse errors for diffusion flag values that cannot work."""
     check_device(p, args.device)
@@ -660,6 +696,7 @@ def check_args(p, args):
     data.require_seed(p, args, ("seed",))
     if args.dim % 8:
         p.error(f"--dim must be a multiple of 8 (GroupNorm uses 8 groups), got {args.dim}")
+    check_head_width(p, args.head_width)
     if not 0.0 <= args.ema_decay < 1.0:
         p.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.ddim_steps < 0 or args.ddim_steps > args.K:
@@ -690,13 +727,15 @@ def model_config(args, layout):
     return {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults), "K": args.K,
             "lam": args.lam, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
             "ema_decay": args.ema_decay, "bucket_width": args.bucket_width,
-            "global_row_weight": args.global_row_weight, "dataset": os.path.abspath(args.dataset),
+            "global_row_weight": args.global_row_weight, "head_width": args.head_width,
+            "dataset": os.path.abspath(args.dataset),
             "dataset_sha256": file_digest(args.dataset), "layout": dataclasses.asdict(layout)}
 
 
 RESUME_FLAGS = {"dim": "--dim", "dim_mults": "--dim-mults", "K": "--K", "lam": "--lam", "seed": "--seed",
                 "batch_size": "--batch-size", "lr": "--lr", "ema_decay": "--ema-decay",
                 "bucket_width": "--bucket-width", "global_row_weight": "--global-row-weight",
+                "head_width": "--head-width",
                 "dataset_sha256": "--dataset (its contents)", "n_features": "--dataset (its layout)"}
 
 
@@ -763,7 +802,9 @@ def sample_synthetic(model, args, real, real_matrix, horizons, progress=True):
     r = layout.reward
     reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
     backend = real.attrs.get("backend", "smax")
-    real_stats, syn_stats = MatrixStats(layout, reward_range, backend), MatrixStats(layout, reward_range, backend)
+    threshold = data.damage_threshold(real)
+    real_stats, syn_stats = (MatrixStats(layout, reward_range, backend, threshold),
+                             MatrixStats(layout, reward_range, backend, threshold))
     real_stats.add(real_matrix)
     generator = torch.Generator().manual_seed(args.seed)
     windows = synthetic_windows(horizons, args.scale * real.n_episodes, generator)          # (S E,)
@@ -814,6 +855,7 @@ def fit_and_sample(args, progress=True):
                                                                           layout, window),
                   n_features=layout.n_features, horizon=model.config["horizon"], mean_window=window,
                   bucket_width=model.config["bucket_width"], global_row_weight=model.config["global_row_weight"],
+                  head_width=model.config["head_width"],
                   parameters=sum(p.numel() for p in model.diffusion.parameters()))
     artifacts.write_json(os.path.join(args.out, "report.json"), report)
     return report

@@ -29,7 +29,10 @@ fraction dealt (at most 1) plus a win bonus of 1; we multiply it by
 SMAX facts the rest of the code relies on: actions are 4 moves, stop (index
 4), then one attack per enemy (index 5 on), there is no SMAC-style no-op;
 dead agents observe all zeros and may only stop; episodes end after
-`max_steps` = 100 steps at the latest (that end is a done as well).
+`max_steps` = 100 steps at the latest (that end is a done as well); an
+observation is laid out as `smax_enemy_blocks` reads it, and an enemy loses
+health only when an agent shoots it (`data.damage_counts` checks datasets
+against that).
 """
 import contextlib
 import os
@@ -44,6 +47,30 @@ PAPER_SCENARIOS = ("3m", "5m_vs_6m", "8m", "2s3z", "3s5z_vs_3s6z")
 # The first attack action of each backend's action layout: SMAX has 4 moves
 # and stop before its attacks, SMAC no-op, stop and 4 moves.
 FIRST_ATTACK_ACTION = {"smax": 5, "smac": 6}
+# SMAX's observation of agent i (jaxmarl's `get_obs`): one block per other
+# unit, allies first, then enemies, each [health, dx, dy, last move x, last
+# move y, last target, weapon cooldown, unit-type one-hot (b bits)] and all
+# zeros unless i sees that unit and both are alive; then i's own block
+# [health, x, y, weapon cooldown, unit-type one-hot], all zeros once i is dead.
+# Health is a fraction of the unit type's maximum.
+SMAX_UNIT_FEATURES = 7
+SMAX_OWN_FEATURES = 4
+
+
+def smax_enemy_blocks(n_agents, n_enemies, obs_dim):
+    """Where each enemy's block starts in a SMAX observation and its width:
+    -> (starts (K,) int array, width), or None if obs_dim fits no SMAX layout.
+
+    The number of unit-type bits b follows from
+    obs_dim = (N - 1 + K)(7 + b) + 4 + b. An enemy block holds the enemy's
+    health at `start` and its unit-type bits at `start + 7 : start + width`.
+    """
+    units = n_agents - 1 + n_enemies
+    bits, rest = divmod(obs_dim - SMAX_OWN_FEATURES - SMAX_UNIT_FEATURES * units, units + 1)
+    if rest or bits < 1:
+        return None
+    width = SMAX_UNIT_FEATURES + bits
+    return (n_agents - 1 + np.arange(n_enemies)) * width, width
 
 
 @contextlib.contextmanager

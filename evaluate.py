@@ -583,7 +583,8 @@ FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", 
                     ("legal_before_repair", "legal", "{:.3f}"), ("length_mean", "mean length", "{:.1f}"),
                     ("return_mean", "return", "{:.2f}"), ("return_std", "return std", "{:.2f}"),
                     ("q_bar_mean", "Q̄", "{:.2f}"),
-                    ("q_consistency", "Q-consistency", "{:.2f}"))
+                    ("q_consistency", "Q-consistency", "{:.2f}"),
+                    ("damage_with_shooter", "damage with a shooter", "{:.3f}"))
 
 
 def synthetic_reports(read):
@@ -606,7 +607,8 @@ def fidelity_markdown(reports):
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
 
     def cells(stats):
-        return [fmt.format(stats[key]) for key, _, fmt in FIDELITY_COLUMNS]
+        return [fmt.format(stats[key]) if key in stats else "—"           # reports older than the key
+                for key, _, fmt in FIDELITY_COLUMNS]
     by_data = {}
     for entry in reports.values():
         by_data.setdefault((entry["scenario"], entry["quality"]), []).append(entry)

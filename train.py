@@ -81,6 +81,9 @@ def build_parser():
     g.add_argument("--global-row-weight", type=float, default=d.get_default("global_row_weight"),
                    help="weight of the reward, Q_tot and done rows in Eq. 5's squared error (1 = the paper's "
                         "plain mean; README \"Where the wins went\")")
+    g.add_argument("--head-width", type=int, default=d.get_default("head_width"),
+                   help="channels of the U-Net's last block (0 = --dim, diffuser's head; README \"Damage "
+                        "without a shooter\")")
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
                         "learner seeds share one D_syn")
@@ -123,6 +126,7 @@ def parse_args(argv=None):
     if args.dim < 8 or args.dim % 8:
         p.error(f"--dim must be a positive multiple of 8, got {args.dim}")
     diffusion.check_bucket_width(p, args.bucket_width, defaults.get_default("dim_mults"))
+    diffusion.check_head_width(p, args.head_width)
     diffusion.check_device(p, args.device)
     if args.diffusion_seed is None:
         args.diffusion_seed = args.seed
@@ -155,19 +159,22 @@ def diffusion_argv(args, real_path, out):
     return ["--dataset", real_path, "--out", out, "--lam", repr(args.lam), "--steps", str(args.diffusion_steps),
             "--dim", str(args.dim), "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
             "--bucket-width", str(args.bucket_width), "--global-row-weight", repr(args.global_row_weight),
-            "--seed", str(args.diffusion_seed), "--device", args.device]
+            "--head-width", str(args.head_width), "--seed", str(args.diffusion_seed), "--device", args.device]
 
 
-# Diffusion flags added after the Table 1 sweep began: at these values a run keeps the cache key it had before.
-KEY_NEUTRAL_FLAGS = {"global_row_weight": 1.0}
+# Diffusion flags added after the Table 1 sweep began: at these values a run keeps the cache key it had before;
+# at any other, the folder name shows the flag by its tag.
+KEY_NEUTRAL_FLAGS = {"global_row_weight": 1.0, "head_width": 0}
+DEPARTURE_TAGS = {"global_row_weight": "gw", "head_width": "hw"}
 
 
 def eaq_dir(args):
-    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..[-gw..]-s..-<hash of every diffusion flag>."""
+    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..[-gw..][-hw..]-s..-<hash of every diffusion flag>."""
     stem = real_dataset_stem(args)
     flags = vars(diffusion.build_parser().parse_args(diffusion_argv(args, stem, "")))
     key = short_hash({k: v for k, v in flags.items() if not (k in KEY_NEUTRAL_FLAGS and v == KEY_NEUTRAL_FLAGS[k])})
-    weight = f"-gw{args.global_row_weight:g}" if args.global_row_weight != 1.0 else ""
+    weight = "".join(f"-{tag}{flags[name]:g}" for name, tag in DEPARTURE_TAGS.items()
+                     if flags[name] != KEY_NEUTRAL_FLAGS[name])
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
                                          f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}{weight}"
                                          f"-s{args.diffusion_seed}-{key}")

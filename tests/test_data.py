@@ -1,4 +1,5 @@
 """data.py: datasets (HDF5 schema), reward-to-go, the Eq. 4 matrix and its inverse; artifacts.py's writes."""
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -334,3 +335,50 @@ def test_attack_share_and_action_histogram_distance_by_hand():
     # agent 0: {5: .5, 6: .5} vs {5: 1} -> TV 0.5; agent 1: {0: .5, 4: .5} vs {0: 1} -> TV 0.5
     assert data.action_tv_distance(ep, other) == pytest.approx(0.5)
     assert data.action_tv_distance(ep, ep) == 0.0
+
+
+def damage_episode(backend="smax"):
+    """3m's layout (N = K = 3, O = 75, enemy blocks at 26, 39, 52, 13 wide), one episode of 3 steps:
+    agent 0 sees enemy 0 at health 1.0, 0.8, 0.6 and shoots it at step 0 only (a hit, then a drop
+    with no shooter); agent 1 sees enemy 1 at 0.5, then 0.7 (a gain), then no more; agent 2 shoots
+    enemy 2, whom nobody sees (not counted)."""
+    obs = np.zeros((1, 4, 3, 75), np.float32)
+    for t, health in enumerate([1.0, 0.8, 0.6]):
+        obs[0, t, 0, 26], obs[0, t, 0, 26 + 7] = health, 1.0             # health, unit-type bit 0 (marine)
+    for t, health in enumerate([0.5, 0.7]):
+        obs[0, t, 1, 39], obs[0, t, 1, 39 + 7] = health, 1.0
+    actions = np.array([[[5, 4, 7], [4, 4, 4], [4, 4, 4]]])          # 5 + k attacks enemy k; 4 stops
+    return data.Episodes(obs, np.ones((1, 4, 3, 8), bool), actions, np.zeros((1, 3), np.float32),
+                         np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": backend})
+
+
+def test_attack_damage_counts_by_hand():
+    ep = damage_episode()
+    assert data.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
+    counts = data.damage_counts(ep, 0.1)
+    assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1}
+    assert data.damage_shares(counts) == pytest.approx(
+        {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3})
+    assert data.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
+    smac = damage_episode("smac")                                           # no SMAX layout: no numbers
+    assert data.enemy_health(smac) is None and np.isnan(data.damage_threshold(smac))
+    assert set(data.damage_counts(smac, 0.1).values()) == {0}
+    assert all(np.isnan(v) for v in data.damage_shares(data.damage_counts(smac, 0.1)).values())
+
+
+def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m):
+    real = data.load_dataset(tiny_3m[0])
+    threshold = data.damage_threshold(real)
+    assert threshold == pytest.approx(0.1)                  # a marine's shot: 9 of a marine's 45 health, halved
+    shares = data.damage_shares(data.damage_counts(real, threshold))
+    assert shares["damage_with_shooter"] == 1.0 and shares["health_gain_share"] == 0.0
+    assert 0.6 < shares["attacks_that_damage"] < 1.0       # the misses: weapons cooling down
+    retargeted = real.actions.copy()                        # every attack moved to the next enemy
+    attack = retargeted >= 5
+    retargeted[attack] = 5 + (retargeted[attack] - 4) % 3
+    moved = data.damage_shares(data.damage_counts(dataclasses.replace(real, actions=retargeted), threshold))
+    assert moved["damage_with_shooter"] < 0.5
+    late = real.actions.copy()                              # every action a step late
+    late[:, 1:], late[:, 0] = real.actions[:, :-1], 4
+    assert data.damage_shares(data.damage_counts(dataclasses.replace(real, actions=late), threshold))[
+        "damage_with_shooter"] < 0.9

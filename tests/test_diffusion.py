@@ -212,7 +212,9 @@ def real_matrix(path):
 
 def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
-    whole, parts = D.MatrixStats(layout, reward_range), D.MatrixStats(layout, reward_range)
+    threshold = data.damage_threshold(real)
+    whole, parts = D.MatrixStats(layout, reward_range, "smax", threshold), D.MatrixStats(layout, reward_range,
+                                                                                         "smax", threshold)
     whole.add(matrix)
     for chunk in np.array_split(matrix, 3):
         parts.add(chunk)
@@ -227,6 +229,9 @@ def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     assert data.win_share([20.0, 18.0, 17.9, 5.0]) == 0.5                  # a win's level: 90 % of 20
     assert a["q0_win_share"] == a["win_share"]                             # D_real: Q_tot at step 0 is the return
     assert a["q0_std"] == pytest.approx(a["return_std"], rel=1e-4)
+    assert (a["damage_with_shooter"], a["health_gain_share"]) == (1.0, 0.0)   # decoded from Eq. 4 as recorded
+    assert a["attacks_that_damage"] == pytest.approx(
+        data.damage_shares(data.damage_counts(real, threshold))["attacks_that_damage"])
 
 
 def test_wins_are_counted_from_the_reward_row_and_from_q_tot_at_step_0_apart(tiny_3m):
@@ -339,6 +344,7 @@ def test_a_finished_model_asked_for_fewer_steps_is_reused_and_reported_truthfull
     ({"batch_size": 4}, "--batch-size 8, not 4"),
     ({"bucket_width": 0}, "--bucket-width 8, not 0"),
     ({"global_row_weight": 10.0}, "--global-row-weight 1.0, not 10.0"),
+    ({"head_width": 64}, "--head-width 0, not 64"),
 ])
 def test_resume_refuses_another_configuration(tiny_3m, tmp_path, change, message):
     D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=5), progress=False)
@@ -360,6 +366,45 @@ def test_the_global_row_weight_reaches_training_and_older_checkpoints_resume_as_
     torch.save(ckpt, path)
     report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "1.0", steps=10, resume=True), progress=False)
     assert report["trained_steps"] == 5 and report["global_row_weight"] == 1.0
+
+
+def per_step_rank(net, n_features, T=16, batch=24):
+    """Numerical rank of the network's outputs as per-step columns: (batch T, F) before any clip."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = net(torch.randn(batch, n_features, T), torch.randint(1, 50, (batch,)))      # (B, F, T)
+    columns = out.permute(0, 2, 1).reshape(-1, n_features).double()
+    return int(torch.linalg.matrix_rank(columns - columns.mean(0), rtol=1e-6))
+
+
+def test_the_head_width_bounds_the_rank_of_each_generated_step():
+    n_features, dim = 100, 16
+    assert per_step_rank(D.TemporalUNet(n_features, dim, (1, 2)), n_features) == dim     # affine in 16 numbers
+    assert per_step_rank(D.TemporalUNet(n_features, dim, (1, 2), head_width=96), n_features) == 96
+    assert per_step_rank(D.TemporalUNet(n_features, dim, (1, 2), head_width=0), n_features) == dim   # 0 = dim
+
+
+def test_the_head_width_reaches_the_model_and_older_checkpoints_load_with_the_plain_head(tiny_3m, tmp_path):
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "wide", steps=5, head_width=32), progress=False)
+    assert report["head_width"] == 32 and "U-Net head 32 channels wide" in D.format_report(report)
+    weights = torch.load(tmp_path / "wide" / "model.pt", weights_only=True)["model"]
+    assert weights["model.out.1.weight"].shape[1] == 32                  # the 1x1 convolution reads 32 channels
+    D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "plain", steps=5), progress=False)
+    path = tmp_path / "plain" / "model.pt"                               # as written before the flag existed
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["model"]["model.out.1.weight"].shape[1] == 16            # --dim 16
+    del ckpt["config"]["head_width"]
+    torch.save(ckpt, path)
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "plain", steps=10, resume=True), progress=False)
+    assert report["trained_steps"] == 5 and report["head_width"] == 0
+    assert "U-Net head" not in D.format_report(report)
+
+
+@pytest.mark.parametrize("width", ["-8", "12"])
+def test_a_head_width_groupnorm_cannot_split_is_refused(width, capsys):
+    with pytest.raises(SystemExit):
+        D.parse_args(["--dataset", "x.h5", "--out", "o", "--head-width", width])
+    assert f"--head-width must be 0 (= --dim) or a positive multiple of 8" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_dataset_with_other_contents(tiny_3m, tmp_path):
@@ -419,7 +464,9 @@ def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
     real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
 
     def report_of(syn_matrix):
-        real_stats, syn_stats = D.MatrixStats(layout, reward_range), D.MatrixStats(layout, reward_range)
+        threshold = data.damage_threshold(real)
+        real_stats, syn_stats = (D.MatrixStats(layout, reward_range, "smax", threshold),
+                                 D.MatrixStats(layout, reward_range, "smax", threshold))
         real_stats.add(matrix), syn_stats.add(syn_matrix)
         return D.synthetic_report(real_stats, syn_stats)
     same = report_of(matrix.copy())
@@ -436,3 +483,29 @@ def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
     assert report["synthetic"]["attack_share"] == 0.0 and report["action_tv_distance"] > 0.5
     assert any(m.startswith("attack share 0.000") for m in report["fidelity_misses"])
     assert "MISSES the fidelity bar" in D.fidelity_line(report)
+    retargeted = matrix.copy()                      # each agent's attack (and legal-attack) rows rolled by one
+    for n in range(layout.n_agents):
+        for rows in (layout.action(n), layout.avail(n)):
+            block = retargeted[:, rows]
+            block[:, 5:] = np.roll(block[:, 5:], 1, axis=1)
+            retargeted[:, rows] = block
+    report = report_of(retargeted)
+    assert report["synthetic"]["attack_share"] == pytest.approx(same["synthetic"]["attack_share"])
+    assert report["synthetic"]["damage_with_shooter"] < 0.5
+    assert [m for m in report["fidelity_misses"] if m.startswith("damage with a shooter")], report["fidelity_misses"]
+    assert same["synthetic"]["damage_with_shooter"] == 1.0
+
+
+def test_the_report_prints_the_damage_check_and_reads_reports_without_it(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    stats = D.MatrixStats(layout, reward_range, "smax", data.damage_threshold(real))
+    stats.add(matrix)
+    report = {"real": stats.summary(), "synthetic": stats.summary(), "action_tv_distance": 0.0, "lam": 0.0,
+              "lam_units": {"sum_over_matrix": 0.0, "q_in_data_units": 0.0}, "hinge_active_share": 1.0}
+    assert "damage_with_shooter        1.000     1.000" in D.format_report(report)
+    older = {**report, "real": dict(report["real"]), "synthetic": dict(report["synthetic"])}
+    for side in ("real", "synthetic"):
+        for key in ("attacks_that_damage", "damage_with_shooter", "health_gain_share"):
+            del older[side][key]
+    assert "damage_with_shooter" not in D.format_report(older)
+    assert D.fidelity_misses(older) == []

@@ -147,3 +147,16 @@ def test_smac_adapter_batches_and_freezes_finished_envs(monkeypatch):
     np.testing.assert_array_equal(totals, [2.0, 3.0])
     np.testing.assert_array_equal(obs[:, 0, 0], [2.0, 3.0]), "a finished env keeps its last obs"
     assert won.all()
+
+
+def test_smax_observation_layout_is_read_from_its_size():
+    starts, width = envlib.smax_enemy_blocks(3, 3, 75)                 # 3m: 6 unit-type bits
+    assert list(starts) == [26, 39, 52] and width == 13
+    assert envlib.smax_enemy_blocks(3, 3, 76) is None
+    for scenario, n_enemies in (("3m", 3), ("2s3z", 5)):
+        env = envlib.make_env(scenario, n_envs=2, seed=0)
+        starts, width = envlib.smax_enemy_blocks(env.n_agents, n_enemies, env.obs_dim)
+        assert starts[-1] + width == env.obs_dim - (width - envlib.SMAX_UNIT_FEATURES + envlib.SMAX_OWN_FEATURES)
+        obs, _ = env.reset()
+        own_bits = obs[..., starts[-1] + width + envlib.SMAX_OWN_FEATURES:]
+        assert (own_bits.sum(-1) == 1).all(), "every living agent's own unit-type bits are one-hot"

@@ -68,7 +68,7 @@ def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, mon
     ("--batch-size", "16"), ("--gamma", "0.9"), ("--target-every", "100"), ("--grad-clip", "0"),
     ("--alpha", "1.0"), ("--cql-samples", "5"), ("--data-seed", "1"), ("--lam", "0.5"),
     ("--diffusion-steps", "11"), ("--ddim-steps", "3"), ("--diffusion-seed", "3"), ("--seed", "2"),
-    ("--global-row-weight", "10"),
+    ("--global-row-weight", "10"), ("--head-width", "64"),
 ])
 def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, value):
     assert run_dir(tmp_path, flag, value) != run_dir(tmp_path)
@@ -78,7 +78,7 @@ def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, 
 def test_diffusion_flags_key_the_diffusion_stage_and_learner_flags_do_not(tmp_path):
     base = train.parse_args(TINY + ["--out", str(tmp_path)])
     for extra in (["--lam", "0.5"], ["--dim", "16"], ["--scale", "3"], ["--diffusion-seed", "4"],
-                  ["--global-row-weight", "10"]):
+                  ["--global-row-weight", "10"], ["--head-width", "64"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) != train.eaq_dir(base)
     for extra in (["--algo", "bcq"], ["--seed", "3", "--diffusion-seed", "0"], ["--lr", "1e-3"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) == train.eaq_dir(base)
@@ -91,12 +91,15 @@ def test_a_flag_added_later_keeps_the_cache_keys_of_runs_made_before_it():
     assert train.eaq_dir(default) == ("runs/eaq/3m-poor-polc453ae-eps0.05-n24-s0-lam0.1-k9000-dim40-b8-ddim20-S5-"
                                       "s0-70217c47")
     bcq = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs", "--algo", "bcq",
-                            "--lam", "0.5", "--seed", "2", "--global-row-weight", "1"])
+                            "--lam", "0.5", "--seed", "2", "--global-row-weight", "1", "--head-width", "0"])
     assert train.result_dir(bcq) == ("runs/results/3m-poor-polc453ae-eps0.05-n24-s0-bcq-eaq-lam0.5-k9000-dim40-b8-"
                                      "ddim20-S5-s2-it15000-s2-f879c1a6")
     weighted = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs",
                                  "--global-row-weight", "10"])
     assert "-S5-gw10-s0-" in train.eaq_dir(weighted)
+    both = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs",
+                             "--global-row-weight", "10", "--head-width", "280"])
+    assert "-S5-gw10-hw280-s0-" in train.eaq_dir(both)
 
 
 def metrics_of(out, *extra):

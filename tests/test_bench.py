@@ -1,0 +1,57 @@
+"""bench/damage.py: the attack -> damage check of dataset files, and D_real projected onto R directions."""
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rows(text):
+    """{label: (attacks that damage, damage with a shooter, health gains)} of the printed table."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 5 and cells[1].isdigit():
+            out[cells[0]] = tuple(float(c) for c in cells[2:])
+    return out
+
+
+def test_damage_bench_reads_files_and_projects_d_real(tiny_3m, tmp_path, capsys):
+    real = data.load_dataset(tiny_3m[0])
+    moved = real.actions.copy()                              # every attack moved to the next enemy
+    attack = moved >= 5
+    moved[attack] = 5 + (moved[attack] - 4) % 3
+    avail = real.avail.copy()                                # and the legal attacks with them
+    avail[..., 5:] = np.roll(real.avail[..., 5:], 1, axis=-1)
+    data.save_dataset(dataclasses.replace(real, actions=moved, avail=avail), str(tmp_path / "moved.h5"))
+    F = data.layout_of(real).n_features
+    bench("damage").main(["--real", tiny_3m[0], "--synthetic", f"moved={tmp_path / 'moved.h5'}",
+                          "--rank", "2", str(F)])
+    table = rows(capsys.readouterr().out)
+    assert table["D_real"][1:] == (1.0, 0.0)
+    assert table["moved"][1] < 0.5
+    full = [v for k, v in table.items() if k.startswith(f"D_real, top {F} of {F}")]
+    assert full == [table["D_real"]], "projecting onto every direction changes nothing"
+    two = [v for k, v in table.items() if k.startswith(f"D_real, top 2 of {F}")]
+    assert two and two[0][1] < 1.0, "two directions per step cannot keep which enemy was hit"
+
+
+def test_damage_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("damage").main(["--real", str(tmp_path / "missing.h5")])
+    assert stop.value.code == 2 and "missing.h5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("damage").main(["--real", tiny_3m[0], "--rank", "0"])
+    assert "--rank 0: must be between 1 and" in capsys.readouterr().err
