@@ -825,8 +825,9 @@ def action_tv_distance(a, b):
 # In the simulator an enemy loses health only when an agent shoots it, and
 # never gains any back (SMAX's units do not heal). D_real therefore shows every
 # health drop right after an attack on that enemy; a generated episode need
-# not: its observation rows and action rows are denoised together, but nothing
-# in Eq. 5 ties one agent's "attack k" at step t to enemy k's health at t+1.
+# not: nothing in Eq. 5 ties one agent's "attack k" at step t to enemy k's
+# health at t+1 beyond what the network can write (README "Damage without a
+# shooter"). An enemy killed by t+1 is no longer seen there and not counted.
 SEEN_BIT = 0.5   # a unit's block counts as seen when its largest unit-type bit exceeds this (D_real's are 0 or 1)
 
 
@@ -847,8 +848,8 @@ def enemy_health(episodes):
 
 
 def damage_threshold(episodes):
-    """Half the smallest health drop an enemy shows in `episodes` (D_real: one hit of the weakest
-    attacker on the toughest unit); NaN where there is no drop or no SMAX layout."""
+    """Half the smallest health drop an enemy shows in `episodes` (on D_real one shot: 0.2 of a
+    marine's health on 3m, so 0.1); NaN where there is no drop or no SMAX layout."""
     health = enemy_health(episodes)
     if health is None:
         return float("nan")

@@ -173,10 +173,10 @@ def eaq_dir(args):
     stem = real_dataset_stem(args)
     flags = vars(diffusion.build_parser().parse_args(diffusion_argv(args, stem, "")))
     key = short_hash({k: v for k, v in flags.items() if not (k in KEY_NEUTRAL_FLAGS and v == KEY_NEUTRAL_FLAGS[k])})
-    weight = "".join(f"-{tag}{flags[name]:g}" for name, tag in DEPARTURE_TAGS.items()
-                     if flags[name] != KEY_NEUTRAL_FLAGS[name])
+    departures = "".join(f"-{tag}{flags[name]:g}" for name, tag in DEPARTURE_TAGS.items()
+                         if flags[name] != KEY_NEUTRAL_FLAGS[name])
     return os.path.join(args.out, "eaq", f"{stem}-lam{args.lam:g}-k{args.diffusion_steps}-dim{args.dim}"
-                                         f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}{weight}"
+                                         f"-b{args.bucket_width}-ddim{args.ddim_steps}-S{args.scale}{departures}"
                                          f"-s{args.diffusion_seed}-{key}")
 
 
