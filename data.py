@@ -847,15 +847,26 @@ def enemy_health(episodes):
     return np.where(np.isinf(health), np.nan, health)
 
 
+def enemy_health_drops(episodes):
+    """(drop (E, T, K): each enemy's health at t minus at t+1, seen (E, T, K): t+1 lies inside the
+    episode and some agent sees the enemy at t and at t+1), or None without SMAX's layout."""
+    health = enemy_health(episodes)                                                  # (E, T+1, K)
+    if health is None:
+        return None
+    drop = health[:, :-1] - health[:, 1:]                                            # (E, T, K)
+    seen = valid_steps(episodes.lengths - 1, drop.shape[1])[..., None] & ~np.isnan(drop)
+    return np.nan_to_num(drop), seen
+
+
 def damage_threshold(episodes):
     """Half the smallest health drop an enemy shows in `episodes` (on D_real one shot: 0.2 of a
     marine's health on 3m, so 0.1); NaN where there is no drop or no SMAX layout."""
-    health = enemy_health(episodes)
-    if health is None:
+    drops = enemy_health_drops(episodes)
+    if drops is None:
         return float("nan")
-    drops = (health[:, :-1] - health[:, 1:])[valid_steps(episodes.lengths - 1, health.shape[1] - 1)]
-    drops = drops[drops > 1e-3]                                 # float noise of equal healths is not a hit
-    return float(drops.min() / 2) if drops.size else float("nan")
+    drop, seen = drops
+    hits = drop[seen & (drop > 1e-3)]                           # float noise of equal healths is not a hit
+    return float(hits.min() / 2) if hits.size else float("nan")
 
 
 def damage_counts(episodes, threshold):
@@ -863,24 +874,21 @@ def damage_counts(episodes, threshold):
     seen at t and t+1: {"seen", "attacked" (some agent attacks k at t), "attacked_hit" (and k's health
     drops by more than `threshold` by t+1), "unattacked_hit" (drops although nobody attacks k), "gains"
     (k's health rises by more than `threshold`)}; all zero without a SMAX layout or threshold."""
-    health = enemy_health(episodes)
-    keys = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains")
-    if health is None or not np.isfinite(threshold):
-        return dict.fromkeys(keys, 0)
-    T = episodes.rewards.shape[1]
-    drop = health[:, :-1] - health[:, 1:]                                            # (E, T, K)
-    seen = valid_steps(episodes.lengths - 1, T)[..., None] & ~np.isnan(drop)         # (E, T, K)
+    drops = enemy_health_drops(episodes)
+    if drops is None or not np.isfinite(threshold):
+        return dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains"), 0)
+    drop, seen = drops
     first = envlib.FIRST_ATTACK_ACTION["smax"]
     attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
-                         for k in range(health.shape[-1])], axis=-1)                 # (E, T, K)
-    hit = seen & (np.nan_to_num(drop) > threshold)
+                         for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
+    hit = seen & (drop > threshold)
     return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
             "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
-            "gains": int((seen & (np.nan_to_num(drop) < -threshold)).sum())}
+            "gains": int((seen & (drop < -threshold)).sum())}
 
 
 def damage_shares(counts):
-    """From `damage_counts` (summed over batches): attacks_that_damage = P(k loses health | attacked),
+    """From `damage_counts` (summed over batches, e.g. in a collections.Counter): attacks_that_damage = P(k loses health | attacked),
     damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health);
     NaN where a share has no cases. D_real: 1 and 0 for the last two; its misses are weapon cooldowns."""
     def share(a, b):

@@ -53,6 +53,7 @@ are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
 Shapes: tau0, tau_k, predictions (B, F, T); Q_tot row and valid mask (B, T).
 """
 import argparse
+import collections
 import copy
 import dataclasses
 import hashlib
@@ -485,7 +486,7 @@ class MatrixStats:
     def __init__(self, layout, reward_range, backend="smax", damage_threshold=float("nan")):
         self.layout, self.reward_range, self.backend = layout, reward_range, backend
         self.damage_threshold = damage_threshold
-        self.damage = dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains"), 0)
+        self.damage = collections.Counter()            # `data.damage_counts` summed over batches
         self.lengths, self.ended, self.returns, self.q_bars, self.q0s = [], [], [], [], []
         self.legal = self.agent_steps = self.attacks = 0
         self.q_error = self.steps = 0.0
@@ -513,8 +514,7 @@ class MatrixStats:
         self.focus += focus
         self.all_attack_steps += all_attack
         self.action_counts += data.action_counts(episodes)
-        for key, count in data.damage_counts(episodes, self.damage_threshold).items():
-            self.damage[key] += count
+        self.damage.update(data.damage_counts(episodes, self.damage_threshold))
         return episodes
 
     def summary(self):

@@ -23,6 +23,7 @@ linear map from R channels is (the U-Net's head: `--dim` channels). The
 done row is kept as recorded, so only the agents' rows are judged.
 """
 import argparse
+import collections
 import os
 import sys
 
@@ -35,18 +36,17 @@ import data  # noqa: E402
 
 def file_shares(path, threshold):
     """(episodes, `data.damage_shares`) of one dataset file, read chunk by chunk."""
-    totals, episodes = {}, 0
+    totals, episodes = collections.Counter(), 0
     for chunk in data.dataset_chunks(path):
         episodes += chunk.n_episodes
-        for key, count in data.damage_counts(chunk, threshold).items():
-            totals[key] = totals.get(key, 0) + count
+        totals.update(data.damage_counts(chunk, threshold))
     return episodes, data.damage_shares(totals)
 
 
-def projected(real, rank):
-    """(D_real with every valid step's normalised Eq. 4 column replaced by its projection onto the top
-    `rank` principal directions of those columns (done row kept), decoded back to Episodes;
-    the share of the columns' variance those directions keep)."""
+def projections(real, ranks):
+    """For each R in `ranks`: (R, D_real with every valid step's normalised Eq. 4 column replaced by its
+    projection onto the top R principal directions of those columns (done row kept), decoded back to
+    Episodes, the share of the columns' variance those directions keep). One SVD for all R."""
     layout = data.layout_of(real)
     matrix = data.episodes_to_matrix(real)                                   # (E, F, T) data units
     normalizer = data.Normalizer.fit(matrix)
@@ -54,15 +54,17 @@ def projected(real, rank):
     valid = data.valid_steps(real.lengths, matrix.shape[-1])                 # (E, T)
     columns = x[valid]                                                       # (steps, F)
     mean = columns.mean(axis=0)
-    _, singular, directions = np.linalg.svd(columns - mean, full_matrices=False)
-    directions = directions[:rank]                                           # (rank, F)
-    kept = float((singular[:rank] ** 2).sum() / (singular ** 2).sum())
-    x[valid] = mean + (columns - mean) @ directions.T @ directions
-    out = normalizer.unnormalize(x.transpose(0, 2, 1))                       # (E, F, T)
-    out[:, layout.done] = matrix[:, layout.done]
+    _, singular, directions = np.linalg.svd(columns - mean, full_matrices=False)   # rows: directions (F, F)
+    variance = singular ** 2
     r = layout.reward
-    return data.matrix_to_episodes(out, layout, (float(matrix[:, r].min()), float(matrix[:, r].max())),
-                                   real.attrs), kept
+    reward_range = (float(normalizer.lo[r]), float(normalizer.hi[r]))
+    for rank in ranks:
+        top = directions[:rank]                                              # (R, F)
+        x[valid] = mean + (columns - mean) @ top.T @ top
+        out = normalizer.unnormalize(x.transpose(0, 2, 1))                   # (E, F, T)
+        out[:, layout.done] = matrix[:, layout.done]
+        yield rank, data.matrix_to_episodes(out, layout, reward_range, real.attrs), \
+            float(variance[:rank].sum() / variance.sum())
 
 
 def table_line(label, episodes, shares):
@@ -88,8 +90,7 @@ def main(argv=None):
         if bad:
             p.error(f"--rank {bad[0]}: must be between 1 and the matrix's {real_width} rows")
         lines = [table_line("D_real", real.n_episodes, data.damage_shares(data.damage_counts(real, threshold)))]
-        for rank in args.rank:
-            episodes, kept = projected(real, rank)
+        for rank, episodes, kept in projections(real, args.rank):
             lines.append(table_line(f"D_real, top {rank} of {real_width} directions per step ({kept:.1%} of "
                                     f"the variance)", real.n_episodes,
                                     data.damage_shares(data.damage_counts(episodes, threshold))))
