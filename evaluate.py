@@ -649,6 +649,29 @@ def cell_curves(rows, curves, path):
     artifacts.save_figure(fig, path)
 
 
+SWEEP_SET_FIELDS = ("scenario", "quality", "algo", "aug", "lam", "seed", "out")   # each sweep run sets these
+
+
+def table_folder(out, iters, train_flags):
+    """OUT/table1 for a sweep at train.py's defaults, OUT/table1-<departures> otherwise.
+
+    The departures are read from the parsed flags (so `--head-width=280` and `--head-width 280` name one
+    folder, and a flag at its default names none): a departure's table, e.g. OUT/table1-head-width280,
+    never overwrites the default sweep's.
+    """
+    parser = train.build_parser()                          # raw values: --diffusion-seed stays None unless given
+    defaults = vars(parser.parse_args([]))
+    chosen = vars(parser.parse_args(["--iters", str(iters)] + list(train_flags)))
+    departures = {name: value for name, value in chosen.items()
+                  if name not in SWEEP_SET_FIELDS and value != defaults[name]}
+    name = "table1" + "".join(f"-{key.replace('_', '-')}{value:g}" if isinstance(value, float)
+                              else f"-{key.replace('_', '-')}{value}" for key, value in departures.items())
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", name)
+    if len(name) > 100:                                   # many departures: keep the folder name short and unique
+        name = f"{name[:90]}-{train.short_hash(departures)}"
+    return os.path.join(out, name)
+
+
 def run_table1(args, train_flags):
     """Run (or reuse) every cell of the sweep, then write table1.csv, table1.md and curves-<map>-<quality>.png."""
     runs = [(m, f + ["--iters", str(args.iters), "--out", args.out] + train_flags)
@@ -667,7 +690,7 @@ def run_table1(args, train_flags):
     read = read_runs(runs)
     rows = table1_rows(read)
     curves = {run_dir: curve for _, _, run_dir, _, curve in read}
-    table_dir = os.path.join(args.out, "table1")
+    table_dir = table_folder(args.out, args.iters, train_flags)
     os.makedirs(table_dir, exist_ok=True)
     artifacts.write_csv(os.path.join(table_dir, "table1.csv"), rows)
     markdown = (f"Every run of this table was trained with `{' '.join(train_flags)}` beyond train.py's defaults.\n\n"
@@ -725,7 +748,8 @@ def main(argv=None):
                    help="run on Ray, one single-threaded task per run (per shared diffusion model): 'local' "
                         "(the default when --ray is given alone) starts Ray on this machine, 'auto' or HOST:PORT "
                         "joins a cluster; --out must be on storage every node sees")
-    t.add_argument("--out", default="runs", help="root folder of the cached runs; the table goes to OUT/table1/")
+    t.add_argument("--out", default="runs", help="root folder of the cached runs; the table goes to OUT/table1/, or to "
+                        "OUT/table1-<departures>/ when flags passed to train.py depart from its defaults")
     t.add_argument("--table-only", action="store_true",
                    help="start no run: write the table and curves from the runs finished so far")
     f = sub.add_parser("figures", help="Figure 1b (focus fire) and Figure 3 (t-SNE)")

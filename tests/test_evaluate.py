@@ -235,6 +235,29 @@ SWEEP = ["table1", "--qualities", "poor", "--algos", "cql", "--seeds", "0", "1",
          "--methods", "original", "EAQ", "--iters", "5"]
 
 
+def sweep_table(out):
+    """Where the tiny sweep's table goes: its flags depart from train.py's defaults."""
+    return out / os.path.basename(evaluate.table_folder(str(out), 5, TINY_SWEEP))
+
+
+def test_a_departures_table_gets_its_own_folder_named_by_the_parsed_flags():
+    assert evaluate.table_folder("runs", 15000, []) == os.path.join("runs", "table1")
+    assert evaluate.table_folder("runs", 15000, ["--head-width", "0", "--dim=40"]) == os.path.join("runs", "table1")
+    wide = os.path.join("runs", "table1-head-width280")
+    assert evaluate.table_folder("runs", 15000, ["--head-width=280"]) == wide
+    assert evaluate.table_folder("runs", 15000, ["--head-width", "280", "--lam", "0.5"]) == wide   # λ: set per run
+    assert evaluate.table_folder("runs", 15000, ["--diffusion-seed", "0"]) == os.path.join("runs", "table1-diffusion-seed0")
+    assert evaluate.table_folder("runs", 15000, ["--head-width", "280", "--global-row-weight", "10"]) == \
+        evaluate.table_folder("runs", 15000, ["--global-row-weight", "10.0", "--head-width", "280"]) == \
+        os.path.join("runs", "table1-global-row-weight10-head-width280")
+    assert evaluate.table_folder("runs", 5000, []) == os.path.join("runs", "table1-iters5000")
+    many = [flag for width in range(8) for flag in ("--head-width", str(8 * (width + 1)))] + \
+        ["--diffusion-steps", "123", "--ddim-steps", "7", "--eval-episodes", "3", "--eval-every", "11", "--lr", "0.001",
+         "--batch-size", "7", "--gamma", "0.9", "--target-every", "9", "--grad-clip", "3", "--alpha", "2"]
+    long = evaluate.table_folder("runs", 15000, many)
+    assert len(os.path.basename(long)) <= 100 and long != evaluate.table_folder("runs", 15000, many[:-1] + ["3"])
+
+
 @pytest.fixture(scope="module")
 def two_worker_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
@@ -244,7 +267,8 @@ def two_worker_sweep(tmp_path_factory):
 
 def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     out = two_worker_sweep
-    table = out / "table1"
+    table = sweep_table(out)
+    assert not (out / "table1").exists(), "a departure's table never lands where the default sweep's does"
     rows = (table / "table1.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("scenario,quality,algo,method,lam,seed,return_mean")
     assert "heldout_return" in rows[0]
@@ -281,10 +305,10 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
 
 def table_without_paths(out):
     """table1.csv and table1.md without what differs between two sweeps of the same runs: paths and wall times."""
-    with open(out / "table1" / "table1.csv") as f:
+    with open(sweep_table(out) / "table1.csv") as f:
         rows = [{k: v for k, v in row.items() if k not in ("run_dir", "learner_s", "diffusion_s")}
                 for row in csv.DictReader(f)]
-    return rows, (out / "table1" / "table1.md").read_text().split("\nWall time per map")[0]
+    return rows, (sweep_table(out) / "table1.md").read_text().split("\nWall time per map")[0]
 
 
 def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_sweep, tmp_path):
