@@ -828,6 +828,9 @@ def action_tv_distance(a, b):
 # not: nothing in Eq. 5 ties one agent's "attack k" at step t to enemy k's
 # health at t+1 beyond what the network can write (README "Damage without a
 # shooter"). An enemy killed by t+1 is no longer seen there and not counted.
+# The reward row is tied to the same health: SMAX pays each step the enemies'
+# summed health fractions lost, over K (× REWARD_SCALE), so where every enemy
+# is seen at t and t+1 the observations fix r_t exactly (D_real: to 1e-6).
 SEEN_BIT = 0.5   # a unit's block counts as seen when its largest unit-type bit exceeds this (D_real's are 0 or 1)
 
 
@@ -869,34 +872,54 @@ def damage_threshold(episodes):
     return float(hits.min() / 2) if hits.size else float("nan")
 
 
+def reward_excess(rewards, drop):
+    """(E, T): each step's reward minus the reward SMAX pays for the health the enemies lose by the next
+    step, REWARD_SCALE * (their summed health fractions lost) / K (gains pay nothing). Exactly 0 in D_real
+    wherever every enemy is seen at t and t+1 and the episode goes on (the win bonus comes at the end)."""
+    paid = envlib.REWARD_SCALE / drop.shape[-1] * np.clip(drop, 0.0, None).sum(axis=-1)   # (E, T)
+    return rewards[:, :drop.shape[1]] - paid
+
+
 def damage_counts(episodes, threshold):
     """The attack -> damage counts over steps t whose next observation lies inside the episode, per enemy k
     seen at t and t+1: {"seen", "attacked" (some agent attacks k at t), "attacked_hit" (and k's health
     drops by more than `threshold` by t+1), "unattacked_hit" (drops although nobody attacks k), "gains"
-    (k's health rises by more than `threshold`)}; all zero without a SMAX layout or threshold."""
+    (k's health rises by more than `threshold`)}; and the reward against that damage over the steps on
+    which every enemy is seen at t and t+1: {"all_seen" (such steps), "reward_agrees" (r_t within half a
+    shot's reward, REWARD_SCALE / K * threshold, of the damage the observations show), "reward_excess"
+    (the sum over them of r_t minus that damage)}. All zero without a SMAX layout or threshold."""
     drops = enemy_health_drops(episodes)
     if drops is None or not np.isfinite(threshold):
-        return dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains"), 0)
+        return dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
+                              "all_seen", "reward_agrees", "reward_excess"), 0)
     drop, seen = drops
     first = envlib.FIRST_ATTACK_ACTION["smax"]
     attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
                          for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
     hit = seen & (drop > threshold)
+    excess = reward_excess(episodes.rewards, drop)[seen.all(axis=-1)]              # (steps,)
+    per_shot = envlib.REWARD_SCALE / drop.shape[-1] * threshold
     return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
             "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
-            "gains": int((seen & (drop < -threshold)).sum())}
+            "gains": int((seen & (drop < -threshold)).sum()),
+            "all_seen": int(excess.size), "reward_agrees": int((np.abs(excess) < per_shot).sum()),
+            "reward_excess": float(excess.sum())}
 
 
 def damage_shares(counts):
     """From `damage_counts` (summed over batches, e.g. in a collections.Counter): attacks_that_damage = P(k loses health | attacked),
-    damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health);
-    NaN where a share has no cases. D_real: 1 and 0 for the last two; its misses are weapon cooldowns."""
+    damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health),
+    reward_matches_damage = P(r_t within half a shot's reward of the damage shown), reward_minus_damage = the
+    mean of r_t minus that damage; NaN where a share has no cases. D_real: 1 and 0 for the last four; its
+    attacks that do not damage are weapon cooldowns."""
     def share(a, b):
         return a / b if b else float("nan")
     hits = counts["attacked_hit"] + counts["unattacked_hit"]
     return {"attacks_that_damage": share(counts["attacked_hit"], counts["attacked"]),
             "damage_with_shooter": share(counts["attacked_hit"], hits),
-            "health_gain_share": share(counts["gains"], counts["seen"])}
+            "health_gain_share": share(counts["gains"], counts["seen"]),
+            "reward_matches_damage": share(counts["reward_agrees"], counts["all_seen"]),
+            "reward_minus_damage": share(counts["reward_excess"], counts["all_seen"])}
 
 
 # ---------------------------------------------------------------------------

@@ -11,9 +11,13 @@ both steps (`data.damage_counts`): the share of attacks on an enemy after
 which it has lost health, the share of health drops that follow an attack
 on that enemy ("with a shooter"; D_real: 1), and the share of steps on
 which an enemy gains health (D_real: 0). A drop counts when it exceeds half
-the smallest drop D_real shows (`data.damage_threshold`). Reports written
-by diffusion.py since this check exists hold the same three numbers; this
-script gives them for older D_syn files. Files are read in chunks.
+the smallest drop D_real shows (`data.damage_threshold`). Then the reward
+row against that damage, over the steps on which every enemy is seen at
+both steps: the share whose reward lies within half a shot's reward of
+what SMAX pays for the health lost (D_real: 1), and the mean reward minus
+that payment (D_real: 0). Reports written by diffusion.py since these
+checks exist hold the same numbers; this script gives them for older D_syn
+files. Files are read in chunks.
 
 `--rank R ...` adds D_real itself with each step's column of the Eq. 4
 matrix (normalised, as the model sees it) projected onto D_real's top R
@@ -69,7 +73,8 @@ def projections(real, ranks):
 
 def table_line(label, episodes, shares):
     return (f"| {label} | {episodes} | {shares['attacks_that_damage']:.3f} | "
-            f"{shares['damage_with_shooter']:.3f} | {shares['health_gain_share']:.3f} |")
+            f"{shares['damage_with_shooter']:.3f} | {shares['health_gain_share']:.3f} | "
+            f"{shares['reward_matches_damage']:.3f} | {shares['reward_minus_damage']:+.3f} |")
 
 
 def main(argv=None):
@@ -98,8 +103,9 @@ def main(argv=None):
             label, _, path = entry.rpartition("=")
             lines.append(table_line(label or f"D_syn {i + 1}", *file_shares(path, threshold)))
     print(f"health drops count above {threshold:.3f} (half the smallest drop in D_real)")
-    print("| data | episodes | attacks that damage | damage with a shooter | health gains |")
-    print("|---|---|---|---|---|")
+    print("| data | episodes | attacks that damage | damage with a shooter | health gains "
+          "| reward matches damage | reward − damage |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

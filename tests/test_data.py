@@ -356,14 +356,36 @@ def test_attack_damage_counts_by_hand():
     ep = damage_episode()
     assert data.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
     counts = data.damage_counts(ep, 0.1)
-    assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1}
+    assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1,
+                      "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0}     # enemy 2 is never seen
     assert data.damage_shares(counts) == pytest.approx(
-        {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3})
+        {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3,
+         "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan")}, nan_ok=True)
     assert data.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
     smac = damage_episode("smac")                                           # no SMAX layout: no numbers
     assert data.enemy_health(smac) is None and np.isnan(data.damage_threshold(smac))
     assert set(data.damage_counts(smac, 0.1).values()) == {0}
     assert all(np.isnan(v) for v in data.damage_shares(data.damage_counts(smac, 0.1)).values())
+
+
+def test_reward_against_the_damage_the_observations_show_by_hand():
+    """3m's layout, agent 0 sees all three enemies for 4 steps: step 0 enemy 0 loses 0.2 (SMAX pays
+    10 * 0.2 / 3) and the reward says so; step 1 enemy 1 loses 0.4, enemy 2 gains 0.2 (paid nothing),
+    the reward says 2.0 against 10 * 0.4 / 3; step 2 ends the episode (its reward, a win bonus, is not judged)."""
+    obs = np.zeros((1, 4, 3, 75), np.float32)
+    healths = [[1.0, 1.0, 0.5], [0.8, 1.0, 0.5], [0.8, 0.6, 0.7], [0.8, 0.6, 0.7]]     # (T+1, K)
+    for t, row in enumerate(healths):
+        for k, start in enumerate((26, 39, 52)):
+            obs[0, t, 0, start], obs[0, t, 0, start + 7] = row[k], 1.0
+    rewards = np.array([[10 * 0.2 / 3, 2.0, 15.0]], np.float32)
+    ep = data.Episodes(obs, np.ones((1, 4, 3, 8), bool), np.full((1, 3, 3), 4), rewards,
+                       np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": "smax"})
+    counts = data.damage_counts(ep, 0.1)
+    assert (counts["all_seen"], counts["reward_agrees"]) == (2, 1)   # 2.0 - 4/3 is past half a shot's 1/3
+    assert counts["reward_excess"] == pytest.approx(2.0 - 10 * 0.4 / 3, abs=1e-5)
+    shares = data.damage_shares(counts)
+    assert shares["reward_matches_damage"] == 0.5
+    assert shares["reward_minus_damage"] == pytest.approx((2.0 - 10 * 0.4 / 3) / 2, abs=1e-5)
 
 
 def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m):
@@ -373,6 +395,10 @@ def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m)
     shares = data.damage_shares(data.damage_counts(real, threshold))
     assert shares["damage_with_shooter"] == 1.0 and shares["health_gain_share"] == 0.0
     assert 0.6 < shares["attacks_that_damage"] < 1.0       # the misses: weapons cooling down
+    assert shares["reward_matches_damage"] == 1.0 and abs(shares["reward_minus_damage"]) < 1e-5
+    late_rewards = np.roll(real.rewards, 1, axis=1)         # every reward a step late
+    assert data.damage_shares(data.damage_counts(dataclasses.replace(real, rewards=late_rewards), threshold))[
+        "reward_matches_damage"] < 0.8
     retargeted = real.actions.copy()                        # every attack moved to the next enemy
     attack = retargeted >= 5
     retargeted[attack] = 5 + (retargeted[attack] - 4) % 3
