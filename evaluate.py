@@ -584,7 +584,8 @@ FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", 
                     ("return_mean", "return", "{:.2f}"), ("return_std", "return std", "{:.2f}"),
                     ("q_bar_mean", "Q̄", "{:.2f}"),
                     ("q_consistency", "Q-consistency", "{:.2f}"),
-                    ("damage_with_shooter", "damage with a shooter", "{:.3f}"))
+                    ("damage_with_shooter", "damage with a shooter", "{:.3f}"),
+                    ("reward_matches_damage", "reward matches damage", "{:.3f}"))
 
 
 def synthetic_reports(read):

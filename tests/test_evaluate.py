@@ -77,11 +77,12 @@ def stats(attack, ended, legal, length, ret, ret_std, q_bar, q_cons):
 
 
 def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
-    real = {**stats(0.138, 1.0, 1.0, 18.7, 4.26, 3.92, 2.84, 0.0), "damage_with_shooter": 1.0}
+    real = {**stats(0.138, 1.0, 1.0, 18.7, 4.26, 3.92, 2.84, 0.0), "damage_with_shooter": 1.0,
+            "reward_matches_damage": 1.0}
     reports = {   # "a": a report older than the damage check (no key: a dash)
         "b": {"scenario": "3m", "quality": "poor", "lam": 0.1, "diffusion_seed": 1,
               "report": {"real": real, "synthetic": {**stats(0.108, 0.965, 0.973, 18.2, 4.37, 2.41, 17.1, 13.2),
-                                                     "damage_with_shooter": 0.6184},
+                                                     "damage_with_shooter": 0.6184, "reward_matches_damage": 0.7344},
                          "action_tv_distance": 0.096,
                          "fidelity_misses": ["legal before repair 0.973 < 0.98",
                                              "damage with a shooter 0.618 < 0.9"]}},
@@ -90,9 +91,9 @@ def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
                          "action_tv_distance": 0.05, "fidelity_misses": []}},
     }
     assert evaluate.fidelity_markdown(reports).splitlines()[2:] == [
-        "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 3.92 | 2.84 | 0.00 | 1.000 |  |  |",
-        "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 2.20 | 3.00 | 1.50 | — | 0.050 | meets |",
-        "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 2.41 | 17.10 | 13.20 | 0.618 | 0.096 | "
+        "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 3.92 | 2.84 | 0.00 | 1.000 | 1.000 |  |  |",
+        "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 2.20 | 3.00 | 1.50 | — | — | 0.050 | meets |",
+        "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 2.41 | 17.10 | 13.20 | 0.618 | 0.734 | 0.096 | "
         "misses: legal before repair, damage with a shooter |"]
 
 
