@@ -872,11 +872,20 @@ def damage_threshold(episodes):
     return float(hits.min() / 2) if hits.size else float("nan")
 
 
+DAMAGE_COUNT_KEYS = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
+                     "all_seen", "reward_agrees", "reward_excess")
+
+
+def damage_reward(health_lost, n_enemies):
+    """SMAX's damage reward on our scale: REWARD_SCALE * (health fractions lost, summed over enemies) / K."""
+    return envlib.REWARD_SCALE * health_lost / n_enemies
+
+
 def reward_excess(rewards, drop):
     """(E, T): each step's reward minus the reward SMAX pays for the health the enemies lose by the next
-    step, REWARD_SCALE * (their summed health fractions lost) / K (gains pay nothing). Exactly 0 in D_real
-    wherever every enemy is seen at t and t+1 and the episode goes on (the win bonus comes at the end)."""
-    paid = envlib.REWARD_SCALE / drop.shape[-1] * np.clip(drop, 0.0, None).sum(axis=-1)   # (E, T)
+    step (`damage_reward`; gains pay nothing). Exactly 0 in D_real wherever every enemy is seen at t and
+    t+1 and the episode goes on (the win bonus comes at the end)."""
+    paid = damage_reward(np.clip(drop, 0.0, None).sum(axis=-1), drop.shape[-1])       # (E, T)
     return rewards[:, :drop.shape[1]] - paid
 
 
@@ -886,19 +895,18 @@ def damage_counts(episodes, threshold):
     drops by more than `threshold` by t+1), "unattacked_hit" (drops although nobody attacks k), "gains"
     (k's health rises by more than `threshold`)}; and the reward against that damage over the steps on
     which every enemy is seen at t and t+1: {"all_seen" (such steps), "reward_agrees" (r_t within half a
-    shot's reward, REWARD_SCALE / K * threshold, of the damage the observations show), "reward_excess"
+    shot's reward, `damage_reward(threshold, K)`, of the damage the observations show), "reward_excess"
     (the sum over them of r_t minus that damage)}. All zero without a SMAX layout or threshold."""
     drops = enemy_health_drops(episodes)
     if drops is None or not np.isfinite(threshold):
-        return dict.fromkeys(("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
-                              "all_seen", "reward_agrees", "reward_excess"), 0)
+        return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
     drop, seen = drops
     first = envlib.FIRST_ATTACK_ACTION["smax"]
     attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
                          for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
     hit = seen & (drop > threshold)
     excess = reward_excess(episodes.rewards, drop)[seen.all(axis=-1)]              # (steps,)
-    per_shot = envlib.REWARD_SCALE / drop.shape[-1] * threshold
+    per_shot = damage_reward(threshold, drop.shape[-1])                             # half a shot's reward
     return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
             "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
             "gains": int((seen & (drop < -threshold)).sum()),
