@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -87,6 +88,12 @@ def write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
+
+
+def copy_file(source, path):
+    """Copy the file `source` to `path`, atomically."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_csv(path, rows):

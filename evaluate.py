@@ -13,7 +13,10 @@
   each column against the seed spread: final and late return (the mean of
   the last evaluations), with Welch's t-test against the original data,
   and per cell the smallest gap its seeds could resolve given the final
-  evaluation's own noise.
+  evaluation's own noise. With `--records DIR` each finished run's
+  results.json and metrics.csv are kept in DIR (the repository's records/),
+  and restored from it into a fresh --out, so a sweep that outlasts a
+  machine's runs/ folder resumes without training its finished runs again.
 
 Rollouts of a policy in the simulator live beside the policy, in
 `qmix.evaluate_policy`.
@@ -21,6 +24,7 @@ Rollouts of a policy in the simulator live beside the policy, in
 import argparse
 import collections
 import csv
+import filecmp
 import json
 import os
 import re
@@ -348,6 +352,64 @@ def run_group_in_subprocess(group, log_dir):
 def finished(flags):
     """Whether the train.py run with these flags has written its results.json."""
     return os.path.exists(os.path.join(train.result_dir(train.parse_args(flags)), "results.json"))
+
+
+# A finished run's record: the two files its table row, curve and cost are read from (`read_runs`), under
+# RECORDS/<its result folder's name>/. results.json goes last: a run counts as finished once it is there.
+RECORD_FILES = ("metrics.csv", "results.json")
+
+
+def check_record(record):
+    """Raise an InputError unless the folder `record` holds a finished run's metrics.csv and results.json."""
+    fix = f"delete {record} so that the sweep trains that run again"
+    try:
+        with open(os.path.join(record, "results.json")) as f:
+            final = json.load(f).get("final")
+        curve = evaluation_curve(record)
+    except (OSError, ValueError, KeyError, AttributeError) as err:   # missing, not JSON, not the metrics' columns
+        raise artifacts.InputError(f"{record}: not a finished run's record ({type(err).__name__}: {err}); {fix}") \
+            from None
+    if not isinstance(final, dict) or "return_mean" not in final or not len(curve):
+        raise artifacts.InputError(f"{record}: results.json has no final evaluation or metrics.csv no "
+                                   f"evaluation; {fix}")
+
+
+def restore_records(runs, records):
+    """Copy the record of each run not finished under --out from the folder `records` into its result folder
+    (then the sweep reuses it instead of training the run); returns how many were restored.
+
+    Every record is checked before any is copied, so a damaged one stops the sweep before it starts.
+    """
+    todo = []
+    for _, flags in runs:
+        run_dir = train.result_dir(train.parse_args(flags))
+        record = os.path.join(records, os.path.basename(run_dir))
+        if not finished(flags) and os.path.isdir(record):
+            check_record(record)
+            todo.append((record, run_dir))
+    for record, run_dir in todo:
+        os.makedirs(run_dir, exist_ok=True)
+        for name in RECORD_FILES:
+            artifacts.copy_file(os.path.join(record, name), os.path.join(run_dir, name))
+    return len(todo)
+
+
+def save_records(runs, records):
+    """Copy every finished run's metrics.csv and results.json into `records` (kept in git, the records
+    outlive a machine's runs/ folder); returns how many records were new or changed."""
+    saved = 0
+    for _, flags in runs:
+        run_dir = train.result_dir(train.parse_args(flags))
+        record = os.path.join(records, os.path.basename(run_dir))
+        sources = [os.path.join(run_dir, name) for name in RECORD_FILES]
+        targets = [os.path.join(record, name) for name in RECORD_FILES]
+        if all(os.path.exists(t) and filecmp.cmp(s, t, shallow=False) for s, t in zip(sources, targets)):
+            continue
+        os.makedirs(record, exist_ok=True)
+        for source, target in zip(sources, targets):
+            artifacts.copy_file(source, target)
+        saved += 1
+    return saved
 
 
 def run_with_workers(groups, jobs, log_dir, progress):
@@ -679,6 +741,8 @@ def run_table1(args, train_flags):
             for m, f in table1_runs(args.scenarios, args.qualities, args.algos, args.seeds, args.lams, args.methods)]
     parsed = [train.parse_args(flags) for _, flags in runs]   # every bad flag fails before any work
     failures = []
+    if args.records:
+        print(f"{restore_records(runs, args.records)} finished run(s) restored from {args.records}")
     if not args.table_only:
         for targs in {(a.scenario, a.quality): a for a in parsed}.values():   # datasets before any worker
             data.ensure_dataset(targs.scenario, targs.quality, targs.fraction, targs.data_seed,
@@ -688,6 +752,8 @@ def run_table1(args, train_flags):
     if not runs:
         raise SystemExit(f"no finished run of this sweep under {args.out}/results"
                          + ("" if args.table_only else "; every run failed, see the logs in OUT/logs"))
+    if args.records:
+        print(f"{save_records(runs, args.records)} record(s) written to {args.records}")
     read = read_runs(runs)
     rows = table1_rows(read)
     curves = {run_dir: curve for _, _, run_dir, _, curve in read}
@@ -751,6 +817,10 @@ def main(argv=None):
                         "joins a cluster; --out must be on storage every node sees")
     t.add_argument("--out", default="runs", help="root folder of the cached runs; the table goes to OUT/table1/, or to "
                         "OUT/table1-<departures>/ when flags passed to train.py depart from its defaults")
+    t.add_argument("--records", default=None, metavar="DIR",
+                   help="a folder of finished runs' records (results.json, metrics.csv), e.g. the repository's "
+                        "records/: runs recorded there are restored under --out and not trained again, and every "
+                        "finished run of the sweep is recorded there afterwards")
     t.add_argument("--table-only", action="store_true",
                    help="start no run: write the table and curves from the runs finished so far")
     f = sub.add_parser("figures", help="Figure 1b (focus fire) and Figure 3 (t-SNE)")

@@ -332,6 +332,49 @@ def test_a_failing_ray_task_is_reported_and_its_cell_left_out(two_worker_sweep, 
     assert "| 3m-poor | " in markdown and "| — |" in markdown
 
 
+def record_sweep(two_worker_sweep, records):
+    """Record the tiny sweep's finished runs in `records` (a table-only pass: nothing trains)."""
+    evaluate.main(SWEEP + ["--out", str(two_worker_sweep), "--table-only", "--records", str(records)] + TINY_SWEEP)
+
+
+def test_records_outlive_the_runs_folder_and_spare_the_sweep_every_recorded_run(two_worker_sweep, tmp_path, capsys):
+    records = tmp_path / "records"
+    record_sweep(two_worker_sweep, records)
+    assert sorted(os.listdir(records)) == sorted(os.listdir(two_worker_sweep / "results"))
+    for run in os.listdir(records):
+        assert sorted(os.listdir(records / run)) == ["metrics.csv", "results.json"]
+        assert (records / run / "results.json").read_bytes() == \
+            (two_worker_sweep / "results" / run / "results.json").read_bytes()
+    fresh = tmp_path / "fresh"                                   # another machine: no runs folder
+    shutil.copytree(two_worker_sweep / "datasets", fresh / "datasets")     # the same D_real, not made again
+    capsys.readouterr()
+    evaluate.main(SWEEP + ["--jobs", "2", "--out", str(fresh), "--records", str(records)] + TINY_SWEEP)
+    out = capsys.readouterr().out
+    assert "4 finished run(s) restored" in out and "4 of 4 runs already finished" in out
+    assert "0 record(s) written" in out                          # the records were already there, unchanged
+    assert not (fresh / "eaq").exists() and not (fresh / "logs").exists(), "nothing was trained"
+    assert table_without_paths(fresh) == table_without_paths(two_worker_sweep)
+
+
+@pytest.mark.parametrize("damage", ["truncated results", "no metrics", "no final evaluation"])
+def test_a_damaged_record_stops_the_sweep_before_it_starts(two_worker_sweep, tmp_path, capsys, damage):
+    records = tmp_path / "records"
+    record_sweep(two_worker_sweep, records)
+    damaged = records / sorted(os.listdir(records))[-1]
+    if damage == "truncated results":
+        (damaged / "results.json").write_text('{"final": ')
+    elif damage == "no metrics":
+        (damaged / "metrics.csv").unlink()
+    else:
+        (damaged / "results.json").write_text('{"algo": "cql"}')
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate.main(SWEEP + ["--out", str(tmp_path / "fresh"), "--records", str(records)] + TINY_SWEEP)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {damaged}: ") and f"delete {damaged} so that" in err and "\n" not in err
+    assert not (tmp_path / "fresh").exists(), "no record restored and no dataset made"
+
+
 @pytest.mark.parametrize("value", ["somewhere", "host:port", "host:0", "host:70000", ":6379"])
 def test_bad_ray_addresses_fail_before_anything_starts(tmp_path, capsys, value):
     with pytest.raises(SystemExit):
