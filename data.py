@@ -873,7 +873,7 @@ def damage_threshold(episodes):
 
 
 DAMAGE_COUNT_KEYS = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
-                     "all_seen", "reward_agrees", "reward_excess")
+                     "all_seen", "reward_agrees", "reward_excess", "some_seen", "reward_short")
 
 
 def damage_reward(health_lost, n_enemies):
@@ -896,7 +896,10 @@ def damage_counts(episodes, threshold):
     (k's health rises by more than `threshold`)}; and the reward against that damage over the steps on
     which every enemy is seen at t and t+1: {"all_seen" (such steps), "reward_agrees" (r_t within half a
     shot's reward, `damage_reward(threshold, K)`, of the damage the observations show), "reward_excess"
-    (the sum over them of r_t minus that damage)}. All zero without a SMAX layout or threshold."""
+    (the sum over them of r_t minus that damage)}; and over the steps on which at least one enemy is seen at
+    t and t+1, where the enemies nobody sees may have lost more: {"some_seen" (such steps), "reward_short" (r_t
+    below the reward for the damage shown by more than half a shot)}. All zero without a SMAX layout or
+    threshold."""
     drops = enemy_health_drops(episodes)
     if drops is None or not np.isfinite(threshold):
         return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
@@ -905,21 +908,25 @@ def damage_counts(episodes, threshold):
     attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
                          for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
     hit = seen & (drop > threshold)
-    excess = reward_excess(episodes.rewards, drop)[seen.all(axis=-1)]              # (steps,)
+    excess = reward_excess(episodes.rewards, np.where(seen, drop, 0.0))            # (E, T): unseen enemies pay 0
+    all_seen, some_seen = excess[seen.all(axis=-1)], excess[seen.any(axis=-1)]    # (steps,) each
     per_shot = damage_reward(threshold, drop.shape[-1])                             # half a shot's reward
     return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
             "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
             "gains": int((seen & (drop < -threshold)).sum()),
-            "all_seen": int(excess.size), "reward_agrees": int((np.abs(excess) < per_shot).sum()),
-            "reward_excess": float(excess.sum())}
+            "all_seen": int(all_seen.size), "reward_agrees": int((np.abs(all_seen) < per_shot).sum()),
+            "reward_excess": float(all_seen.sum()),
+            "some_seen": int(some_seen.size), "reward_short": int((some_seen < -per_shot).sum())}
 
 
 def damage_shares(counts):
     """From `damage_counts` (summed over batches, e.g. in a collections.Counter): attacks_that_damage = P(k loses health | attacked),
     damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health),
-    reward_matches_damage = P(r_t within half a shot's reward of the damage shown), reward_minus_damage = the
-    mean of r_t minus that damage; NaN where a share has no cases. D_real: 1 and 0 for the last four; its
-    attacks that do not damage are weapon cooldowns."""
+    reward_matches_damage = P(r_t within half a shot's reward of the damage shown | every enemy seen),
+    reward_minus_damage = the mean of r_t minus that damage, reward_below_damage = P(r_t short of the damage
+    the seen enemies show by more than half a shot | some enemy seen); NaN where a share has no cases.
+    D_real: damage_with_shooter and reward_matches_damage 1, the other three after them 0; its attacks that
+    do not damage are weapon cooldowns."""
     def share(a, b):
         return a / b if b else float("nan")
     hits = counts["attacked_hit"] + counts["unattacked_hit"]
@@ -927,7 +934,8 @@ def damage_shares(counts):
             "damage_with_shooter": share(counts["attacked_hit"], hits),
             "health_gain_share": share(counts["gains"], counts["seen"]),
             "reward_matches_damage": share(counts["reward_agrees"], counts["all_seen"]),
-            "reward_minus_damage": share(counts["reward_excess"], counts["all_seen"])}
+            "reward_minus_damage": share(counts["reward_excess"], counts["all_seen"]),
+            "reward_below_damage": share(counts["reward_short"], counts["some_seen"])}
 
 
 # ---------------------------------------------------------------------------

@@ -578,7 +578,7 @@ def format_report(report):
             ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
             ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}"), ("attacks_that_damage", "{:.3f}"),
             ("damage_with_shooter", "{:.3f}"), ("health_gain_share", "{:.3f}"), ("reward_matches_damage", "{:.3f}"),
-            ("reward_minus_damage", "{:+.3f}")]
+            ("reward_minus_damage", "{:+.3f}"), ("reward_below_damage", "{:.3f}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
     for key, fmt in [(key, fmt) for key, fmt in rows if key in report["real"]]:   # older reports lack later keys
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"

@@ -15,7 +15,11 @@ the smallest drop D_real shows (`data.damage_threshold`). Then the reward
 row against that damage, over the steps on which every enemy is seen at
 both steps: the share whose reward lies within half a shot's reward of
 what SMAX pays for the health lost (D_real: 1), and the mean reward minus
-that payment (D_real: 0). Reports written by diffusion.py since these
+that payment (D_real: 0); and over the steps on which at least one enemy
+is seen at both steps, the share whose reward falls short of what SMAX
+pays for the health the seen enemies lose by more than half a shot's
+reward (D_real: 0; an enemy nobody sees can only add to the reward).
+Reports written by diffusion.py since these
 checks exist hold the same numbers; this script gives them for older D_syn
 files. Files are read in chunks.
 
@@ -74,7 +78,8 @@ def projections(real, ranks):
 def table_line(label, episodes, shares):
     return (f"| {label} | {episodes} | {shares['attacks_that_damage']:.3f} | "
             f"{shares['damage_with_shooter']:.3f} | {shares['health_gain_share']:.3f} | "
-            f"{shares['reward_matches_damage']:.3f} | {shares['reward_minus_damage']:+.3f} |")
+            f"{shares['reward_matches_damage']:.3f} | {shares['reward_minus_damage']:+.3f} | "
+            f"{shares['reward_below_damage']:.3f} |")
 
 
 def main(argv=None):
@@ -104,8 +109,8 @@ def main(argv=None):
             lines.append(table_line(label or f"D_syn {i + 1}", *file_shares(path, threshold)))
     print(f"health drops count above {threshold:.3f} (half the smallest drop in D_real)")
     print("| data | episodes | attacks that damage | damage with a shooter | health gains "
-          "| reward matches damage | reward − damage |")
-    print("|---|---|---|---|---|---|---|")
+          "| reward matches damage | reward − damage | reward below damage |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

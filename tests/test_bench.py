@@ -20,11 +20,11 @@ def bench(name):
 
 def rows(text):
     """{label: (attacks that damage, damage with a shooter, health gains, reward matches damage,
-    reward − damage)} of the printed table."""
+    reward − damage, reward below damage)} of the printed table."""
     out = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 7 and cells[1].isdigit():
+        if line.startswith("| ") and len(cells) == 8 and cells[1].isdigit():
             out[cells[0]] = tuple(float(c) for c in cells[2:])
     return out
 
@@ -41,8 +41,8 @@ def test_damage_bench_reads_files_and_projects_d_real(tiny_3m, tmp_path, capsys)
     bench("damage").main(["--real", tiny_3m[0], "--synthetic", f"moved={tmp_path / 'moved.h5'}",
                           "--rank", "2", str(F)])
     table = rows(capsys.readouterr().out)
-    assert table["D_real"][1:] == (1.0, 0.0, 1.0, 0.0)
-    assert table["moved"][1] < 0.5 and table["moved"][3:] == (1.0, 0.0)     # its rewards still match the damage
+    assert table["D_real"][1:] == (1.0, 0.0, 1.0, 0.0, 0.0)
+    assert table["moved"][1] < 0.5 and table["moved"][3:] == (1.0, 0.0, 0.0)   # its rewards still match the damage
     full = [v for k, v in table.items() if k.startswith(f"D_real, top {F} of {F}")]
     assert full == [table["D_real"]], "projecting onto every direction changes nothing"
     two = [v for k, v in table.items() if k.startswith(f"D_real, top 2 of {F}")]

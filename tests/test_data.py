@@ -357,10 +357,14 @@ def test_attack_damage_counts_by_hand():
     assert data.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
     counts = data.damage_counts(ep, 0.1)
     assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1,
-                      "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0}     # enemy 2 is never seen
+                      "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0,     # enemy 2 is never seen
+                      "some_seen": 2, "reward_short": 2}     # both steps show enemy 0's 0.2 drop, rewards say 0
     assert data.damage_shares(counts) == pytest.approx(
         {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3,
-         "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan")}, nan_ok=True)
+         "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan"),
+         "reward_below_damage": 1.0}, nan_ok=True)
+    paid = dataclasses.replace(ep, rewards=np.array([[0.0, 10 * 0.2 / 3 - 0.3, 0.0]], np.float32))
+    assert data.damage_counts(paid, 0.1)["reward_short"] == 1     # 2/3 short is past half a shot (1/3); 0.3 not
     assert data.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
     smac = damage_episode("smac")                                           # no SMAX layout: no numbers
     assert data.enemy_health(smac) is None and np.isnan(data.damage_threshold(smac))
@@ -382,6 +386,7 @@ def test_reward_against_the_damage_the_observations_show_by_hand():
                        np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": "smax"})
     counts = data.damage_counts(ep, 0.1)
     assert (counts["all_seen"], counts["reward_agrees"]) == (2, 1)   # 2.0 - 4/3 is past half a shot's 1/3
+    assert (counts["some_seen"], counts["reward_short"]) == (2, 0)   # overpaid is not short
     assert counts["reward_excess"] == pytest.approx(2.0 - 10 * 0.4 / 3, abs=1e-5)
     shares = data.damage_shares(counts)
     assert shares["reward_matches_damage"] == 0.5
@@ -396,9 +401,12 @@ def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m)
     assert shares["damage_with_shooter"] == 1.0 and shares["health_gain_share"] == 0.0
     assert 0.6 < shares["attacks_that_damage"] < 1.0       # the misses: weapons cooling down
     assert shares["reward_matches_damage"] == 1.0 and abs(shares["reward_minus_damage"]) < 1e-5
+    assert shares["reward_below_damage"] == 0.0
+    counts = data.damage_counts(real, threshold)
+    assert counts["some_seen"] > counts["all_seen"] > 0       # partly seen steps are judged too
     late_rewards = np.roll(real.rewards, 1, axis=1)         # every reward a step late
-    assert data.damage_shares(data.damage_counts(dataclasses.replace(real, rewards=late_rewards), threshold))[
-        "reward_matches_damage"] < 0.8
+    late_shares = data.damage_shares(data.damage_counts(dataclasses.replace(real, rewards=late_rewards), threshold))
+    assert late_shares["reward_matches_damage"] < 0.8 and late_shares["reward_below_damage"] > 0.1
     retargeted = real.actions.copy()                        # every attack moved to the next enemy
     attack = retargeted >= 5
     retargeted[attack] = 5 + (retargeted[attack] - 4) % 3

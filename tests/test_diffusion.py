@@ -231,6 +231,7 @@ def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     assert a["q0_std"] == pytest.approx(a["return_std"], rel=1e-4)
     assert (a["damage_with_shooter"], a["health_gain_share"]) == (1.0, 0.0)   # decoded from Eq. 4 as recorded
     assert a["reward_matches_damage"] == 1.0 and abs(a["reward_minus_damage"]) < 1e-4
+    assert a["reward_below_damage"] == 0.0
     assert a["attacks_that_damage"] == pytest.approx(
         data.damage_shares(data.damage_counts(real, threshold))["attacks_that_damage"])
 
@@ -506,10 +507,11 @@ def test_the_report_prints_the_damage_check_and_reads_reports_without_it(tiny_3m
     printed = D.format_report(report)
     assert "damage_with_shooter        1.000     1.000" in printed
     assert "reward_matches_damage      1.000     1.000" in printed and "reward_minus_damage       +0.000" in printed
+    assert f"{'reward_below_damage':22s}{'0.000':>10s}{'0.000':>10s}" in printed
     older = {**report, "real": dict(report["real"]), "synthetic": dict(report["synthetic"])}
     for side in ("real", "synthetic"):
         for key in ("attacks_that_damage", "damage_with_shooter", "health_gain_share", "reward_matches_damage",
-                    "reward_minus_damage"):
+                    "reward_minus_damage", "reward_below_damage"):
             del older[side][key]
     assert "damage_with_shooter" not in D.format_report(older) and "reward_" not in D.format_report(older)
     assert D.fidelity_misses(older) == []
