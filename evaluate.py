@@ -374,6 +374,12 @@ def check_record(record):
                                    f"evaluation; {fix}")
 
 
+def record_folder(flags, records):
+    """(result folder under --out, its record's folder under `records`) of the train.py run with these flags."""
+    run_dir = train.result_dir(train.parse_args(flags))
+    return run_dir, os.path.join(records, os.path.basename(run_dir))
+
+
 def restore_records(runs, records):
     """Copy the record of each run not finished under --out from the folder `records` into its result folder
     (then the sweep reuses it instead of training the run); returns how many were restored.
@@ -382,8 +388,7 @@ def restore_records(runs, records):
     """
     todo = []
     for _, flags in runs:
-        run_dir = train.result_dir(train.parse_args(flags))
-        record = os.path.join(records, os.path.basename(run_dir))
+        run_dir, record = record_folder(flags, records)
         if not finished(flags) and os.path.isdir(record):
             check_record(record)
             todo.append((record, run_dir))
@@ -399,8 +404,7 @@ def save_records(runs, records):
     outlive a machine's runs/ folder); returns how many records were new or changed."""
     saved = 0
     for _, flags in runs:
-        run_dir = train.result_dir(train.parse_args(flags))
-        record = os.path.join(records, os.path.basename(run_dir))
+        run_dir, record = record_folder(flags, records)
         sources = [os.path.join(run_dir, name) for name in RECORD_FILES]
         targets = [os.path.join(record, name) for name in RECORD_FILES]
         if all(os.path.exists(t) and filecmp.cmp(s, t, shallow=False) for s, t in zip(sources, targets)):
