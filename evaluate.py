@@ -380,6 +380,13 @@ def record_folder(flags, records):
     return run_dir, os.path.join(records, os.path.basename(run_dir))
 
 
+def copy_record(source_dir, target_dir):
+    """Copy a run's RECORD_FILES from one folder to another (created if need be), results.json last."""
+    os.makedirs(target_dir, exist_ok=True)
+    for name in RECORD_FILES:
+        artifacts.copy_file(os.path.join(source_dir, name), os.path.join(target_dir, name))
+
+
 def restore_records(runs, records):
     """Copy the record of each run not finished under --out from the folder `records` into its result folder
     (then the sweep reuses it instead of training the run); returns how many were restored.
@@ -393,9 +400,7 @@ def restore_records(runs, records):
             check_record(record)
             todo.append((record, run_dir))
     for record, run_dir in todo:
-        os.makedirs(run_dir, exist_ok=True)
-        for name in RECORD_FILES:
-            artifacts.copy_file(os.path.join(record, name), os.path.join(run_dir, name))
+        copy_record(record, run_dir)
     return len(todo)
 
 
@@ -405,13 +410,11 @@ def save_records(runs, records):
     saved = 0
     for _, flags in runs:
         run_dir, record = record_folder(flags, records)
-        sources = [os.path.join(run_dir, name) for name in RECORD_FILES]
-        targets = [os.path.join(record, name) for name in RECORD_FILES]
-        if all(os.path.exists(t) and filecmp.cmp(s, t, shallow=False) for s, t in zip(sources, targets)):
+        if all(os.path.exists(os.path.join(record, name))
+               and filecmp.cmp(os.path.join(run_dir, name), os.path.join(record, name), shallow=False)
+               for name in RECORD_FILES):
             continue
-        os.makedirs(record, exist_ok=True)
-        for source, target in zip(sources, targets):
-            artifacts.copy_file(source, target)
+        copy_record(run_dir, record)
         saved += 1
     return saved
 
