@@ -16,6 +16,7 @@ This module sits below every other one (it imports nothing of ours).
 import contextlib
 import csv
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -102,6 +103,40 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def file_digest(path):
+    """sha256 of a file's bytes (identifies a dataset's contents in checkpoints and cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_tensors(path, state):
+    """torch.save a dict of tensors and plain values, atomically (torch is imported here: the
+    data-making modules, which use JAX only, import this one too)."""
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_tensors(path, what, fix):
+    """A checkpoint written by `save_tensors`, loaded without running any code (`weights_only`).
+
+    Anything else — a pickle that would run code, a damaged or foreign file —
+    is refused with one InputError naming `path`, `what` it should be and the `fix`.
+    """
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable {what} (refused: {reason[:160]}); {fix}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not {what}; {fix}")
+    return state
 
 
 def torch_threads():

@@ -56,7 +56,6 @@ import argparse
 import collections
 import copy
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -316,11 +315,10 @@ class Model:
 
 def save_checkpoint(path, model):
     """Tensors and plain values only, written to a temporary name then renamed."""
-    with artifacts.atomic_path(path) as tmp:
-        torch.save({"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
-                    "optimizer": model.optimizer.state_dict(), "step": model.step,
-                    "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
-                    "normalizer": model.normalizer.state_dict(), "config": model.config}, tmp)
+    artifacts.save_tensors(path, {"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
+                                  "optimizer": model.optimizer.state_dict(), "step": model.step,
+                                  "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
+                                  "normalizer": model.normalizer.state_dict(), "config": model.config})
 
 
 CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "normalizer", "config"}
@@ -333,13 +331,8 @@ def load_checkpoint(path):
 
     The optimiser's learning rate and moments come from the checkpoint (its saved parameter groups).
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise artifacts.InputError(f"{path}: not a readable EAQ checkpoint (refused: {reason[:160]}); "
-                                   f"delete it to train again") from None
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
+    ckpt = artifacts.load_tensors(path, "EAQ checkpoint", "delete it to train again")
+    if not CHECKPOINT_KEYS <= ckpt.keys():
         raise artifacts.InputError(f"{path}: not an EAQ diffusion checkpoint; delete it to train again")
     try:
         config = {**OLDER_CHECKPOINTS, **ckpt["config"]}
@@ -714,15 +707,6 @@ def parse_args(argv=None):
     return args
 
 
-def file_digest(path):
-    """sha256 of a file's bytes (identifies D_real's contents in a checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_config(args, layout):
     """Everything that decides the trained model: a resume must match it field by field."""
     return {"n_features": layout.n_features, "dim": args.dim, "dim_mults": list(args.dim_mults), "K": args.K,
@@ -730,7 +714,7 @@ def model_config(args, layout):
             "ema_decay": args.ema_decay, "bucket_width": args.bucket_width,
             "global_row_weight": args.global_row_weight, "head_width": args.head_width,
             "dataset": os.path.abspath(args.dataset),
-            "dataset_sha256": file_digest(args.dataset), "layout": dataclasses.asdict(layout)}
+            "dataset_sha256": artifacts.file_digest(args.dataset), "layout": dataclasses.asdict(layout)}
 
 
 RESUME_FLAGS = {"dim": "--dim", "dim_mults": "--dim-mults", "K": "--K", "lam": "--lam", "seed": "--seed",

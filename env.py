@@ -221,6 +221,19 @@ class SmaxEnv:
         return (np.array(obs, dtype=np.float32), np.array(avail),
                 np.array(reward, dtype=np.float32), np.array(done), np.array(won))
 
+    def stream_state(self):
+        """Where this batch's seeded stream of episodes stands: the JAX key's two uint32, as Python ints.
+
+        `set_stream_state` puts it back, so that a resumed learner's later
+        evaluations see the episodes an uninterrupted run would have seen.
+        """
+        return [int(word) for word in np.asarray(self._key, dtype=np.uint32)]
+
+    def set_stream_state(self, state):
+        import jax.numpy as jnp
+        self._key = jnp.asarray(np.array(state, dtype=np.uint32))
+        self._state = self._finished = None
+
     def fork(self, seed):
         """A second batch of the same map with its own seeded episodes, sharing the compiled functions."""
         import copy
@@ -299,6 +312,10 @@ class SmacEnv:
             self._obs[b], self._avail[b] = self._observe(env)
         return (self._obs.copy(), self._avail.copy(), reward,
                 self._finished.copy(), self._won.copy())
+
+    def stream_state(self):
+        """None: StarCraft II's random state cannot be read back, so a run evaluated here cannot resume."""
+        return None
 
     def fork(self, seed):
         """Another batch of StarCraft II games of the same map, seeded with `seed`."""

@@ -336,12 +336,13 @@ def run_group_in_subprocess(group, log_dir):
 
     Raises RuntimeError naming the run and its log if one fails. A run killed
     half-way leaves no results.json (it is written last, atomically), so a
-    later sweep runs it again.
+    later sweep runs it again, from its last checkpoint (train.py resumes
+    its diffusion model and its learner by itself).
     """
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     for _, flags in group:
         log = os.path.join(log_dir, os.path.basename(train.result_dir(train.parse_args(flags))) + ".log")
-        with open(log, "w") as f:
+        with open(log, "a") as f:                  # a resumed run's log keeps its earlier sessions
             done = subprocess.run([sys.executable, train_py] + flags, stdout=f, stderr=subprocess.STDOUT,
                                   env={**os.environ, **SINGLE_THREAD_ENV})
         if done.returncode:

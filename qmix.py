@@ -14,7 +14,8 @@ extra loss, so everything they share lives here once:
   synthetic episodes alike, because Eq. 4 has no separate global state.
 * Episode minibatches, unrolling the GRU over (B, T, N), legal-action max,
   double-Q targets, TD loss over valid steps, hard target updates, the
-  training loop, and the greedy decentralised rollouts that evaluate it.
+  training loop and its checkpoints (`learner.pt`, for `--resume`), and
+  the greedy decentralised rollouts that evaluate it.
 
 What comes from OG-MARL (the code the paper ran; read in its TF2
 `qmix_cql.py` / `qmix_bcq.py`, 2024) and where we differ, on purpose:
@@ -46,6 +47,7 @@ rewards / dones / valid (B, T); agent Q values (B, T+1, N, A); Q_tot (B, T).
 """
 import copy
 import os
+import time
 
 import numpy as np
 import torch
@@ -388,20 +390,25 @@ def use_learner_threads():
 
 
 def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval_every=1000,
-               target_every=200, grad_clip=10.0, progress=True):
+               target_every=200, grad_clip=10.0, progress=True, checkpoint=None, resume_from=None):
     """Adam on `learner.loss(batch)` for `iters` iterations; returns the metrics rows.
 
     `learner` has `.qmix`, `.parameters()` and `.loss(batch) -> (loss, logs)`.
     Every `target_every` iterations the target networks are copied; every
-    `eval_every` iterations (and at the end) `evaluate()` adds its numbers.
+    `eval_every` iterations (and at the end) `evaluate()` adds its numbers
+    and `checkpoint` (a `LearnerCheckpoint`), if given, saves the run;
+    `resume_from` (a state it read) continues from the iteration it holds.
     Minibatches come from a generator seeded with `seed`; everything else
     random (initialisation, CQL samples, RAD) is seeded by the caller.
     `grad_clip` <= 0 turns gradient clipping off.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
-    rows = []
-    bar = tqdm(range(1, iters + 1), desc=type(learner).__name__, disable=not progress)
+    done, rows = 0, []
+    if resume_from is not None:
+        done, rows = checkpoint.restore(resume_from, learner, optimizer, generator)
+    bar = tqdm(range(done + 1, iters + 1), desc=type(learner).__name__, disable=not progress,
+               initial=done, total=iters)
     for it in bar:
         loss, logs = learner.loss(buffer.sample(batch_size, generator))
         if not torch.isfinite(loss):
@@ -418,7 +425,86 @@ def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval
             row = {"iteration": it, **logs, **evaluate()}
             rows.append(row)
             bar.set_postfix(ret=f"{row.get('return_mean', float('nan')):.2f}")
+            if checkpoint is not None:
+                checkpoint.save(it, learner, optimizer, generator, rows)
     return rows
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: a learner run that stops (a session that closes, a cluster node
+# that is taken back) goes on from its last evaluation, as if never stopped
+# ---------------------------------------------------------------------------
+def learner_state(learner):
+    """A learner's own state: each of its networks' weights (QMIX with its targets; BCQ's behaviour
+    network) and its generator (CQL's sampled actions, RAD's factors)."""
+    state = {name: module.state_dict() for name, module in vars(learner).items() if isinstance(module, nn.Module)}
+    return {**state, "generator": learner.generator.get_state()}
+
+
+def load_learner_state(learner, state):
+    for name, module in vars(learner).items():
+        if isinstance(module, nn.Module):
+            module.load_state_dict(state[name])
+    learner.generator.set_state(state["generator"])
+
+
+class LearnerCheckpoint:
+    """`learner.pt` beside a run's metrics: what the rest of the run depends on, saved at each evaluation.
+
+    It holds the iteration, the learner's networks and generator, Adam's
+    moments, the minibatch generator, torch's global generator, where the
+    reported evaluation's stream of episodes stands, the metrics rows so
+    far, the seconds spent, and `config` — the run's flags and its datasets'
+    sha256 — against which a resume is checked. A resumed run computes what
+    the uninterrupted one would have (tested). Tensors and plain values
+    only: it loads with weights_only=True, so loading it runs no code.
+    Once the run ends it holds the final networks.
+    """
+
+    KEYS = {"iteration", "learner", "optimizer", "minibatches", "torch_rng", "eval_stream", "rows", "seconds",
+            "config"}
+
+    def __init__(self, path, config, env, started):
+        self.path, self.config, self.env = path, config, env
+        self.started, self.seconds_before = started, 0.0        # time.time() at the start of this session
+
+    def seconds(self):
+        """Seconds this run has spent, over every session that saved a checkpoint."""
+        return self.seconds_before + time.time() - self.started
+
+    def save(self, iteration, learner, optimizer, minibatches, rows):
+        artifacts.save_tensors(self.path, {
+            "iteration": iteration, "learner": learner_state(learner), "optimizer": optimizer.state_dict(),
+            "minibatches": minibatches.get_state(), "torch_rng": torch.get_rng_state(),
+            "eval_stream": self.env.stream_state(), "rows": rows, "seconds": self.seconds(), "config": self.config})
+
+    def read(self):
+        """The saved state, checked against this run; an InputError naming the problem if it cannot resume."""
+        fix = "run without --resume to start afresh, or choose another --out"
+        if not os.path.exists(self.path):
+            raise artifacts.InputError(f"{self.path}: nothing to resume; {fix}")
+        state = artifacts.load_tensors(self.path, "learner checkpoint", fix)
+        if not self.KEYS <= state.keys():
+            raise artifacts.InputError(f"{self.path}: not a learner checkpoint; {fix}")
+        for key, wanted in self.config.items():
+            if state["config"].get(key) != wanted:
+                what = "datasets' sha256" if key == "datasets" else key
+                raise artifacts.InputError(f"{self.path} was saved by a run with other {what} "
+                                           f"({state['config'].get(key)!r}, not {wanted!r}); {fix}")
+        if state["eval_stream"] is None:
+            raise artifacts.InputError(f"{self.path}: its run was evaluated in StarCraft II, whose episodes cannot "
+                                       f"be replayed from a saved state; {fix}")
+        return state
+
+    def restore(self, state, learner, optimizer, minibatches):
+        """Put a read state back into the run; returns (iterations done, metrics rows so far)."""
+        load_learner_state(learner, state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        minibatches.set_state(state["minibatches"])
+        torch.set_rng_state(state["torch_rng"])
+        self.env.set_stream_state(state["eval_stream"])
+        self.seconds_before = float(state["seconds"])
+        return int(state["iteration"]), list(state["rows"])
 
 
 def write_metrics(rows, csv_path, png_path, title):
@@ -439,6 +525,11 @@ def write_metrics(rows, csv_path, png_path, title):
 # ---------------------------------------------------------------------------
 # The learners' shared command line (cql.py, bcq.py and train.py)
 # ---------------------------------------------------------------------------
+# The flags that change a learner run's result (train.py's cache key, the checkpoint's check).
+LEARNER_FLAGS = ("iters", "batch_size", "lr", "gamma", "target_every", "grad_clip", "last_action",
+                 "eval_every", "eval_episodes", "backend", "seed")
+
+
 def add_learner_flags(p):
     """Flags every learner run takes; defaults are the paper's (15 000 iterations) and OG-MARL's QMIX."""
     p.add_argument("--iters", type=int, default=15000, help="training iterations (paper: 15 000)")
@@ -466,7 +557,10 @@ def learner_parser(description):
     add_learner_flags(p)
     p.add_argument("--aug", default="none", choices=rad.AUGMENTATIONS,
                    help="observation augmentation of every minibatch (paper §4.2: RAD-s, RAD-m)")
-    p.add_argument("--out", default=None, help="folder for metrics.csv and curve.png (default: runs/<learner>)")
+    p.add_argument("--out", default=None,
+                   help="folder for metrics.csv, curve.png and learner.pt (default: runs/<learner>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from OUT/learner.pt (saved at every evaluation)")
     return p
 
 
@@ -511,16 +605,40 @@ def check_simulator(path, attrs, backend):
                                    f"dataset is evaluated with --backend {attrs['backend']}")
 
 
-def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, progress=True):
+def resume_state(checkpoint, resume):
+    """The state to resume from, or None (start afresh).
+
+    resume: False (start afresh), True (cql.py / bcq.py --resume: a
+    checkpoint of this run must be there) or "auto" (train.py, whose
+    folder is named by the run's configuration: resume if a checkpoint
+    loads and matches, else say why and start afresh).
+    """
+    if not resume:
+        return None
+    try:
+        return checkpoint.read()
+    except artifacts.InputError as err:
+        if resume is True:
+            raise
+        if os.path.exists(checkpoint.path):
+            print(f"training the learner from the start: {err}")
+        return None
+
+
+def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, progress=True, resume=False):
     """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG into `out`.
 
     `args` holds the learner flags (`add_learner_flags`). The run is a
     function of args.seed: the networks are initialised right after
     torch.manual_seed(seed), minibatches and the learners' own draws come
     from generators seeded from it, and both evaluation streams from their
-    own seeded simulators. Returns a dict: the last metrics row ('final'),
-    the held-out evaluation, the number of training episodes.
+    own seeded simulators. `out`/learner.pt is saved at every evaluation
+    and `resume` (see `resume_state`) continues from it. Returns a dict:
+    the last metrics row ('final'), the held-out evaluation, the number of
+    training episodes, the iteration it resumed from (0 if none) and the
+    seconds the run took over all its sessions.
     """
+    started = time.time()
     artifacts.prepare_output_dir(out)
     use_learner_threads()
     a, buffer = load_buffer(dataset_paths)
@@ -530,16 +648,24 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     check_simulator(dataset_paths[0], a, args.backend)
     envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
     env = envs["reported"]
+    config = {"learner": learner_cls.__name__, "aug": aug, **(extra or {}),
+              **{name: getattr(args, name) for name in LEARNER_FLAGS},
+              "datasets": [artifacts.file_digest(p) for p in dataset_paths]}
+    checkpoint = LearnerCheckpoint(os.path.join(out, "learner.pt"), config, env, started)
+    state = resume_state(checkpoint, resume)
+    if state is not None:
+        print(f"resuming the learner from iteration {state['iteration']} ({checkpoint.path})")
 
     def evaluate_now():
         return evaluate_policy(learner.policy(), env)
 
     rows = train_loop(learner, buffer, args.iters, args.batch_size, args.lr, args.seed, evaluate_now,
-                      args.eval_every, args.target_every, args.grad_clip, progress)
+                      args.eval_every, args.target_every, args.grad_clip, progress, checkpoint, state)
     heldout = evaluate_policy(learner.policy(), envs["heldout"])
     title = f"{type(learner).__name__} {a['scenario']} aug={aug} seed={args.seed}"
     write_metrics(rows, os.path.join(out, "metrics.csv"), os.path.join(out, "curve.png"), title)
-    return {"final": rows[-1], "heldout": heldout, "training_episodes": int(buffer.n_episodes)}
+    return {"final": rows[-1], "heldout": heldout, "training_episodes": int(buffer.n_episodes),
+            "resumed_from": 0 if state is None else int(state["iteration"]), "seconds": checkpoint.seconds()}
 
 
 def learner_main(learner_cls, description, add_flags, check_flags, learner_kwargs, argv=None):
@@ -556,7 +682,7 @@ def run_and_report(learner_cls, args, extra):
     """Train and evaluate one learner on --dataset, print one summary line."""
     out = args.out or os.path.join("runs", learner_cls.__name__.lower())
     with artifacts.one_line_errors():
-        result = run_learner(learner_cls, args.dataset, args, out, args.aug, extra)
+        result = run_learner(learner_cls, args.dataset, args, out, args.aug, extra, resume=args.resume)
     last, heldout = result["final"], result["heldout"]
     print(f"{learner_cls.__name__} after {last['iteration']} iterations: return {last['return_mean']:.2f} ± "
           f"{last['return_std']:.2f}, normalised {last['normalised_return']:.3f}, win rate "

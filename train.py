@@ -44,8 +44,6 @@ ALGOS = {"cql": cql, "bcq": bcq}
 LEARNERS = {"cql": cql.QmixCQL, "bcq": bcq.QmixBCQ}
 AUGS = ("none", "rad-s", "rad-m", "eaq")
 ALGO_FLAGS = {"cql": ("alpha", "cql_samples"), "bcq": ("tau", "bcq_execution")}
-LEARNER_FLAGS = ("iters", "batch_size", "lr", "gamma", "target_every", "grad_clip", "last_action",
-                 "eval_every", "eval_episodes", "backend", "seed")
 
 
 def build_parser():
@@ -150,7 +148,7 @@ def real_dataset_stem(args):
     """D_real's name in the cached stages' names: the file's stem (plus a digest of its contents for --dataset)."""
     stem = os.path.splitext(os.path.basename(real_dataset_path(args)))[0]
     if args.dataset is not None:
-        stem += "-" + diffusion.file_digest(args.dataset)[:6]
+        stem += "-" + artifacts.file_digest(args.dataset)[:6]
     return stem
 
 
@@ -183,7 +181,7 @@ def eaq_dir(args):
 def result_dir(args):
     """runs/results/<D_real>-<learner>-<augmentation>-it<iters>-s<seed>-<hash of the whole run>."""
     stem = real_dataset_stem(args)
-    config = {name: getattr(args, name) for name in LEARNER_FLAGS + ALGO_FLAGS[args.algo]}
+    config = {name: getattr(args, name) for name in qmix.LEARNER_FLAGS + ALGO_FLAGS[args.algo]}
     config.update(algo=args.algo, aug=args.aug, dataset=stem)
     aug = args.aug
     if args.aug == "eaq":
@@ -283,11 +281,10 @@ def run(args):
         syn_path, report = augment_with_eaq(args, real_path)
         datasets.append(syn_path)
         seconds["diffusion"] = time.time() - start
-    start = time.time()
     learner_aug = args.aug if args.aug in rad.AUGMENTATIONS else "none"
     result = qmix.run_learner(LEARNERS[args.algo], datasets, args, out, learner_aug,
-                              ALGOS[args.algo].learner_kwargs(args))
-    seconds["learner"] = time.time() - start
+                              ALGOS[args.algo].learner_kwargs(args), resume="auto")
+    seconds["learner"] = result.pop("seconds")          # over every session, if the learner resumed
     results = {"config": vars(args), "algo": args.algo,
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
                "dataset": {"path": real_path, "episodes": n_real,

@@ -418,20 +418,10 @@ def test_resume_refuses_a_dataset_with_other_contents(tiny_3m, tmp_path):
         D.fit_and_sample(tiny_args(str(copy), tmp_path / "out", steps=10, resume=True), progress=False)
 
 
-class Payload:
-    """Unpickling this object would create a file: what a malicious checkpoint does."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
-    target = tmp_path / "pwned"
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, malicious_pickle):
+    payload, target = malicious_pickle
     ckpt = tmp_path / "model.pt"
-    torch.save({"model": Payload(str(target)), "ema": {}, "optimizer": {}, "step": 0, "normalizer": {},
+    torch.save({"model": payload, "ema": {}, "optimizer": {}, "step": 0, "normalizer": {},
                 "config": {}}, ckpt)
     with pytest.raises(artifacts.InputError, match="model.pt: not a readable EAQ checkpoint"):
         D.load_checkpoint(str(ckpt))

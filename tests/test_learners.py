@@ -389,3 +389,84 @@ def test_datasets_are_read_chunk_by_chunk_into_the_same_buffer(tiny_3m, monkeypa
     assert chunked.n_episodes == whole.n_episodes == sum(reads)
     for name in ("lengths", "offsets", "obs", "avail", "actions", "rewards", "dones"):
         assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+
+
+class Stop(Exception):
+    """Stands for whatever ends a run early: a closed session, a node taken back."""
+
+
+def learner_args(dataset, *extra):
+    """cql.py / bcq.py flags of a tiny run: 7 iterations, evaluations at 3, 6 and 7."""
+    p = qmix.learner_parser("test")
+    cql.add_flags(p)
+    bcq.add_flags(p)
+    return p.parse_args(["--dataset", dataset, "--iters", "7", "--batch-size", "4", "--eval-every", "3",
+                         "--target-every", "2", "--eval-episodes", "3", *extra])
+
+
+@pytest.mark.parametrize("learner_cls, aug, kwargs", [(cql.QmixCQL, "rad-m", {"n_samples": 5}),
+                                                      (bcq.QmixBCQ, "none", {})])
+def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3m, tmp_path, monkeypatch,
+                                                                          learner_cls, aug, kwargs):
+    args = learner_args(tiny_3m[0])
+    whole = qmix.run_learner(learner_cls, [tiny_3m[0]], args, str(tmp_path / "whole"), aug, kwargs, progress=False)
+    loss, calls = learner_cls.loss, []
+
+    def loss_that_stops_at_iteration_5(self, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Stop
+        return loss(self, batch)
+
+    monkeypatch.setattr(learner_cls, "loss", loss_that_stops_at_iteration_5)
+    out = str(tmp_path / "stopped")
+    with pytest.raises(Stop):
+        qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False)
+    calls.clear()
+    resumed = qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False, resume=True)
+    assert len(calls) == 4 and resumed["resumed_from"] == 3 and whole["resumed_from"] == 0, \
+        "it went on from the checkpoint of iteration 3"
+    with open(tmp_path / "whole" / "metrics.csv") as a, open(os.path.join(out, "metrics.csv")) as b:
+        assert a.read() == b.read()
+    assert resumed["heldout"] == whole["heldout"]
+    checkpoints = [torch.load(os.path.join(d, "learner.pt"), weights_only=True) for d in (str(tmp_path / "whole"), out)]
+    assert checkpoints[0]["eval_stream"] == checkpoints[1]["eval_stream"], "the evaluations saw the same episodes"
+    saved = [c["learner"] for c in checkpoints]
+    for name, state in saved[0].items():
+        if name == "generator":
+            assert torch.equal(state, saved[1][name])
+            continue
+        for key, tensor in state.items():
+            assert torch.equal(tensor, saved[1][name][key]), f"{name}.{key}"
+
+
+def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(tiny_3m, tmp_path, capsys,
+                                                                                malicious_pickle):
+    out = str(tmp_path / "run")
+    flags = ["--dataset", tiny_3m[0], "--iters", "3", "--batch-size", "4", "--eval-every", "3",
+             "--eval-episodes", "3", "--out", out]
+    with pytest.raises(SystemExit):
+        cql.main(flags + ["--resume"])
+    assert "learner.pt: nothing to resume; run without --resume" in capsys.readouterr().err
+    cql.main(flags)
+    capsys.readouterr()
+    for extra, message in ((["--lr", "1e-3"], "with other lr (0.0003, not 0.001)"),
+                           (["--seed", "1"], "with other seed (0, not 1)"),
+                           (["--dataset", tiny_3m[0]], "with other datasets' sha256")):
+        with pytest.raises(SystemExit):
+            cql.main(flags + extra + ["--resume"])
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out}/learner.pt was saved by a run") and message in err, err
+        assert "run without --resume" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        bcq.main(flags + ["--resume"])
+    assert "with other learner ('QmixCQL', not 'QmixBCQ')" in capsys.readouterr().err
+    payload, target = malicious_pickle
+    torch.save({"iteration": payload}, os.path.join(out, "learner.pt"))
+    with pytest.raises(SystemExit):
+        cql.main(flags + ["--resume"])
+    assert "learner.pt: not a readable learner checkpoint (refused: " in capsys.readouterr().err
+    assert not target.exists()
+    result = qmix.run_learner(cql.QmixCQL, [tiny_3m[0]], learner_args(tiny_3m[0], "--iters", "3"), out,
+                              progress=False, resume="auto")
+    assert "training the learner from the start: " in capsys.readouterr().out and result["resumed_from"] == 0

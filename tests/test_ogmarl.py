@@ -178,7 +178,7 @@ def test_train_py_takes_the_converted_file_as_d_real_and_needs_smac_to_evaluate_
     args = train.parse_args(["--dataset", converted, "--backend", "smac", "--out", str(tmp_path)])
     assert (args.scenario, args.quality) == ("3m", "good")
     name = os.path.basename(train.result_dir(args))
-    assert name.startswith("ogmarl-3m-good-" + D.file_digest(converted)[:6] + "-cql-eaq-")
+    assert name.startswith("ogmarl-3m-good-" + artifacts.file_digest(converted)[:6] + "-cql-eaq-")
     with pytest.raises(SystemExit):                             # SMAX's 3m has other observations
         train.main(["--dataset", converted, "--out", str(tmp_path), "--iters", "2"])
     err = capsys.readouterr().err
