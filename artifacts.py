@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -132,11 +133,24 @@ def load_tensors(path, what, fix):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a readable {what} (refused: {reason[:160]}); {fix}") from None
+        raise InputError(f"{path}: not a readable {what} (refused: {refusal_reason(err)}); {fix}") from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: not {what}; {fix}")
     return state
+
+
+def refusal_reason(err):
+    """torch.load's refusal in a few words: what a pickle would have called, or the error's first line.
+
+    (torch's own message spans several lines and explains how to load the file unsafely.)
+    """
+    text = str(err)
+    called = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if called:
+        return f"loading it would call {called.group(1)}; a checkpoint holds tensors and plain values only"
+    if "WeightsUnpickler error" in text:
+        return "not a torch file of tensors and plain values"
+    return (text.strip().splitlines()[0] if text.strip() else type(err).__name__)[:160]
 
 
 def torch_threads():

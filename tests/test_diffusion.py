@@ -423,9 +423,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     ckpt = tmp_path / "model.pt"
     torch.save({"model": payload, "ema": {}, "optimizer": {}, "step": 0, "normalizer": {},
                 "config": {}}, ckpt)
-    with pytest.raises(artifacts.InputError, match="model.pt: not a readable EAQ checkpoint"):
+    with pytest.raises(artifacts.InputError, match=r"model.pt: not a readable EAQ checkpoint \(refused: loading "
+                                                    r"it would call io.open; "):
         D.load_checkpoint(str(ckpt))
     assert not target.exists()
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(artifacts.InputError, match=r"model.pt: not a readable EAQ checkpoint \(refused: not a torch "
+                                                    r"file of tensors and plain values\); delete it"):
+        D.load_checkpoint(str(ckpt))
 
 
 def test_bad_flags_fail_with_a_message(tiny_3m, tmp_path, capsys):

@@ -465,7 +465,8 @@ def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(ti
     torch.save({"iteration": payload}, os.path.join(out, "learner.pt"))
     with pytest.raises(SystemExit):
         cql.main(flags + ["--resume"])
-    assert "learner.pt: not a readable learner checkpoint (refused: " in capsys.readouterr().err
+    assert ("learner.pt: not a readable learner checkpoint (refused: loading it would call io.open; a checkpoint "
+            "holds tensors and plain values only); run without --resume") in capsys.readouterr().err
     assert not target.exists()
     result = qmix.run_learner(cql.QmixCQL, [tiny_3m[0]], learner_args(tiny_3m[0], "--iters", "3"), out,
                               progress=False, resume="auto")
