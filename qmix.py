@@ -486,11 +486,12 @@ class LearnerCheckpoint:
         state = artifacts.load_tensors(self.path, "learner checkpoint", fix)
         if not self.KEYS <= state.keys():
             raise artifacts.InputError(f"{self.path}: not a learner checkpoint; {fix}")
+        saved = state["config"] if isinstance(state["config"], dict) else {}
         for key, wanted in self.config.items():
-            if state["config"].get(key) != wanted:
+            if saved.get(key) != wanted:
                 what = "datasets' sha256" if key == "datasets" else key
                 raise artifacts.InputError(f"{self.path} was saved by a run with other {what} "
-                                           f"({state['config'].get(key)!r}, not {wanted!r}); {fix}")
+                                           f"({saved.get(key)!r}, not {wanted!r}); {fix}")
         if state["eval_stream"] is None:
             raise artifacts.InputError(f"{self.path}: its run was evaluated in StarCraft II, whose episodes cannot "
                                        f"be replayed from a saved state; {fix}")
@@ -498,13 +499,17 @@ class LearnerCheckpoint:
 
     def restore(self, state, learner, optimizer, minibatches):
         """Put a read state back into the run; returns (iterations done, metrics rows so far)."""
-        load_learner_state(learner, state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        minibatches.set_state(state["minibatches"])
-        torch.set_rng_state(state["torch_rng"])
-        self.env.set_stream_state(state["eval_stream"])
-        self.seconds_before = float(state["seconds"])
-        return int(state["iteration"]), list(state["rows"])
+        try:
+            load_learner_state(learner, state["learner"])
+            optimizer.load_state_dict(state["optimizer"])
+            minibatches.set_state(state["minibatches"])
+            torch.set_rng_state(state["torch_rng"])
+            self.env.set_stream_state(state["eval_stream"])
+            self.seconds_before = float(state["seconds"])
+            return int(state["iteration"]), list(state["rows"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise artifacts.InputError(f"{self.path}: damaged learner checkpoint ({type(err).__name__}); "
+                                       f"delete it to train the run again") from None
 
 
 def write_metrics(rows, csv_path, png_path, title):

@@ -461,6 +461,12 @@ def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(ti
     with pytest.raises(SystemExit):
         bcq.main(flags + ["--resume"])
     assert "with other learner ('QmixCQL', not 'QmixBCQ')" in capsys.readouterr().err
+    damaged = torch.load(os.path.join(out, "learner.pt"), weights_only=True)
+    damaged["learner"]["qmix"].pop("mixer.value.2.bias")
+    torch.save(damaged, os.path.join(out, "learner.pt"))
+    with pytest.raises(SystemExit):
+        cql.main(flags + ["--resume"])
+    assert "learner.pt: damaged learner checkpoint (RuntimeError); delete it" in capsys.readouterr().err
     payload, target = malicious_pickle
     torch.save({"iteration": payload}, os.path.join(out, "learner.pt"))
     with pytest.raises(SystemExit):
