@@ -123,8 +123,9 @@ def save_tensors(path, state):
         torch.save(state, tmp)
 
 
-def load_tensors(path, what, fix):
-    """A checkpoint written by `save_tensors`, loaded without running any code (`weights_only`).
+def load_tensors(path, what, fix, keys):
+    """A checkpoint written by `save_tensors` (a dict with at least `keys`), loaded without running any code
+    (`weights_only`).
 
     Anything else — a pickle that would run code, a damaged or foreign file —
     is refused with one InputError naming `path`, `what` it should be and the `fix`.
@@ -134,8 +135,8 @@ def load_tensors(path, what, fix):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:       # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
         raise InputError(f"{path}: not a readable {what} (refused: {refusal_reason(err)}); {fix}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: not {what}; {fix}")
+    if not isinstance(state, dict) or not set(keys) <= state.keys():
+        raise InputError(f"{path}: not a whole {what}; {fix}")
     return state
 
 

@@ -331,9 +331,7 @@ def load_checkpoint(path):
 
     The optimiser's learning rate and moments come from the checkpoint (its saved parameter groups).
     """
-    ckpt = artifacts.load_tensors(path, "EAQ checkpoint", "delete it to train again")
-    if not CHECKPOINT_KEYS <= ckpt.keys():
-        raise artifacts.InputError(f"{path}: not an EAQ diffusion checkpoint; delete it to train again")
+    ckpt = artifacts.load_tensors(path, "EAQ checkpoint", "delete it to train again", CHECKPOINT_KEYS)
     try:
         config = {**OLDER_CHECKPOINTS, **ckpt["config"]}
         diffusion, ema = build(config)

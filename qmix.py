@@ -434,17 +434,20 @@ def train_loop(learner, buffer, iters, batch_size, lr, seed, evaluate=None, eval
 # Checkpoints: a learner run that stops (a session that closes, a cluster node
 # that is taken back) goes on from its last evaluation, as if never stopped
 # ---------------------------------------------------------------------------
+def learner_networks(learner):
+    """{attribute name: network} of a learner: QMIX (with its targets), and BCQ's behaviour network."""
+    return {name: module for name, module in vars(learner).items() if isinstance(module, nn.Module)}
+
+
 def learner_state(learner):
-    """A learner's own state: each of its networks' weights (QMIX with its targets; BCQ's behaviour
-    network) and its generator (CQL's sampled actions, RAD's factors)."""
-    state = {name: module.state_dict() for name, module in vars(learner).items() if isinstance(module, nn.Module)}
+    """A learner's own state: its networks' weights and its generator (CQL's sampled actions, RAD's factors)."""
+    state = {name: module.state_dict() for name, module in learner_networks(learner).items()}
     return {**state, "generator": learner.generator.get_state()}
 
 
 def load_learner_state(learner, state):
-    for name, module in vars(learner).items():
-        if isinstance(module, nn.Module):
-            module.load_state_dict(state[name])
+    for name, module in learner_networks(learner).items():
+        module.load_state_dict(state[name])
     learner.generator.set_state(state["generator"])
 
 
@@ -483,9 +486,7 @@ class LearnerCheckpoint:
         fix = "run without --resume to start afresh, or choose another --out"
         if not os.path.exists(self.path):
             raise artifacts.InputError(f"{self.path}: nothing to resume; {fix}")
-        state = artifacts.load_tensors(self.path, "learner checkpoint", fix)
-        if not self.KEYS <= state.keys():
-            raise artifacts.InputError(f"{self.path}: not a learner checkpoint; {fix}")
+        state = artifacts.load_tensors(self.path, "learner checkpoint", fix, self.KEYS)
         saved = state["config"] if isinstance(state["config"], dict) else {}
         for key, wanted in self.config.items():
             if saved.get(key) != wanted:
