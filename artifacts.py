@@ -1,4 +1,5 @@
-"""How every stage writes its files (the running artefacts: datasets, checkpoints, JSON, CSV, PNG).
+"""How every stage writes its files (the running artefacts: datasets, checkpoints, JSON, CSV, PNG), and
+the time it records having spent (`Clock`).
 
 Every file the project writes goes through `atomic_path`: it is written
 under a temporary name beside its target and renamed only when complete,
@@ -23,6 +24,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 
 class InputError(ValueError):
     """A refused input (file, flag, checkpoint): the message names it, what is wrong and the fix.
@@ -167,6 +169,33 @@ def torch_threads():
     if not value.isdigit() or int(value) < 1:
         raise InputError(f"EAQ_TORCH_THREADS={value!r}: must be a positive integer (torch threads per process)")
     return int(value)
+
+
+class Clock:
+    """Wall and CPU seconds a stage has spent, over every session of it that saved its counts.
+
+    CPU seconds are `time.process_time()`: every thread of this process,
+    none of another's, none while the process is paused (SIGSTOP) or waits
+    for a core — so on a shared or paused machine they stay the stage's own
+    cost where wall time reads long (README "What it cost"). They miss what a
+    GPU computes. `cpu()` is None when an earlier session did not count them
+    (a checkpoint saved before they were recorded).
+    """
+
+    def __init__(self, wall_before=0.0, cpu_before=0.0):
+        self.wall_before, self.cpu_before = wall_before, cpu_before
+        self.wall_start, self.cpu_start = time.time(), time.process_time()
+
+    def wall(self):
+        return self.wall_before + time.time() - self.wall_start
+
+    def cpu(self):
+        return None if self.cpu_before is None else self.cpu_before + time.process_time() - self.cpu_start
+
+    def add_before(self, wall, cpu):
+        """Count an earlier session's seconds (read from a checkpoint; cpu None if it did not count them)."""
+        self.wall_before += wall
+        self.cpu_before = None if cpu is None or self.cpu_before is None else self.cpu_before + cpu
 
 
 def pyplot():

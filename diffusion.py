@@ -311,6 +311,7 @@ class Model:
     step: int = 0                  # training steps done so far
     hinge_active_steps: int = 0    # steps whose Q-hinge term was > 0
     train_seconds: float = 0.0     # training wall time over all sessions
+    train_cpu_seconds: float | None = 0.0   # and CPU time (artifacts.Clock); None if a session did not count it
 
 
 def save_checkpoint(path, model):
@@ -318,6 +319,7 @@ def save_checkpoint(path, model):
     artifacts.save_tensors(path, {"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
                                   "optimizer": model.optimizer.state_dict(), "step": model.step,
                                   "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
+                                  "train_cpu_seconds": model.train_cpu_seconds,
                                   "normalizer": model.normalizer.state_dict(), "config": model.config})
 
 
@@ -344,7 +346,7 @@ def load_checkpoint(path):
                                    f"delete it to train again") from None
     return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]),
                  config, int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
-                 float(ckpt.get("train_seconds", 0.0)))
+                 float(ckpt.get("train_seconds", 0.0)), ckpt.get("train_cpu_seconds"))   # None: saved before 11-27
 
 
 def use_diffusion_threads():
@@ -754,13 +756,12 @@ def fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress=True):
             if torch.is_tensor(value) and value.dim() > 0:
                 state[key] = value.to(device)
     start_step, start_active, start = model.step, model.hinge_active_steps, time.time()
+    clock = artifacts.Clock(model.train_seconds, model.train_cpu_seconds)     # over every session
 
     def checkpoint(step, active):
         model.step, model.hinge_active_steps = step, start_active + active
-        model.train_seconds += time.time() - checkpoint.last
-        checkpoint.last = time.time()
+        model.train_seconds, model.train_cpu_seconds = clock.wall(), clock.cpu()
         save_checkpoint(ckpt_path, model)
-    checkpoint.last = start
 
     losses = {}
     if model.step < args.steps:
@@ -771,6 +772,7 @@ def fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress=True):
                        row_weights=global_row_weights(layout, model.config["global_row_weight"]))
     return {"losses": losses, "trained_steps": model.step - start_step, "train_seconds": time.time() - start,
             "model_steps": model.step, "train_seconds_total": model.train_seconds,
+            "train_cpu_seconds_total": model.train_cpu_seconds,
             "hinge_active_share": model.hinge_active_steps / max(model.step, 1)}
 
 
@@ -797,7 +799,7 @@ def sample_synthetic(model, args, real, real_matrix, horizons, progress=True):
              "bucket_width": model.config["bucket_width"], "source_dataset": os.path.abspath(args.dataset),
              "format_version": data.FORMAT_VERSION}
     attrs.pop("win_rate", None)                    # a property of the real episodes only
-    start = time.time()
+    clock = artifacts.Clock()
     with artifacts.atomic_path(os.path.join(args.out, "synthetic.h5")) as tmp, h5py.File(tmp, "w") as f:
         writer = data.EpisodeWriter(f, T, layout.n_agents, layout.obs_dim, layout.n_actions)
         for matrix in sample_batches(model.ema, model.normalizer, windows, T, layout.n_features,
@@ -808,7 +810,7 @@ def sample_synthetic(model, args, real, real_matrix, horizons, progress=True):
         syn = report["synthetic"]
         f.attrs.update({**attrs, "return_mean": syn["return_mean"], "return_std": syn["return_std"],
                         "length_mean": syn["length_mean"]})
-    return {**report, "sample_seconds": time.time() - start,
+    return {**report, "sample_seconds": clock.wall(), "sample_cpu_seconds": clock.cpu(),
             "sampler": f"ddim-{args.ddim_steps}" if args.ddim_steps else f"ddpm-{model.config['K']}"}
 
 

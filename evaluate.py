@@ -533,10 +533,10 @@ def d_syn_name(targs):
 
 def table1_rows(read):
     """One row per finished run (`read_runs`): its cell, seed, reported, late and held-out evaluations,
-    wall time per stage, D_syn and folder."""
+    wall and CPU time per stage (CPU None where not recorded), D_syn and folder."""
     rows = []
     for method, targs, run_dir, results, curve in read:
-        final = results["final"]
+        final, cpu = results["final"], results.get("cpu_seconds", {})     # runs before 2026-11-27 lack CPU times
         rows.append({"scenario": targs.scenario, "quality": targs.quality, "algo": targs.algo,
                      "method": method, "lam": targs.lam if method == "EAQ" else 0.0, "seed": targs.seed,
                      **{k: final[k] for k in ("return_mean", "return_std", "normalised_return", "win_rate")},
@@ -545,6 +545,7 @@ def table1_rows(read):
                      "heldout_return": results["heldout"]["return_mean"],
                      "learner_s": results["seconds"]["learner"],
                      "diffusion_s": results["seconds"].get("diffusion", 0.0),
+                     "learner_cpu_s": cpu.get("learner"), "diffusion_cpu_s": cpu.get("diffusion"),
                      "d_syn": d_syn_name(targs),
                      "run_dir": run_dir})
     return rows
@@ -620,30 +621,44 @@ def resolution_markdown(rows):
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def cost_markdown(rows, seeds=5, lams=3):
-    """Per map and quality: the sweep's measured wall time and what the paper's full cell would take.
+def stage_cost(row, stage):
+    """(seconds, whether CPU-timed) of one run's stage ('learner' or 'diffusion'): its CPU time where
+    recorded, else its wall time."""
+    cpu = row.get(f"{stage}_cpu_s")
+    return (row[f"{stage}_s"], False) if cpu is None else (cpu, True)
 
-    Each run is single-threaded, so its wall time is about its CPU time;
-    medians, because a run paused or slowed by other work reads long. A
-    model's time is the longest diffusion stage among the runs sharing it
-    (the others load it from the cache). The full cell: 2 learners × `seeds`
-    × (4 + `lams`) columns, and `seeds` × (1 + `lams`) diffusion models.
+
+def cost_markdown(rows, seeds=5, lams=3):
+    """Per map and quality: the sweep's measured cost and what the paper's full cell would take.
+
+    A stage's cost is its CPU time where the run recorded it (since
+    2026-11-27), else its wall time: each run is single-threaded, so the two
+    agree on a core of its own, but wall time also counts pauses and the
+    waits beside other work. The counts in brackets say how many were
+    CPU-timed. Medians, because a slowed run reads long. A model's cost is
+    the largest among the runs sharing it (the others load it from the
+    cache). The full cell: 2 learners × `seeds` × (4 + `lams`) columns, and
+    `seeds` × (1 + `lams`) diffusion models.
     """
-    lines = ["| map-quality | learner runs | min per learner run (median) | diffusion models | "
+    lines = ["| map-quality | learner runs (CPU-timed) | min per learner run (median) | diffusion models (CPU-timed) | "
              "min per model (median) | run-hours so far | CPU-h, full cell |", "|---|---|---|---|---|---|---|"]
     for (scenario, quality), cell in sorted(rows_by_cell(rows).items(), key=lambda item: item[0]):
-        learner = [r["learner_s"] for r in cell]
-        models = {}
+        learner = [stage_cost(r, "learner") for r in cell]                 # [(seconds, CPU-timed)] per run
+        models = {}                                                        # D_syn -> (seconds, CPU-timed)
         for r in cell:
             if r["d_syn"]:
-                models[r["d_syn"]] = max(models.get(r["d_syn"], 0.0), r["diffusion_s"])
-        per_algo = ", ".join(f"{a.upper()} {np.median([r['learner_s'] for r in cell if r['algo'] == a]) / 60:.1f}"
-                             for a in sorted({r["algo"] for r in cell}))
-        model = float(np.median(list(models.values()))) if models else None
-        full = 2 * seeds * (4 + lams) * np.median(learner) + (seeds * (1 + lams) * model if models else 0.0)
-        lines.append(f"| {scenario}-{quality} | {len(cell)} | {np.median(learner) / 60:.1f} ({per_algo}) | "
-                     f"{len(models)} | " + (f"{model / 60:.1f}" if models else "—") + " | "
-                     f"{(sum(learner) + sum(models.values())) / 3600:.1f} | "
+                models[r["d_syn"]] = max(models.get(r["d_syn"], (0.0, False)), stage_cost(r, "diffusion"))
+        learner_s, model_s = [c for c, _ in learner], [c for c, _ in models.values()]
+        per_algo = ", ".join(
+            f"{algo.upper()} {np.median([c for c, r in zip(learner_s, cell) if r['algo'] == algo]) / 60:.1f}"
+            for algo in sorted({r["algo"] for r in cell}))
+        model = float(np.median(model_s)) if models else None
+        full = 2 * seeds * (4 + lams) * np.median(learner_s) + (seeds * (1 + lams) * model if models else 0.0)
+        lines.append(f"| {scenario}-{quality} | {len(cell)} ({sum(t for _, t in learner)}) | "
+                     f"{np.median(learner_s) / 60:.1f} ({per_algo}) | "
+                     f"{len(models)} ({sum(t for _, t in models.values())}) | "
+                     + (f"{model / 60:.1f}" if models else "—") + " | "
+                     f"{(sum(learner_s) + sum(model_s)) / 3600:.1f} | "
                      + (f"{full / 3600:.0f}" if models else "— (no diffusion model run)") + " |")
     return "\n".join(lines) + "\n"
 
@@ -781,8 +796,9 @@ def run_table1(args, train_flags):
     if reports:
         markdown += ("\nFidelity of each D_syn beside its D_real (diffusion.py's report):\n\n"
                      + fidelity_markdown(reports))
-    markdown += ("\nWall time per map and quality (each run single-threaded, beside the sweep's other "
-                 "workers), and the CPU-hours of the paper's full cell (5 seeds, 3 λ):\n\n" + cost_markdown(rows))
+    markdown += ("\nCost per map and quality (CPU time where a run recorded it, else wall time; each run "
+                 "single-threaded, beside the sweep's other workers), and the CPU-hours of the paper's full cell "
+                 "(5 seeds, 3 λ):\n\n" + cost_markdown(rows))
     with artifacts.atomic_path(os.path.join(table_dir, "table1.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown)
     for (scenario, quality), cell in rows_by_cell(rows).items():

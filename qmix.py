@@ -47,7 +47,6 @@ rewards / dones / valid (B, T); agent Q values (B, T+1, N, A); Q_tot (B, T).
 """
 import copy
 import os
-import time
 
 import numpy as np
 import torch
@@ -457,7 +456,7 @@ class LearnerCheckpoint:
     It holds the iteration, the learner's networks and generator, Adam's
     moments, the minibatch generator, torch's global generator, where the
     reported evaluation's stream of episodes stands, the metrics rows so
-    far, the seconds spent, and `config` — the run's flags and its datasets'
+    far, the wall and CPU seconds spent (`artifacts.Clock`), and `config` — the run's flags and its datasets'
     sha256 — against which a resume is checked. A resumed run computes what
     the uninterrupted one would have (tested). Tensors and plain values
     only: it loads with weights_only=True, so loading it runs no code.
@@ -467,19 +466,16 @@ class LearnerCheckpoint:
     KEYS = {"iteration", "learner", "optimizer", "minibatches", "torch_rng", "eval_stream", "rows", "seconds",
             "config"}
 
-    def __init__(self, path, config, env, started):
+    def __init__(self, path, config, env, clock):
         self.path, self.config, self.env = path, config, env
-        self.started, self.seconds_before = started, 0.0        # time.time() at the start of this session
-
-    def seconds(self):
-        """Seconds this run has spent, over every session that saved a checkpoint."""
-        return self.seconds_before + time.time() - self.started
+        self.clock = clock                   # artifacts.Clock started with this session
 
     def save(self, iteration, learner, optimizer, minibatches, rows):
         artifacts.save_tensors(self.path, {
             "iteration": iteration, "learner": learner_state(learner), "optimizer": optimizer.state_dict(),
             "minibatches": minibatches.get_state(), "torch_rng": torch.get_rng_state(),
-            "eval_stream": self.env.stream_state(), "rows": rows, "seconds": self.seconds(), "config": self.config})
+            "eval_stream": self.env.stream_state(), "rows": rows, "seconds": self.clock.wall(),
+            "cpu_seconds": self.clock.cpu(), "config": self.config})
 
     def read(self):
         """The saved state, checked against this run; an InputError naming the problem if it cannot resume."""
@@ -506,7 +502,7 @@ class LearnerCheckpoint:
             minibatches.set_state(state["minibatches"])
             torch.set_rng_state(state["torch_rng"])
             self.env.set_stream_state(state["eval_stream"])
-            self.seconds_before = float(state["seconds"])
+            self.clock.add_before(float(state["seconds"]), state.get("cpu_seconds"))   # None: saved before 11-27
             return int(state["iteration"]), list(state["rows"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise artifacts.InputError(f"{self.path}: damaged learner checkpoint ({type(err).__name__}); "
@@ -642,9 +638,10 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     and `resume` (see `resume_state`) continues from it. Returns a dict:
     the last metrics row ('final'), the held-out evaluation, the number of
     training episodes, the iteration it resumed from (0 if none) and the
-    seconds the run took over all its sessions.
+    wall and CPU seconds the run took over all its sessions (CPU: None if
+    it resumed from a checkpoint that did not count them).
     """
-    started = time.time()
+    clock = artifacts.Clock()
     artifacts.prepare_output_dir(out)
     use_learner_threads()
     a, buffer = load_buffer(dataset_paths)
@@ -657,7 +654,7 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     config = {"learner": learner_cls.__name__, "aug": aug, **(extra or {}),
               **{name: getattr(args, name) for name in LEARNER_FLAGS},
               "datasets": [artifacts.file_digest(p) for p in dataset_paths]}
-    checkpoint = LearnerCheckpoint(os.path.join(out, "learner.pt"), config, env, started)
+    checkpoint = LearnerCheckpoint(os.path.join(out, "learner.pt"), config, env, clock)
     state = resume_state(checkpoint, resume)
     if state is not None:
         print(f"resuming the learner from iteration {state['iteration']} ({checkpoint.path})")
@@ -671,7 +668,8 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     title = f"{type(learner).__name__} {a['scenario']} aug={aug} seed={args.seed}"
     write_metrics(rows, os.path.join(out, "metrics.csv"), os.path.join(out, "curve.png"), title)
     return {"final": rows[-1], "heldout": heldout, "training_episodes": int(buffer.n_episodes),
-            "resumed_from": 0 if state is None else int(state["iteration"]), "seconds": checkpoint.seconds()}
+            "resumed_from": 0 if state is None else int(state["iteration"]),
+            "seconds": clock.wall(), "cpu_seconds": clock.cpu()}
 
 
 def learner_main(learner_cls, description, add_flags, check_flags, learner_kwargs, argv=None):

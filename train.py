@@ -236,6 +236,13 @@ def augment_with_eaq(args, real_path):
     return os.path.join(out, "synthetic.h5"), report
 
 
+def model_cpu_seconds(report):
+    """The diffusion model's whole CPU cost: its training over every session plus the sampling of D_syn,
+    also when this run reused it from the cache; None where its report did not count them (before 11-27)."""
+    train_cpu, sample_cpu = report.get("train_cpu_seconds_total"), report.get("sample_cpu_seconds")
+    return None if train_cpu is None or sample_cpu is None else train_cpu + sample_cpu
+
+
 def summary_lines(results):
     d, final, heldout = results["dataset"], results["final"], results["heldout"]
     lines = [f"D_real: {d['episodes']} episodes, return {d['return_mean']:.2f} ± {d['return_std']:.2f}"]
@@ -253,6 +260,9 @@ def summary_lines(results):
                  f"{final['normalised_return']:.3f}, win rate {final['win_rate']:.2f} "
                  f"(held-out episodes: {heldout['return_mean']:.2f})")
     lines.append("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["seconds"].items()))
+    cpu = {k: v for k, v in results.get("cpu_seconds", {}).items() if v is not None}   # runs before 11-27 lack it
+    if cpu:
+        lines.append("CPU time: " + ", ".join(f"{k} {v:.0f}s" for k, v in cpu.items()))
     return lines
 
 
@@ -265,8 +275,7 @@ def run(args):
         print(f"reusing {results_path}")
         return cached
     artifacts.prepare_output_dir(out, "--out")
-    seconds = {}
-    start = time.time()
+    seconds, cpu_seconds, clock = {}, {}, artifacts.Clock()
     real_path = args.dataset or data.ensure_dataset(args.scenario, args.quality, args.fraction, args.data_seed,
                                                     root=os.path.join(args.out, "datasets"), behaviour=args.behaviour)
     real = data.load_dataset(real_path, scenario=args.scenario, quality=args.quality)   # validates the file
@@ -274,22 +283,24 @@ def run(args):
     del real                         # later stages read the file themselves; this copy would sit in memory
     qmix.check_simulator(real_path, real_attrs, args.backend)
     print("D_real " + data.describe(real_attrs))
-    seconds["dataset"] = time.time() - start
+    seconds["dataset"], cpu_seconds["dataset"] = clock.wall(), clock.cpu()
     datasets, report = [real_path], None
     if args.aug == "eaq":
-        start = time.time()
+        clock = artifacts.Clock()
         syn_path, report = augment_with_eaq(args, real_path)
         datasets.append(syn_path)
-        seconds["diffusion"] = time.time() - start
+        seconds["diffusion"], cpu_seconds["diffusion"] = clock.wall(), model_cpu_seconds(report)
     learner_aug = args.aug if args.aug in rad.AUGMENTATIONS else "none"
     result = qmix.run_learner(LEARNERS[args.algo], datasets, args, out, learner_aug,
                               ALGOS[args.algo].learner_kwargs(args), resume="auto")
     seconds["learner"] = result.pop("seconds")          # over every session, if the learner resumed
+    cpu_seconds["learner"] = result.pop("cpu_seconds")
     results = {"config": vars(args), "algo": args.algo,
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
                "dataset": {"path": real_path, "episodes": n_real,
                            **{k: real_attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
-               "augmentation_report": report, **result, "seconds": seconds}
+               "augmentation_report": report, **result, "seconds": seconds,
+               "cpu_seconds": cpu_seconds}
     artifacts.write_json(results_path, results)
     return results
 

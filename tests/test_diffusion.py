@@ -1,6 +1,7 @@
 """diffusion.py: the temporal U-Net, Eq. 5, training, checkpoints and sampling."""
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -316,10 +317,16 @@ def test_resume_continues_from_the_saved_step(tiny_3m, tmp_path):
     D.fit_and_sample(tiny_args(tiny_3m[0], straight, steps=20, checkpoint_every=10), progress=False)
     split = tmp_path / "split"
     D.fit_and_sample(tiny_args(tiny_3m[0], split, steps=10, checkpoint_every=10), progress=False)
+    saved = torch.load(split / "model.pt", weights_only=True)
+    saved["train_cpu_seconds"] = 1e6                          # the first session's count, made unmistakable
+    torch.save(saved, split / "model.pt")
+    cpu = time.process_time()
     report = D.fit_and_sample(tiny_args(tiny_3m[0], split, steps=20, checkpoint_every=10, resume=True),
                               progress=False)
+    cpu = time.process_time() - cpu
     assert report["trained_steps"] == 10 and report["model_steps"] == 20
     assert report["train_seconds_total"] >= report["train_seconds"] > 0
+    assert 1e6 < report["train_cpu_seconds_total"] <= 1e6 + cpu and 0 < report["sample_cpu_seconds"] <= cpu
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
     assert a["step"] == b["step"] == 20

@@ -98,13 +98,19 @@ def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
 
 
 def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_cell():
-    def run(algo, learner_s, diffusion_s=0.0, d_syn=""):
+    def run(algo, learner_s, diffusion_s=0.0, d_syn="", learner_cpu_s=None, diffusion_cpu_s=None):
         return {"scenario": "3m", "quality": "poor", "algo": algo, "learner_s": learner_s,
-                "diffusion_s": diffusion_s, "d_syn": d_syn}
+                "diffusion_s": diffusion_s, "d_syn": d_syn, "learner_cpu_s": learner_cpu_s,
+                "diffusion_cpu_s": diffusion_cpu_s}
     rows = [run("cql", 600), run("bcq", 1200), run("cql", 1560),                      # one slowed run
             run("cql", 600, 1200, "lam0.1-s0"), run("bcq", 1200, 300, "lam0.1-s0")]   # bcq loaded the model
     assert evaluate.cost_markdown(rows).splitlines()[2] == (
-        "| 3m-poor | 5 | 20.0 (BCQ 20.0, CQL 10.0) | 1 | 20.0 | 1.8 | 30 |")
+        "| 3m-poor | 5 (0) | 20.0 (BCQ 20.0, CQL 10.0) | 1 (0) | 20.0 | 1.8 | 30 |")
+    rows[2]["learner_cpu_s"] = 600                           # the slowed run's own cost: its CPU time
+    for r in rows[3:]:
+        r["diffusion_cpu_s"] = 900                           # the model's whole CPU cost, in both runs sharing it
+    assert evaluate.cost_markdown(rows).splitlines()[2] == (
+        "| 3m-poor | 5 (1) | 10.0 (BCQ 20.0, CQL 10.0) | 1 (1) | 15.0 | 1.4 | 17 |")
 
 
 def test_spread_table_tests_each_column_against_original_with_welchs_t_at_the_chosen_lambda():
@@ -288,9 +294,9 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
     assert markdown.count("| 3m-poor | CQL | EAQ (λ=0.1) |") == 1
     assert markdown.count("| 3m-poor D_real |") == 1 and markdown.count("| D_syn | 0.1 | 0 |") == 1   # one D_syn
     assert "\n3m-poor: per-episode return std " in markdown and " over 2 episodes, " in markdown   # --eval-episodes
-    cost = markdown.split("\nWall time per map")[1].splitlines()
+    cost = markdown.split("\nCost per map")[1].splitlines()
     runs_and_models = [line.split(" | ")[1:4:2] for line in cost if line.startswith("| 3m-poor |")]
-    assert runs_and_models == [["4", "1"]]
+    assert runs_and_models == [["4 (4)", "1 (1)"]], "every run and its model CPU-timed"
     assert (table / "curves-3m-poor.png").stat().st_size > 1000
     seed1 = train.result_dir(train.parse_args(["--quality", "poor", "--algo", "cql", "--seed", "1", "--aug", "none",
                                                "--iters", "5", "--out", str(out)] + TINY_SWEEP))
@@ -307,9 +313,10 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
 def table_without_paths(out):
     """table1.csv and table1.md without what differs between two sweeps of the same runs: paths and wall times."""
     with open(sweep_table(out) / "table1.csv") as f:
-        rows = [{k: v for k, v in row.items() if k not in ("run_dir", "learner_s", "diffusion_s")}
+        rows = [{k: v for k, v in row.items() if k not in ("run_dir", "learner_s", "diffusion_s",
+                                                                "learner_cpu_s", "diffusion_cpu_s")}
                 for row in csv.DictReader(f)]
-    return rows, (sweep_table(out) / "table1.md").read_text().split("\nWall time per map")[0]
+    return rows, (sweep_table(out) / "table1.md").read_text().split("\nCost per map")[0]
 
 
 def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_sweep, tmp_path):

@@ -3,11 +3,13 @@ import csv
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
+import artifacts
 import bcq
 import cql
 import data
@@ -423,7 +425,14 @@ def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3
     with pytest.raises(Stop):
         qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False)
     calls.clear()
+    saved = torch.load(os.path.join(out, "learner.pt"), weights_only=True)
+    saved["seconds"], saved["cpu_seconds"] = 1e5, 1e6        # the stopped session's counts, made unmistakable
+    torch.save(saved, os.path.join(out, "learner.pt"))
+    wall, cpu = time.time(), time.process_time()
     resumed = qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False, resume=True)
+    wall, cpu = time.time() - wall, time.process_time() - cpu
+    assert 1e5 < resumed["seconds"] <= 1e5 + wall and 1e6 < resumed["cpu_seconds"] <= 1e6 + cpu, \
+        "a resumed run's wall and CPU time add this session's to the earlier ones"
     assert len(calls) == 4 and resumed["resumed_from"] == 3 and whole["resumed_from"] == 0, \
         "it went on from the checkpoint of iteration 3"
     with open(tmp_path / "whole" / "metrics.csv") as a, open(os.path.join(out, "metrics.csv")) as b:
@@ -438,6 +447,14 @@ def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3
             continue
         for key, tensor in state.items():
             assert torch.equal(tensor, saved[1][name][key]), f"{name}.{key}"
+
+
+def test_a_checkpoint_that_did_not_count_cpu_time_leaves_the_runs_cpu_time_unknown():
+    clock = artifacts.Clock()
+    clock.add_before(5.0, 7.0)
+    assert clock.wall() >= 5.0 and 7.0 <= clock.cpu() < 7.0 + time.process_time()
+    clock.add_before(1.0, None)                  # e.g. learner.pt saved before 2026-11-27 (no "cpu_seconds")
+    assert clock.wall() >= 6.0 and clock.cpu() is None, "unknown, not this session's seconds alone"
 
 
 def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(tiny_3m, tmp_path, capsys,

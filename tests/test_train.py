@@ -37,6 +37,10 @@ def test_tiny_end_to_end_run_trains_on_real_and_synthetic_episodes(tiny_run):
     assert results["training_episodes"] == (1 + 2) * 24, "the learner sees D_real ∪ D_syn, (1 + S) |D_real|"
     assert results["final"]["iteration"] == 10 and "return_mean" in results["heldout"]
     assert os.path.exists(os.path.join(run_dir(tiny_run), "metrics.csv"))
+    report, cpu = results["augmentation_report"], results["cpu_seconds"]
+    assert set(cpu) == set(results["seconds"]) == {"dataset", "diffusion", "learner"}
+    assert min(cpu.values()) > 0
+    assert cpu["diffusion"] == report["train_cpu_seconds_total"] + report["sample_cpu_seconds"]
 
 
 def test_the_summary_gives_d_syn_wins_by_both_rows_and_reads_older_reports(tiny_run):
@@ -58,6 +62,10 @@ def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, mon
     train.main(TINY + ["--out", str(tiny_run), "--algo", "bcq"])
     assert "reusing the diffusion model" in capsys.readouterr().out
     assert os.path.exists(os.path.join(run_dir(tiny_run, "--algo", "bcq"), "results.json"))
+    first, reuser = (json.loads(open(os.path.join(run_dir(tiny_run, *extra), "results.json")).read())
+                     for extra in ((), ("--algo", "bcq")))
+    assert reuser["cpu_seconds"]["diffusion"] == first["cpu_seconds"]["diffusion"], \
+        "a run that reuses the model reports the model's CPU cost, not its own few seconds of loading it"
     assert len(os.listdir(tiny_run / "datasets")) == 1
     train.main(TINY + ["--out", str(tiny_run)])                      # identical: only prints the stored results
     assert "reusing" in capsys.readouterr().out
