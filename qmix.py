@@ -456,11 +456,12 @@ class LearnerCheckpoint:
     It holds the iteration, the learner's networks and generator, Adam's
     moments, the minibatch generator, torch's global generator, where the
     reported evaluation's stream of episodes stands, the metrics rows so
-    far, the wall and CPU seconds spent (`artifacts.Clock`), and `config` — the run's flags and its datasets'
-    sha256 — against which a resume is checked. A resumed run computes what
-    the uninterrupted one would have (tested). Tensors and plain values
-    only: it loads with weights_only=True, so loading it runs no code.
-    Once the run ends it holds the final networks.
+    far, the wall and CPU seconds spent (`artifacts.Clock`), and `config` —
+    the run's flags and its datasets' sha256 — against which a resume is
+    checked. A resumed run computes what the uninterrupted one would have
+    (tested). Tensors and plain values only: it loads with
+    weights_only=True, so loading it runs no code. Once the run ends it
+    holds the final networks.
     """
 
     KEYS = {"iteration", "learner", "optimizer", "minibatches", "torch_rng", "eval_stream", "rows", "seconds",
