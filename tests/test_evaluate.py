@@ -311,7 +311,7 @@ def test_table1_sweep_in_two_workers_writes_table_and_curves(two_worker_sweep):
 
 
 def table_without_paths(out):
-    """table1.csv and table1.md without what differs between two sweeps of the same runs: paths and wall times."""
+    """table1.csv and table1.md without what differs between two sweeps of the same runs: paths, wall and CPU times."""
     with open(sweep_table(out) / "table1.csv") as f:
         rows = [{k: v for k, v in row.items() if k not in ("run_dir", "learner_s", "diffusion_s",
                                                                 "learner_cpu_s", "diffusion_cpu_s")}
