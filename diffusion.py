@@ -58,7 +58,6 @@ import copy
 import dataclasses
 import math
 import os
-import time
 
 import h5py
 import numpy as np
@@ -341,12 +340,13 @@ def load_checkpoint(path):
         ema.load_state_dict(ckpt["ema"])
         optimizer = torch.optim.Adam(diffusion.parameters())
         optimizer.load_state_dict(ckpt["optimizer"])
+        cpu = ckpt.get("train_cpu_seconds")                       # None: saved before 2026-11-27
+        counts = (int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)), float(ckpt.get("train_seconds", 0.0)),
+                  None if cpu is None else float(cpu))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
                                    f"delete it to train again") from None
-    return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]),
-                 config, int(ckpt["step"]), int(ckpt.get("hinge_active_steps", 0)),
-                 float(ckpt.get("train_seconds", 0.0)), ckpt.get("train_cpu_seconds"))   # None: saved before 11-27
+    return Model(diffusion, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]), config, *counts)
 
 
 def use_diffusion_threads():
@@ -755,7 +755,7 @@ def fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress=True):
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() > 0:
                 state[key] = value.to(device)
-    start_step, start_active, start = model.step, model.hinge_active_steps, time.time()
+    start_step, start_active = model.step, model.hinge_active_steps
     clock = artifacts.Clock(model.train_seconds, model.train_cpu_seconds)     # over every session
 
     def checkpoint(step, active):
@@ -770,7 +770,8 @@ def fit(model, args, tau0, valid, horizons, layout, ckpt_path, progress=True):
                        ema_decay=args.ema_decay, seed=args.seed, on_checkpoint=checkpoint,
                        checkpoint_every=args.checkpoint_every, progress=progress,
                        row_weights=global_row_weights(layout, model.config["global_row_weight"]))
-    return {"losses": losses, "trained_steps": model.step - start_step, "train_seconds": time.time() - start,
+    return {"losses": losses, "trained_steps": model.step - start_step,
+            "train_seconds": clock.wall() - clock.wall_before,                 # this session's
             "model_steps": model.step, "train_seconds_total": model.train_seconds,
             "train_cpu_seconds_total": model.train_cpu_seconds,
             "hinge_active_share": model.hinge_active_steps / max(model.step, 1)}
