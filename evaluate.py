@@ -750,8 +750,9 @@ def table_folder(out, iters, train_flags):
     chosen = vars(parser.parse_args(["--iters", str(iters)] + list(train_flags)))
     departures = {name: value for name, value in chosen.items()
                   if name not in SWEEP_SET_FIELDS and value != defaults[name]}
-    name = "table1" + "".join(f"-{key.replace('_', '-')}{f'{value:g}' if isinstance(value, float) else value}"
-                              for key, value in departures.items())
+    def shown(value):                                     # a switch is named alone; a number by its value
+        return "" if value is True else f"{value:g}" if isinstance(value, float) else str(value)
+    name = "table1" + "".join(f"-{key.replace('_', '-')}{shown(value)}" for key, value in departures.items())
     name = re.sub(r"[^A-Za-z0-9.-]", "_", name)
     if len(name) > 100:                                   # many departures: keep the folder name short and unique
         name = f"{name[:90]}-{train.short_hash(departures)}"

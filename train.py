@@ -82,6 +82,9 @@ def build_parser():
     g.add_argument("--head-width", type=int, default=d.get_default("head_width"),
                    help="channels of the U-Net's last block (0 = --dim, diffuser's head; README \"Damage "
                         "without a shooter\")")
+    g.add_argument("--x0-skip", action="store_true",
+                   help="f_theta = the best affine estimate of tau0 from tau_k plus the U-Net's correction (a "
+                        "departure; README \"What the network can copy\")")
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn (default: --seed); one fixed value lets "
                         "learner seeds share one D_syn")
@@ -157,17 +160,18 @@ def diffusion_argv(args, real_path, out):
     return ["--dataset", real_path, "--out", out, "--lam", repr(args.lam), "--steps", str(args.diffusion_steps),
             "--dim", str(args.dim), "--ddim-steps", str(args.ddim_steps), "--scale", str(args.scale),
             "--bucket-width", str(args.bucket_width), "--global-row-weight", repr(args.global_row_weight),
-            "--head-width", str(args.head_width), "--seed", str(args.diffusion_seed), "--device", args.device]
+            "--head-width", str(args.head_width), "--seed", str(args.diffusion_seed), "--device", args.device
+            ] + (["--x0-skip"] if args.x0_skip else [])
 
 
 # Diffusion flags added after the Table 1 sweep began: at these values a run keeps the cache key it had before;
 # at any other, the folder name shows the flag by its tag.
-KEY_NEUTRAL_FLAGS = {"global_row_weight": 1.0, "head_width": 0}
-DEPARTURE_TAGS = {"global_row_weight": "gw", "head_width": "hw"}
+KEY_NEUTRAL_FLAGS = {"global_row_weight": 1.0, "head_width": 0, "x0_skip": False}
+DEPARTURE_TAGS = {"global_row_weight": "gw", "head_width": "hw", "x0_skip": "skip"}
 
 
 def eaq_dir(args):
-    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..[-gw..][-hw..]-s..-<hash of every diffusion flag>."""
+    """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..[-gw..][-hw..][-skip1]-s..-<hash of every diffusion flag>."""
     stem = real_dataset_stem(args)
     flags = vars(diffusion.build_parser().parse_args(diffusion_argv(args, stem, "")))
     key = short_hash({k: v for k, v in flags.items() if not (k in KEY_NEUTRAL_FLAGS and v == KEY_NEUTRAL_FLAGS[k])})

@@ -1,4 +1,5 @@
-"""bench/damage.py: the attack -> damage check of dataset files, and D_real projected onto R directions."""
+"""bench/damage.py: the attack -> damage check of dataset files, and D_real projected onto R directions;
+bench/denoise.py: what a trained diffusion model hands back."""
 import dataclasses
 import importlib.util
 import os
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import data
+import diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,3 +58,51 @@ def test_damage_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench("damage").main(["--real", tiny_3m[0], "--rank", "0"])
     assert "--rank 0: must be between 1 and" in capsys.readouterr().err
+
+
+def denoise_table(text):
+    """{label: (action argmax right, the four attack-avail bins)} of bench/denoise.py's first table."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.replace("/", " ").split()
+        if len(parts) == 6 and (parts[0] == "D_real" or parts[0].isdigit()):
+            out[parts[0]] = tuple(float(x) for x in parts[1:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_3m, tmp_path_factory):
+    """Two tiny models trained 5 steps on tiny_3m: the plain U-Net and the skip-parametrised one."""
+    paths = {}
+    for name, extra in (("plain", []), ("skip", ["--x0-skip"])):
+        out = tmp_path_factory.mktemp(name)
+        diffusion.fit_and_sample(diffusion.parse_args(
+            ["--dataset", tiny_3m[0], "--out", str(out), "--steps", "5", "--K", "50", "--dim", "16",
+             "--dim-mults", "1", "2", "--scale", "1"] + extra), progress=False)
+        paths[name] = str(out / "model.pt")
+    return paths
+
+
+def test_denoise_bench_sees_what_the_skip_lets_through(tiny_models, capsys):
+    for name in ("plain", "skip"):
+        bench("denoise").main(["--model", tiny_models[name], "--k", "1", "--sample", "8"])
+        out = capsys.readouterr().out
+        table = denoise_table(out)
+        assert table["D_real"][0] == 1.0 and table["D_real"][2:4] == (0.0, 0.0)       # binary rows
+        if name == "skip":                     # at k = 1 f_theta is tau_k, up to 1 % of the noise scale
+            assert table["1"] == pytest.approx(table["D_real"], abs=1e-3)
+        else:                                  # five steps of training cannot copy 276 rows through 16 channels
+            assert table["1"][0] < 0.9 and table["1"][4] < table["D_real"][4]
+        real = dict(pair.rsplit(" ", 1) for pair in out.split("D_real: ")[1].splitlines()[0].split(", "))
+        assert float(real["on closed targets"]) == 0.0
+        assert float(real["attack mass"]) == float(real["on open targets"]) == float(real["decoded attack share"])
+        assert "8 sampled: attack mass" in out
+
+
+def test_denoise_bench_refuses_bad_input_in_one_line(tiny_models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("denoise").main(["--model", str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2 and "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("denoise").main(["--model", tiny_models["skip"], "--k", "0"])
+    assert "--k must lie in 1..K = 50" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """diffusion.py: the temporal U-Net, Eq. 5, training, checkpoints and sampling."""
+import copy
 import re
 import shutil
 import time
@@ -354,6 +355,7 @@ def test_a_finished_model_asked_for_fewer_steps_is_reused_and_reported_truthfull
     ({"bucket_width": 0}, "--bucket-width 8, not 0"),
     ({"global_row_weight": 10.0}, "--global-row-weight 1.0, not 10.0"),
     ({"head_width": 64}, "--head-width 0, not 64"),
+    ({"x0_skip": True}, "--x0-skip False, not True"),
 ])
 def test_resume_refuses_another_configuration(tiny_3m, tmp_path, change, message):
     D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path, steps=5), progress=False)
@@ -407,6 +409,88 @@ def test_the_head_width_reaches_the_model_and_older_checkpoints_load_with_the_pl
     report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "plain", steps=10, resume=True), progress=False)
     assert report["trained_steps"] == 5 and report["head_width"] == 0
     assert "U-Net head" not in D.format_report(report)
+
+
+def skip_model(n_features, K=1000, dim_mults=(1,)):
+    """A skip-parametrised Diffusion whose U-Net outputs 0 (its last convolution zeroed): f_theta is the
+    rows' affine estimate alone."""
+    diff = D.Diffusion(D.TemporalUNet(n_features, 8, dim_mults), K=K, x0_skip=True)
+    with torch.no_grad():
+        diff.model.out[1].weight.zero_(), diff.model.out[1].bias.zero_()
+    return diff
+
+
+def test_the_skip_is_the_least_squares_affine_estimate_and_c_out_its_error():
+    diff = skip_model(2)
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([-0.8, 0.3]), torch.tensor([0.5, 1.0])
+    tau0 = torch.randn(20000, 2, 1, generator=g) * std[None, :, None] + mean[None, :, None]
+    diff.set_row_moments(tau0, torch.ones(20000, 1, dtype=torch.bool))
+    k = torch.full((20000,), 300)
+    tau_k = diff.q_sample(tau0, k, torch.randn(tau0.shape, generator=g))
+    x, y = tau_k[:, :, 0], tau0[:, :, 0]                                                # (n, F)
+    slope = ((x - x.mean(0)) * (y - y.mean(0))).mean(0) / x.var(0, unbiased=False)    # least squares, per row
+    c_skip, c_out = diff.skip_coefficients(k[:1])
+    torch.testing.assert_close(c_skip[0, :, 0], slope, rtol=0.02, atol=0.0)
+    with torch.no_grad():
+        estimate = diff.f_theta(tau_k, k)[:, :, 0]
+    torch.testing.assert_close(estimate.mean(0), y.mean(0), rtol=0.0, atol=0.02)        # no bias: the means count
+    torch.testing.assert_close(c_out[0, :, 0], (y - estimate).pow(2).mean(0).sqrt(), rtol=0.02, atol=0.0)
+
+
+def test_with_the_skip_even_an_untrained_network_hands_back_a_nearly_clean_input():
+    torch.manual_seed(0)
+    plain = D.Diffusion(D.TemporalUNet(20, 8, (1, 2)), K=1000)
+    skip = D.Diffusion(D.TemporalUNet(20, 8, (1, 2)), K=1000, x0_skip=True)
+    tau0 = torch.rand(4, 20, 8) * 2 - 1                                                 # (B, F, T) in [-1, 1]
+    skip.set_row_moments(tau0, torch.ones(4, 8, dtype=torch.bool))
+    k = torch.ones(4, dtype=torch.long)                                                 # the least noise
+    tau_1 = plain.q_sample(tau0, k, torch.randn(tau0.shape))
+    with torch.no_grad():
+        assert (skip.predict_tau0(tau_1, k) - tau0).abs().max() < 0.05
+        assert (plain.predict_tau0(tau_1, k) - tau0).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("x0_skip", [False, True])
+def test_training_scores_f_theta_the_skip_included(x0_skip):
+    torch.manual_seed(0)
+    diff = D.Diffusion(D.TemporalUNet(6, 8, (1,)), K=10, x0_skip=x0_skip)
+    with torch.no_grad():
+        diff.model.out[1].weight.zero_(), diff.model.out[1].bias.zero_()     # U(tau_k, k) = 0
+    tau0 = torch.full((4, 6, 8), 0.5)                                       # every row constant
+    valid = torch.ones(4, 8, dtype=torch.bool)
+    if x0_skip:
+        diff.set_row_moments(tau0, valid)
+    losses = D.train(diff, copy.deepcopy(diff), torch.optim.SGD(diff.parameters(), lr=0.0), tau0, valid, 0, 0.0, 1,
+                     batch_size=4, progress=False)
+    # without the skip f_theta = U = 0, an error of 0.5^2; with it a constant row is generated as its mean
+    assert losses["diffusion"] == pytest.approx(0.0 if x0_skip else 0.25, abs=1e-10)
+
+
+def test_row_moments_count_only_valid_steps():
+    diff = skip_model(2, K=10)
+    tau0 = torch.tensor([[[1.0, 3.0, 9.0], [2.0, 4.0, 9.0]]])                          # (1, F=2, T=3)
+    diff.set_row_moments(tau0, torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(diff.row_mean, torch.tensor([2.0, 3.0]))
+    torch.testing.assert_close(diff.row_var, torch.tensor([1.0, 1.0]))
+
+
+def test_the_skip_reaches_training_and_its_moments_travel_in_the_checkpoint(tiny_3m, tmp_path):
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "skip", steps=5, x0_skip=True), progress=False)
+    assert report["x0_skip"] and "--x0-skip" in D.format_report(report)
+    model = D.load_checkpoint(tmp_path / "skip" / "model.pt")
+    real = data.load_dataset(tiny_3m[0])
+    tau0, valid, _, _ = D.prepare(real, model.normalizer)
+    expected = (tau0 * valid[:, None]).sum(dim=(0, 2)) / valid.sum()
+    torch.testing.assert_close(model.ema.row_mean, expected)               # D_real's, not the zeros it started with
+    assert model.config["x0_skip"] and expected.abs().max() > 0.1
+    D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "plain", steps=5), progress=False)
+    path = tmp_path / "plain" / "model.pt"                               # as written before the flag existed
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["x0_skip"]
+    torch.save(ckpt, path)
+    report = D.fit_and_sample(tiny_args(tiny_3m[0], tmp_path / "plain", steps=10, resume=True), progress=False)
+    assert report["trained_steps"] == 5 and not report["x0_skip"] and "--x0-skip" not in D.format_report(report)
 
 
 @pytest.mark.parametrize("width", ["-8", "12"])

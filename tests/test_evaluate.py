@@ -250,6 +250,7 @@ def sweep_table(out):
 def test_a_departures_table_gets_its_own_folder_named_by_the_parsed_flags():
     assert evaluate.table_folder("runs", 15000, []) == os.path.join("runs", "table1")
     assert evaluate.table_folder("runs", 15000, ["--head-width", "0", "--dim=40"]) == os.path.join("runs", "table1")
+    assert evaluate.table_folder("runs", 15000, ["--x0-skip"]) == os.path.join("runs", "table1-x0-skip")
     wide = os.path.join("runs", "table1-head-width280")
     assert evaluate.table_folder("runs", 15000, ["--head-width=280"]) == wide
     assert evaluate.table_folder("runs", 15000, ["--head-width", "280", "--lam", "0.5"]) == wide   # λ: set per run

@@ -76,17 +76,17 @@ def test_a_rerun_with_another_learner_reuses_dataset_and_diffusion(tiny_run, mon
     ("--batch-size", "16"), ("--gamma", "0.9"), ("--target-every", "100"), ("--grad-clip", "0"),
     ("--alpha", "1.0"), ("--cql-samples", "5"), ("--data-seed", "1"), ("--lam", "0.5"),
     ("--diffusion-steps", "11"), ("--ddim-steps", "3"), ("--diffusion-seed", "3"), ("--seed", "2"),
-    ("--global-row-weight", "10"), ("--head-width", "64"),
+    ("--global-row-weight", "10"), ("--head-width", "64"), ("--x0-skip", None),
 ])
 def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, value):
-    assert run_dir(tmp_path, flag, value) != run_dir(tmp_path)
+    assert run_dir(tmp_path, flag, *[value] * (value is not None)) != run_dir(tmp_path)
     assert run_dir(tmp_path) == run_dir(tmp_path), "the same flags give the same key"
 
 
 def test_diffusion_flags_key_the_diffusion_stage_and_learner_flags_do_not(tmp_path):
     base = train.parse_args(TINY + ["--out", str(tmp_path)])
     for extra in (["--lam", "0.5"], ["--dim", "16"], ["--scale", "3"], ["--diffusion-seed", "4"],
-                  ["--global-row-weight", "10"], ["--head-width", "64"]):
+                  ["--global-row-weight", "10"], ["--head-width", "64"], ["--x0-skip"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) != train.eaq_dir(base)
     for extra in (["--algo", "bcq"], ["--seed", "3", "--diffusion-seed", "0"], ["--lr", "1e-3"]):
         assert train.eaq_dir(train.parse_args(TINY + ["--out", str(tmp_path)] + extra)) == train.eaq_dir(base)
@@ -108,6 +108,10 @@ def test_a_flag_added_later_keeps_the_cache_keys_of_runs_made_before_it():
     both = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs",
                              "--global-row-weight", "10", "--head-width", "280"])
     assert "-S5-gw10-hw280-s0-" in train.eaq_dir(both)
+    skip = train.parse_args(["--quality", "poor", "--fraction", "0.0005", "--out", "runs", "--x0-skip"])
+    assert "-S5-skip1-s0-" in train.eaq_dir(skip)
+    assert "--x0-skip" in train.diffusion_argv(skip, "d.h5", "o") and "--x0-skip" not in train.diffusion_argv(
+        default, "d.h5", "o")
 
 
 def metrics_of(out, *extra):
