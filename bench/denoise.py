@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
 import data  # noqa: E402
 import diffusion  # noqa: E402
+import env as envlib  # noqa: E402
 
 BINS = (-np.inf, 0.1, 0.5, 0.9, np.inf)
 
@@ -70,14 +71,15 @@ def copying(model, real, ks, n_episodes, seed=0):
     return rows, histogram(true_avail)
 
 
-def attack_mass(matrix, layout, first):
+def attack_mass(matrix, layout, backend):
     """Check 2 on matrices (E, F, T) in data units -> dict of shares over their valid agent-steps."""
+    first = envlib.FIRST_ATTACK_ACTION[backend]
     lengths, _ = data.episode_ends(matrix[:, layout.done])
     act, avail = agent_rows(matrix, layout, lengths)                                     # (n, N, A) each
     mass = np.clip(act, 0.0, None)
     total = mass.sum(-1).mean()
     open_ = avail[..., first:] > 0.5
-    episodes = data.matrix_to_episodes(matrix, layout, (-np.inf, np.inf), attrs={"backend": "smax"})
+    episodes = data.matrix_to_episodes(matrix, layout, (-np.inf, np.inf), attrs={"backend": backend})
     return {"attack mass": float(mass[..., first:].sum(-1).mean() / total),
             "on open targets": float((mass[..., first:] * open_).sum(-1).mean() / total),
             "on closed targets": float((mass[..., first:] * ~open_).sum(-1).mean() / total),
@@ -95,8 +97,8 @@ def sampled_attack_mass(model, real, n, seed=0):
     windows = diffusion.synthetic_windows(horizons, n, g)
     batches = diffusion.sample_batches(model.ema, model.normalizer, windows, real_matrix.shape[-1],
                                        layout.n_features, 20, 256, g, progress=False)
-    first = data.first_attack_action(real)
-    return attack_mass(real_matrix, layout, first), attack_mass(np.concatenate(list(batches)), layout, first)
+    backend = real.attrs.get("backend", "smax")
+    return attack_mass(real_matrix, layout, backend), attack_mass(np.concatenate(list(batches)), layout, backend)
 
 
 def main(argv=None):
