@@ -669,6 +669,13 @@ def episode_ends(done_row):
     return lengths.astype(np.int32), ended
 
 
+def agent_rows(matrix, layout):
+    """The agents' rows of an Eq. 4 matrix (E, F, T), step by step: (E, T, N, agent_width), each agent's
+    observation, action one-hot and legal-action rows in that order."""
+    E, _, T = matrix.shape
+    return matrix[:, :layout.reward].transpose(0, 2, 1).reshape(E, T, layout.n_agents, layout.agent_width)
+
+
 def matrix_to_episodes(matrix, layout, reward_range, attrs=None):
     """Inverse of Eq. 4: tau0 (E, F, T) in data units -> Episodes.
 
@@ -684,7 +691,7 @@ def matrix_to_episodes(matrix, layout, reward_range, attrs=None):
     N, O, A = layout.n_agents, layout.obs_dim, layout.n_actions
     lengths, _ = episode_ends(matrix[:, layout.done])
     valid = valid_steps(lengths, T)                                           # (E, T)
-    per_agent = matrix[:, :layout.reward].transpose(0, 2, 1).reshape(E, T, N, layout.agent_width)
+    per_agent = agent_rows(matrix, layout)                                    # (E, T, N, O + 2A)
     obs = per_agent[..., :O] * valid[:, :, None, None]                        # (E, T, N, O)
     action_rows, avail_rows = per_agent[..., O:O + A], per_agent[..., O + A:]  # (E, T, N, A)
     avail = avail_rows > 0.5

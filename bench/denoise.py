@@ -35,26 +35,31 @@ import env as envlib  # noqa: E402
 BINS = (-np.inf, 0.1, 0.5, 0.9, np.inf)
 
 
-def agent_rows(matrix, layout, lengths):
+def action_and_avail(matrix, layout, lengths):
     """Eq. 4 matrix (E, F, T) in data units -> each valid agent-step's (action rows, avail rows), (n, N, A)."""
-    E, F, T = matrix.shape
-    per_agent = matrix[:, :layout.reward].transpose(0, 2, 1).reshape(E, T, layout.n_agents, layout.agent_width)
-    valid = data.valid_steps(lengths, T)                                                 # (E, T)
+    per_agent = data.agent_rows(matrix, layout)[data.valid_steps(lengths, matrix.shape[-1])]   # (n, N, O + 2A)
     O, A = layout.obs_dim, layout.n_actions
-    return per_agent[..., O:O + A][valid], per_agent[..., O + A:][valid]
+    return per_agent[..., O:O + A], per_agent[..., O + A:]
 
 
-def copying(model, real, ks, n_episodes, seed=0):
-    """Check 1: [(k, share of agent-steps whose action argmax is right, avail histogram (4,))], D_real's
-    avail histogram; k = 0 is D_real itself."""
-    layout = data.layout_of(real)
-    tau0, valid, _, _ = diffusion.prepare(real, model.normalizer)
+def real_windows(model, real):
+    """D_real as the model sees it: (tau0 normalised (E, F, T) tensor, the matrix in data units, each episode's
+    window (E,))."""
+    tau0, _, _, real_matrix = diffusion.prepare(real, model.normalizer)
     horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], int(tau0.shape[-1]))
+    return tau0, real_matrix, horizons
+
+
+def copying(model, real, windows, ks, n_episodes, seed=0):
+    """Check 1 on `real_windows`: [(k, share of agent-steps whose action argmax is right, avail histogram (4,))],
+    and D_real's avail histogram."""
+    layout = data.layout_of(real)
+    tau0, _, horizons = windows
     h = int(np.bincount(horizons).argmax())                                              # the commonest window
     index = np.flatnonzero(horizons == h)[:n_episodes]
     x0, lengths = tau0[index][..., :h], real.lengths[index]                              # (E, F, h)
     first = data.first_attack_action(real)
-    true_act, true_avail = agent_rows(model.normalizer.unnormalize(x0.numpy()), layout, lengths)
+    true_act, true_avail = action_and_avail(model.normalizer.unnormalize(x0.numpy()), layout, lengths)
 
     def histogram(avail):
         return np.histogram(avail[..., first:], bins=BINS)[0] / avail[..., first:].size
@@ -66,7 +71,7 @@ def copying(model, real, ks, n_episodes, seed=0):
             steps = torch.full((len(index),), k, dtype=torch.long)
             tau_k = model.ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g))
             pred = model.normalizer.unnormalize(model.ema.predict_tau0(tau_k, steps).numpy())
-            act, avail = agent_rows(pred, layout, lengths)
+            act, avail = action_and_avail(pred, layout, lengths)
             rows.append((k, float((act.argmax(-1) == true_act.argmax(-1)).mean()), histogram(avail)))
     return rows, histogram(true_avail)
 
@@ -74,12 +79,11 @@ def copying(model, real, ks, n_episodes, seed=0):
 def attack_mass(matrix, layout, backend):
     """Check 2 on matrices (E, F, T) in data units -> dict of shares over their valid agent-steps."""
     first = envlib.FIRST_ATTACK_ACTION[backend]
-    lengths, _ = data.episode_ends(matrix[:, layout.done])
-    act, avail = agent_rows(matrix, layout, lengths)                                     # (n, N, A) each
+    episodes = data.matrix_to_episodes(matrix, layout, (-np.inf, np.inf), attrs={"backend": backend})
+    act, avail = action_and_avail(matrix, layout, episodes.lengths)                      # (n, N, A) each
     mass = np.clip(act, 0.0, None)
     total = mass.sum(-1).mean()
     open_ = avail[..., first:] > 0.5
-    episodes = data.matrix_to_episodes(matrix, layout, (-np.inf, np.inf), attrs={"backend": backend})
     return {"attack mass": float(mass[..., first:].sum(-1).mean() / total),
             "on open targets": float((mass[..., first:] * open_).sum(-1).mean() / total),
             "on closed targets": float((mass[..., first:] * ~open_).sum(-1).mean() / total),
@@ -88,11 +92,10 @@ def attack_mass(matrix, layout, backend):
             "decoded attack share": data.attack_share(episodes)}
 
 
-def sampled_attack_mass(model, real, n, seed=0):
-    """Check 2 on D_real and on n episodes sampled as diffusion.sample_synthetic samples D_syn."""
+def sampled_attack_mass(model, real, windows, n, seed=0):
+    """Check 2 on D_real and on n episodes sampled as diffusion.sample_synthetic samples D_syn (`real_windows`)."""
     layout = data.layout_of(real)
-    tau0, _, _, real_matrix = diffusion.prepare(real, model.normalizer)
-    horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], int(tau0.shape[-1]))
+    _, real_matrix, horizons = windows
     g = torch.Generator().manual_seed(seed)
     windows = diffusion.synthetic_windows(horizons, n, g)
     batches = diffusion.sample_batches(model.ema, model.normalizer, windows, real_matrix.shape[-1],
@@ -118,14 +121,15 @@ def main(argv=None):
         p.error(str(err))
     if any(not 1 <= k <= model.config["K"] for k in args.k):
         p.error(f"--k must lie in 1..K = {model.config['K']}, got {args.k}")
-    rows, real_hist = copying(model, real, args.k, args.episodes, args.seed)
+    windows = real_windows(model, real)                                    # D_real prepared once for both checks
+    rows, real_hist = copying(model, real, windows, args.k, args.episodes, args.seed)
     print("k      action argmax right   attack-avail values <0.1 / 0.1-0.5 / 0.5-0.9 / >0.9")
     print(f"D_real {1.0:20.3f}   " + " / ".join(f"{x:.3f}" for x in real_hist))
     for k, right, hist in rows:
         print(f"{k:<6d} {right:20.3f}   " + " / ".join(f"{x:.3f}" for x in hist))
     if args.sample:
-        for name, shares in zip(("D_real", f"{args.sample} sampled"), sampled_attack_mass(model, real, args.sample,
-                                                                                        args.seed)):
+        for name, shares in zip(("D_real", f"{args.sample} sampled"),
+                                sampled_attack_mass(model, real, windows, args.sample, args.seed)):
             print(f"{name}: " + ", ".join(f"{key} {value:.3f}" for key, value in shares.items()))
 
 
