@@ -320,6 +320,12 @@ def table_without_paths(out):
     return rows, (sweep_table(out) / "table1.md").read_text().split("\nCost per map")[0]
 
 
+# ray.init starts its daemons with subprocess and a preexec_fn, which runs JAX's at-fork hook; the child only sets a
+# signal mask before it execs and never touches JAX, so JAX's "os.fork() ... deadlock" warning does not apply here.
+ray_starts_daemons = pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
+
+
+@ray_starts_daemons
 def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_sweep, tmp_path):
     shutil.copytree(two_worker_sweep / "datasets", tmp_path / "datasets")     # the same D_real, not made again
     evaluate.main(SWEEP + ["--ray", "local", "--out", str(tmp_path)] + TINY_SWEEP)
@@ -327,6 +333,7 @@ def test_the_same_sweep_on_a_local_ray_instance_gives_the_same_table(two_worker_
     assert len(os.listdir(tmp_path / "eaq")) == 1, "the runs sharing a diffusion model ran in one task"
 
 
+@ray_starts_daemons
 def test_a_failing_ray_task_is_reported_and_its_cell_left_out(two_worker_sweep, tmp_path):
     for folder in ("datasets", "results"):                      # the original runs finished in the fixture
         shutil.copytree(two_worker_sweep / folder, tmp_path / folder)
