@@ -42,7 +42,7 @@ def action_and_avail(matrix, layout, lengths):
     return per_agent[..., O:O + A], per_agent[..., O + A:]
 
 
-def real_windows(model, real):
+def prepare_real(model, real):
     """D_real as the model sees it: (tau0 normalised (E, F, T) tensor, the matrix in data units, each episode's
     window (E,))."""
     tau0, _, _, real_matrix = diffusion.prepare(real, model.normalizer)
@@ -50,11 +50,11 @@ def real_windows(model, real):
     return tau0, real_matrix, horizons
 
 
-def copying(model, real, windows, ks, n_episodes, seed=0):
-    """Check 1 on `real_windows`: [(k, share of agent-steps whose action argmax is right, avail histogram (4,))],
-    and D_real's avail histogram."""
+def copying(model, real, prepared, ks, n_episodes, seed=0):
+    """Check 1 on D_real as `prepare_real` gives it: [(k, share of agent-steps whose action argmax is right,
+    avail histogram (4,))], and D_real's avail histogram."""
     layout = data.layout_of(real)
-    tau0, _, horizons = windows
+    tau0, _, horizons = prepared
     h = int(np.bincount(horizons).argmax())                                              # the commonest window
     index = np.flatnonzero(horizons == h)[:n_episodes]
     x0, lengths = tau0[index][..., :h], real.lengths[index]                              # (E, F, h)
@@ -92,14 +92,16 @@ def attack_mass(matrix, layout, backend):
             "decoded attack share": data.attack_share(episodes)}
 
 
-def sampled_attack_mass(model, real, windows, n, seed=0):
-    """Check 2 on D_real and on n episodes sampled as diffusion.sample_synthetic samples D_syn (`real_windows`)."""
+def sampled_attack_mass(model, real, prepared, n, seed=0):
+    """Check 2 on D_real and on n episodes sampled as diffusion.sample_synthetic samples D_syn (D_real from
+    `prepare_real`), with diffusion.py's default sampler and batch."""
     layout = data.layout_of(real)
-    _, real_matrix, horizons = windows
+    _, real_matrix, horizons = prepared
     g = torch.Generator().manual_seed(seed)
-    windows = diffusion.synthetic_windows(horizons, n, g)
-    batches = diffusion.sample_batches(model.ema, model.normalizer, windows, real_matrix.shape[-1],
-                                       layout.n_features, 20, 256, g, progress=False)
+    defaults = diffusion.build_parser()
+    batches = diffusion.sample_batches(model.ema, model.normalizer, diffusion.synthetic_windows(horizons, n, g),
+                                       real_matrix.shape[-1], layout.n_features, defaults.get_default("ddim_steps"),
+                                       defaults.get_default("sample_batch"), g, progress=False)
     backend = real.attrs.get("backend", "smax")
     return attack_mass(real_matrix, layout, backend), attack_mass(np.concatenate(list(batches)), layout, backend)
 
@@ -121,15 +123,15 @@ def main(argv=None):
         p.error(str(err))
     if any(not 1 <= k <= model.config["K"] for k in args.k):
         p.error(f"--k must lie in 1..K = {model.config['K']}, got {args.k}")
-    windows = real_windows(model, real)                                    # D_real prepared once for both checks
-    rows, real_hist = copying(model, real, windows, args.k, args.episodes, args.seed)
+    prepared = prepare_real(model, real)                                   # D_real prepared once for both checks
+    rows, real_hist = copying(model, real, prepared, args.k, args.episodes, args.seed)
     print("k      action argmax right   attack-avail values <0.1 / 0.1-0.5 / 0.5-0.9 / >0.9")
     print(f"D_real {1.0:20.3f}   " + " / ".join(f"{x:.3f}" for x in real_hist))
     for k, right, hist in rows:
         print(f"{k:<6d} {right:20.3f}   " + " / ".join(f"{x:.3f}" for x in hist))
     if args.sample:
         for name, shares in zip(("D_real", f"{args.sample} sampled"),
-                                sampled_attack_mass(model, real, windows, args.sample, args.seed)):
+                                sampled_attack_mass(model, real, prepared, args.sample, args.seed)):
             print(f"{name}: " + ", ".join(f"{key} {value:.3f}" for key, value in shares.items()))
 
 
