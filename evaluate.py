@@ -674,20 +674,28 @@ FIDELITY_COLUMNS = (("attack_share", "attack share", "{:.3f}"), ("ended_share", 
 
 
 def synthetic_reports(read):
-    """Each D_syn the sweep's finished EAQ and EAQ^-Q runs (`read_runs`) trained on, once:
-    {D_syn folder name: {scenario, quality, lam, diffusion_seed, report}} (report: `diffusion.synthetic_report`'s)."""
-    reports = {}
+    """Each D_syn the sweep's finished EAQ and EAQ^-Q runs (`read_runs`) trained on, once per version:
+    [{d_syn, scenario, quality, lam, diffusion_seed, algos, report}] (report: `diffusion.synthetic_report`'s).
+
+    Runs that share a diffusion model carry one report. A D_syn made twice (its model trained again,
+    e.g. after `runs/` was lost, on a machine whose arithmetic differs) can come out with other numbers:
+    each version is kept, with the learners (algos) that trained on it.
+    """
+    versions = {}                                              # {(D_syn folder, its numbers): entry}
     for method, targs, _, results, _ in read:
         if method not in ("EAQ", "EAQ^-Q"):
             continue
-        reports.setdefault(d_syn_name(targs), {
-            "scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
-            "diffusion_seed": targs.diffusion_seed, "report": results["augmentation_report"]})
-    return reports
+        report = results["augmentation_report"]
+        key = (d_syn_name(targs), json.dumps(report["synthetic"], sort_keys=True))
+        versions.setdefault(key, {
+            "d_syn": key[0], "scenario": targs.scenario, "quality": targs.quality, "lam": targs.lam,
+            "diffusion_seed": targs.diffusion_seed, "algos": [], "report": report})["algos"].append(targs.algo)
+    return list(versions.values())
 
 
 def fidelity_markdown(reports):
-    """Per map and quality, D_real's fidelity numbers and then each D_syn's, with its TV distance and verdict."""
+    """Per map and quality, D_real's fidelity numbers and then each D_syn's, with its TV distance and verdict;
+    a D_syn made twice gets a row per version, naming the learners that trained on it."""
     header = ["data", "λ", "diffusion seed"] + [label for _, label, _ in FIDELITY_COLUMNS] + [
         "action TV", "fidelity bar"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -695,19 +703,26 @@ def fidelity_markdown(reports):
     def cells(stats):
         return [fmt.format(stats[key]) if key in stats else "—"           # reports older than the key
                 for key, _, fmt in FIDELITY_COLUMNS]
+    made = collections.Counter(e["d_syn"] for e in reports)
     by_data = {}
-    for entry in reports.values():
+    for entry in reports:
         by_data.setdefault((entry["scenario"], entry["quality"]), []).append(entry)
     for (scenario, quality), entries in sorted(by_data.items()):
         lines.append("| " + " | ".join([f"{scenario}-{quality} D_real", "", ""]
                                        + cells(entries[0]["report"]["real"]) + ["", ""]) + " |")
-        for e in sorted(entries, key=lambda e: (e["lam"], e["diffusion_seed"])):
+        for e in sorted(entries, key=lambda e: (e["lam"], e["diffusion_seed"])):    # versions in run order
             misses = e["report"]["fidelity_misses"]
             verdict = "meets" if not misses else "misses: " + ", ".join(   # each miss by its name alone
                 re.match(r"[a-z -]*[a-z]", m).group(0) for m in misses)
-            lines.append("| " + " | ".join(["D_syn", f"{e['lam']:g}", str(e["diffusion_seed"])]
+            label = "D_syn" if made[e["d_syn"]] == 1 else (
+                f"D_syn seen by {', '.join(a.upper() for a in e['algos'])} ({made[e['d_syn']]} made)")
+            lines.append("| " + " | ".join([label, f"{e['lam']:g}", str(e["diffusion_seed"])]
                                            + cells(e["report"]["synthetic"])
                                            + [f"{e['report']['action_tv_distance']:.3f}", verdict]) + " |")
+    if max(made.values()) > 1:
+        lines += ["", "A D_syn made more than once came from one configuration and seed, its diffusion model trained "
+                      "again (e.g. after `runs/` was lost); results are bit-identical only on the same machine and "
+                      "thread count, so its versions can differ: each row names the learners that trained on it."]
     return "\n".join(lines) + "\n"
 
 

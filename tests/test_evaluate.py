@@ -79,22 +79,42 @@ def stats(attack, ended, legal, length, ret, ret_std, q_bar, q_cons):
 def test_fidelity_table_puts_each_d_syn_under_its_d_real_with_its_verdict():
     real = {**stats(0.138, 1.0, 1.0, 18.7, 4.26, 3.92, 2.84, 0.0), "damage_with_shooter": 1.0,
             "reward_matches_damage": 1.0}
-    reports = {   # "a": a report older than the damage check (no key: a dash)
-        "b": {"scenario": "3m", "quality": "poor", "lam": 0.1, "diffusion_seed": 1,
-              "report": {"real": real, "synthetic": {**stats(0.108, 0.965, 0.973, 18.2, 4.37, 2.41, 17.1, 13.2),
-                                                     "damage_with_shooter": 0.6184, "reward_matches_damage": 0.7344},
-                         "action_tv_distance": 0.096,
-                         "fidelity_misses": ["legal before repair 0.973 < 0.98",
-                                             "damage with a shooter 0.618 < 0.9"]}},
-        "a": {"scenario": "3m", "quality": "poor", "lam": 0.0, "diffusion_seed": 0,
-              "report": {"real": real, "synthetic": stats(0.12, 0.95, 0.99, 18.0, 4.0, 2.2, 3.0, 1.5),
-                         "action_tv_distance": 0.05, "fidelity_misses": []}},
-    }
+    reports = [   # "a": a report older than the damage check (no key: a dash)
+        {"d_syn": "b", "scenario": "3m", "quality": "poor", "lam": 0.1, "diffusion_seed": 1, "algos": ["cql", "bcq"],
+         "report": {"real": real, "synthetic": {**stats(0.108, 0.965, 0.973, 18.2, 4.37, 2.41, 17.1, 13.2),
+                                                "damage_with_shooter": 0.6184, "reward_matches_damage": 0.7344},
+                    "action_tv_distance": 0.096,
+                    "fidelity_misses": ["legal before repair 0.973 < 0.98", "damage with a shooter 0.618 < 0.9"]}},
+        {"d_syn": "a", "scenario": "3m", "quality": "poor", "lam": 0.0, "diffusion_seed": 0, "algos": ["cql"],
+         "report": {"real": real, "synthetic": stats(0.12, 0.95, 0.99, 18.0, 4.0, 2.2, 3.0, 1.5),
+                    "action_tv_distance": 0.05, "fidelity_misses": []}},
+    ]
     assert evaluate.fidelity_markdown(reports).splitlines()[2:] == [
         "| 3m-poor D_real |  |  | 0.138 | 100.0% | 1.000 | 18.7 | 4.26 | 3.92 | 2.84 | 0.00 | 1.000 | 1.000 |  |  |",
         "| D_syn | 0 | 0 | 0.120 | 95.0% | 0.990 | 18.0 | 4.00 | 2.20 | 3.00 | 1.50 | — | — | 0.050 | meets |",
         "| D_syn | 0.1 | 1 | 0.108 | 96.5% | 0.973 | 18.2 | 4.37 | 2.41 | 17.10 | 13.20 | 0.618 | 0.734 | 0.096 | "
         "misses: legal before repair, damage with a shooter |"]
+
+
+def test_a_d_syn_made_twice_with_other_numbers_gets_a_row_per_version_naming_its_learners():
+    real = stats(0.17, 1.0, 1.0, 20.9, 5.31, 3.2, 3.47, 0.0)
+
+    def run(algo, attack):
+        targs = train.parse_args(["--scenario", "8m", "--quality", "poor", "--algo", algo, "--aug", "eaq",
+                                  "--lam", "0.1", "--seed", "2"])
+        report = {"real": real, "synthetic": stats(attack, 0.0, 0.94, 20.2, 5.0, 1.5, 17.7, 14.4),
+                  "action_tv_distance": 0.19, "fidelity_misses": []}
+        return "EAQ", targs, "", {"augmentation_report": report}, None
+    shared = evaluate.synthetic_reports([run("cql", 0.044), run("bcq", 0.044)])
+    assert [e["algos"] for e in shared] == [["cql", "bcq"]], "one model shared by two learners: one version"
+    assert "made" not in evaluate.fidelity_markdown(shared)
+    twice = evaluate.synthetic_reports([run("cql", 0.044), run("bcq", 0.045)])
+    assert [e["algos"] for e in twice] == [["cql"], ["bcq"]] and twice[0]["d_syn"] == twice[1]["d_syn"]
+    lines = evaluate.fidelity_markdown(twice).splitlines()
+    assert [line.split(" | ")[0] for line in lines[3:5]] == ["| D_syn seen by CQL (2 made)",
+                                                             "| D_syn seen by BCQ (2 made)"]
+    assert [line.split(" | ")[3] for line in lines[3:5]] == ["0.044", "0.045"]
+    assert "made more than once" in lines[-1]
 
 
 def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_to_the_full_cell():
