@@ -1,5 +1,5 @@
 """bench/damage.py: the attack -> damage check of dataset files, and D_real projected onto R directions;
-bench/denoise.py: what a trained diffusion model hands back."""
+bench/denoise.py: what a trained diffusion model hands back; bench/checkpoints.py: how far apart two are."""
 import dataclasses
 import importlib.util
 import os
@@ -106,3 +106,29 @@ def test_denoise_bench_refuses_bad_input_in_one_line(tiny_models, tmp_path, caps
     with pytest.raises(SystemExit):
         bench("denoise").main(["--model", tiny_models["skip"], "--k", "0"])
     assert "--k must lie in 1..K = 50" in capsys.readouterr().err
+
+
+def test_checkpoints_bench_measures_the_largest_weight_difference(tiny_models, capsys):
+    same = bench("checkpoints").main([tiny_models["plain"], tiny_models["plain"], "itself"])
+    assert same["weights"] == same["ema"] == 0.0 and same["steps"] == (5, 5)
+    assert capsys.readouterr().out.startswith("itself: steps 5 vs 5; max |Δ weight| 0.000e+00")
+    plain, skip = (diffusion.load_checkpoint(tiny_models[name]) for name in ("plain", "skip"))
+    apart = bench("checkpoints").main([tiny_models["plain"], tiny_models["skip"]])
+    by_hand = max(float((a - b).detach().abs().max())
+                  for a, b in zip(plain.diffusion.parameters(), skip.diffusion.parameters()))
+    assert apart["weights"] == pytest.approx(by_hand) and apart["weights"] > 0     # other losses, other weights
+    ema = max(float((a - b).abs().max()) for a, b in zip(plain.ema.parameters(), skip.ema.parameters()))
+    assert apart["ema"] == pytest.approx(ema) and 0 < apart["ema"] < apart["weights"]   # the EMA moves slowly
+
+
+def test_checkpoints_bench_refuses_bad_input_in_one_line(tiny_3m, tiny_models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("checkpoints").main([tiny_models["plain"], str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2 and "missing.pt" in capsys.readouterr().err
+    wide = tmp_path / "wide"
+    diffusion.fit_and_sample(diffusion.parse_args(
+        ["--dataset", tiny_3m[0], "--out", str(wide), "--steps", "1", "--K", "50", "--dim", "24",
+         "--dim-mults", "1", "2", "--scale", "1"]), progress=False)
+    with pytest.raises(SystemExit) as stop:
+        bench("checkpoints").main([tiny_models["plain"], str(wide / "model.pt")])
+    assert stop.value.code == 2 and "hold different networks" in capsys.readouterr().err
