@@ -35,6 +35,7 @@ health only when an agent shoots it (`data.damage_counts` checks datasets
 against that).
 """
 import contextlib
+import functools
 import os
 import sys
 
@@ -96,22 +97,22 @@ def _import_smax():
     return smax_env, HeuristicEnemySMAX
 
 
-def _smax_scenarios():
+@functools.cache
+def smax_scenarios():
+    """SMAX's fixed-unit maps, the paper's five first; read from jaxmarl on first use, so that modules which
+    only import this one (diffusion.py, through data.py) need no simulator."""
     smax_env, _ = _import_smax()
     fixed = [name for name, s in smax_env.MAP_NAME_TO_SCENARIO.items()
              if not s.smacv2_unit_type_generation]
     return tuple(PAPER_SCENARIOS) + tuple(sorted(set(fixed) - set(PAPER_SCENARIOS)))
 
 
-SCENARIOS = _smax_scenarios()
-
-
 def check_scenario(scenario, backend="smax"):
     """Raise a one-line ValueError for an unknown scenario or backend."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
+    if scenario not in smax_scenarios():
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of: {', '.join(smax_scenarios())}")
 
 
 def require_scenario(parser, scenario, backend="smax"):

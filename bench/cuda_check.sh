@@ -8,7 +8,7 @@
 #    GPU run, beside two identical GPU runs (GPU kernels are not bit-reproducible: that pair is the floor);
 # 3. the default 9 000-step model on the GPU (λ = 0.1, seed 0), stopped after CAP seconds (default 600).
 # Environment: DEV (cuda; cpu rehearses the script), N1 / N2 (steps of the resume check, 400 / 200),
-# CAP, W (scratch folder, /tmp/eaq-cuda-check). JAX stays on the CPU (jaxmarl is only imported).
+# CAP, W (scratch folder, /tmp/eaq-cuda-check), CORES. No simulator is needed; JAX, if loaded, stays on the CPU.
 D=${1:?usage: bench/cuda_check.sh DATASET}
 [ -f "$D" ] || { echo "error: $D: no such dataset; make one with data.py" >&2; exit 2; }
 DEV=${DEV:-cuda}; N1=${N1:-400}; N2=${N2:-200}; CAP=${CAP:-600}; W=${W:-/tmp/eaq-cuda-check}

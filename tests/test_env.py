@@ -1,4 +1,6 @@
 """env.py: the batched simulator interface (SMAX by default, SMAC adapter)."""
+import os
+import subprocess
 import sys
 import types
 
@@ -91,6 +93,16 @@ def test_unknown_scenario_and_backend_list_the_choices():
         envlib.make_env("nope")
     with pytest.raises(ValueError, match="unknown backend 'sc3'.*smax, smac"):
         envlib.make_env("3m", backend="sc3")
+
+
+def test_the_diffusion_side_imports_no_simulator():
+    """diffusion.py (and the command lines' modules) import jaxmarl only when a map is first checked or built,
+    so the diffusion model runs where jaxmarl is not installed (a GPU machine, say)."""
+    code = ("import sys, diffusion, train, evaluate; loaded = 'jaxmarl' in sys.modules; "
+            "import env; env.check_scenario('3m'); print(loaded, 'jaxmarl' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    assert out.split()[-2:] == ["False", "True"]
 
 
 def test_smac_backend_without_starcraft_says_what_to_install(monkeypatch):
