@@ -16,26 +16,27 @@ import os
 import sys
 
 import torch
+from torch.nn.utils import parameters_to_vector
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
 import diffusion  # noqa: E402
 
 
-def flat_weights(net):
-    """Every parameter of `net` in one vector, (P,)."""
-    return torch.cat([p.detach().flatten() for p in net.parameters()])
+def largest_gap(net_a, net_b):
+    """The largest |difference| between two networks' parameters, element by element."""
+    return float((parameters_to_vector(net_a.parameters()) - parameters_to_vector(net_b.parameters())).abs().max())
 
 
+@torch.no_grad()
 def distance(a, b):
     """{steps, weights, ema, largest}: the two models' steps and their largest weight / EMA-weight differences."""
     if [p.shape for p in a.diffusion.parameters()] != [p.shape for p in b.diffusion.parameters()]:
         raise artifacts.InputError("the two checkpoints hold different networks (--dim, --dim-mults, "
                                    "--head-width or the dataset's layout); compare runs of one configuration")
-    wa, wb = flat_weights(a.diffusion), flat_weights(b.diffusion)
-    return {"steps": (a.step, b.step), "weights": float((wa - wb).abs().max()),
-            "ema": float((flat_weights(a.ema) - flat_weights(b.ema)).abs().max()),
-            "largest": float(wa.abs().max())}
+    return {"steps": (a.step, b.step), "weights": largest_gap(a.diffusion, b.diffusion),
+            "ema": largest_gap(a.ema, b.ema),
+            "largest": float(parameters_to_vector(a.diffusion.parameters()).abs().max())}
 
 
 def main(argv=None):
