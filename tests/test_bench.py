@@ -1,14 +1,20 @@
 """bench/damage.py: the attack -> damage check of dataset files, and D_real projected onto R directions;
-bench/denoise.py: what a trained diffusion model hands back; bench/checkpoints.py: how far apart two are."""
+bench/denoise.py: what a trained diffusion model hands back; bench/checkpoints.py: how far apart two are;
+bench/bcq_filter.py: a BCQ run played with and without its behaviour filter."""
+import csv
 import dataclasses
 import importlib.util
+import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
+import bcq
 import data
 import diffusion
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,3 +139,82 @@ def test_checkpoints_bench_refuses_bad_input_in_one_line(tiny_3m, tiny_models, t
     with pytest.raises(SystemExit) as stop:
         bench("checkpoints").main([tiny_models["plain"], str(wide / "model.pt")])
     assert stop.value.code == 2 and "hold different networks" in capsys.readouterr().err
+
+
+def test_bcq_filter_bench_counts_legal_allowed_and_chosen_attacks_of_living_agents():
+    torch.manual_seed(0)
+    learner = bcq.QmixBCQ(n_agents=2, obs_dim=3, n_actions=7, tau=0.4)
+    with torch.no_grad():                        # G is sure of action 0 (a move); Q prefers action 5 (an attack)
+        for net, favourite in ((learner.behaviour, 0), (learner.qmix.agent, 5)):
+            net.fc2.weight.zero_()
+            net.fc2.bias.zero_()
+            net.fc2.bias[favourite] = 10.0
+    obs = np.zeros((1, 2, 3), np.float32)
+    avail = np.ones((1, 2, 7), bool)
+    avail[0, 1, :4] = False                      # agent 1 may not move: dead, so not counted
+    for filtered, action in ((True, 0), (False, 5)):
+        policy = bench("bcq_filter").CountingPolicy(learner, filtered, first_attack=5)
+        policy.reset(1)
+        assert policy(obs, avail)[0, 0] == action
+        assert policy.summary() == {"attack_legal": 1.0, "attack_allowed": 0.0, "attack_chosen": float(action == 5),
+                                    "allowed_actions": 1.0, "legal_actions": 7.0}
+
+
+def filter_table(text):
+    """{(iteration, execution): cells after the execution} of bench/bcq_filter.py's table."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0].isdigit():
+            out[int(cells[0]), cells[1]] = cells[2:]
+    return out
+
+
+def test_bcq_filter_bench_replays_the_networks_of_a_bcq_run(tiny_3m, tmp_path, capsys):
+    flags = ["--dataset", tiny_3m[0], "--iters", "5", "--batch-size", "4", "--eval-every", "3",
+             "--eval-episodes", "3", "--seed", "1", "--tau", "1.0"]       # tau = 1: only G's argmax is allowed
+    bcq.main(flags + ["--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    trained = bench("bcq_filter").main(["train"] + flags + ["--metrics", str(tmp_path / "run" / "metrics.csv")])
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        run = list(csv.DictReader(f))
+    assert [(r["iteration"], r["td_loss"], r["bc_loss"]) for r in trained] == \
+        [(int(r["iteration"]), float(r["td_loss"]), float(r["bc_loss"])) for r in run], "trained as bcq.py trains"
+    table = filter_table(capsys.readouterr().out)
+    assert set(table) == {(3, "filtered"), (3, "greedy"), (5, "filtered"), (5, "greedy")}
+    for iteration in (3, 5):
+        filtered, greedy = table[iteration, "filtered"], table[iteration, "greedy"]
+        assert filtered[0] == filtered[1], "the filtered play of the same networks returns what bcq.py's run did"
+        assert greedy[1] == ""
+        for row in (filtered, greedy):
+            legal, allowed, chosen = (float(c) for c in row[3:6])
+            assert 0 <= allowed <= legal <= 1 and 0 <= chosen <= legal
+        assert filtered[6].startswith("1.00 / ") and greedy[6].startswith("1.00 / ")   # G's one allowed action
+        assert float(filtered[5]) <= float(filtered[4])                     # filtered play attacks only if allowed
+
+
+def test_bcq_filter_bench_replays_finished_runs_held_out_episodes(tiny_3m, tmp_path, capsys):
+    flags = ["--scenario", "3m", "--quality", "medium", "--dataset", tiny_3m[0], "--algo", "bcq", "--aug", "none",
+             "--iters", "100", "--eval-every", "100", "--eval-episodes", "8", "--batch-size", "16", "--out", str(tmp_path),
+             "--tau", "0"]                                   # tau = 0: every legal action allowed, both plays alike
+    run = train.result_dir(train.parse_args(flags))
+    train.main(flags)
+    capsys.readouterr()
+    rows = bench("bcq_filter").main(["runs", run, str(tmp_path / "datasets")])
+    assert "skipped" in capsys.readouterr().err                  # not a run folder: said, and left out
+    recorded = json.loads(open(os.path.join(run, "results.json")).read())["heldout"]["return_mean"]
+    assert [(r["cell"], r["column"], r["seed"]) for r in rows] == [("3m-medium", "original", 0)]
+    assert rows[0]["filtered"]["return"] == recorded > 0, "the filtered play is the run's own held-out evaluation"
+    assert rows[0]["greedy"] == rows[0]["filtered"]
+
+
+def test_bcq_filter_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("bcq_filter").main(["train", "--dataset", tiny_3m[0], "--metrics", str(tmp_path / "missing.csv")])
+    assert stop.value.code == 2 and "missing.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("bcq_filter").main(["train", "--dataset", tiny_3m[0], "--tau", "2"])
+    assert "--tau must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bench("bcq_filter").main(["runs", str(tmp_path)])
+    assert stop.value.code == 2 and "none of the folders is a finished QMIX+BCQ run" in capsys.readouterr().err
