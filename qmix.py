@@ -628,6 +628,23 @@ def resume_state(checkpoint, resume):
         return None
 
 
+def seeded_learner(learner_cls, dataset_paths, args, aug="none", extra=None):
+    """A run's starting point, a function of args.seed: (datasets' attrs, episode store, learner, evaluation envs).
+
+    The networks are initialised right after torch.manual_seed(seed) and
+    both evaluation streams come from their own seeded simulators, so
+    anything built here and trained by `train_loop` with the same flags
+    follows the same run (bench/bcq_filter.py relies on it).
+    """
+    use_learner_threads()
+    a, buffer = load_buffer(dataset_paths)
+    torch.manual_seed(args.seed)
+    learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
+                          seed=args.seed, last_action=args.last_action, **(extra or {}))
+    check_simulator(dataset_paths[0], a, args.backend)
+    return a, buffer, learner, make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
+
+
 def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, progress=True, resume=False):
     """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG into `out`.
 
@@ -644,13 +661,7 @@ def run_learner(learner_cls, dataset_paths, args, out, aug="none", extra=None, p
     """
     clock = artifacts.Clock()
     artifacts.prepare_output_dir(out)
-    use_learner_threads()
-    a, buffer = load_buffer(dataset_paths)
-    torch.manual_seed(args.seed)
-    learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=aug,
-                          seed=args.seed, last_action=args.last_action, **(extra or {}))
-    check_simulator(dataset_paths[0], a, args.backend)
-    envs = make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)
+    a, buffer, learner, envs = seeded_learner(learner_cls, dataset_paths, args, aug, extra)
     env = envs["reported"]
     config = {"learner": learner_cls.__name__, "aug": aug, **(extra or {}),
               **{name: getattr(args, name) for name in LEARNER_FLAGS},

@@ -43,6 +43,7 @@ import artifacts  # noqa: E402
 import bcq  # noqa: E402
 import data  # noqa: E402
 import env as envlib  # noqa: E402
+import evaluate  # noqa: E402
 import qmix  # noqa: E402
 
 EXECUTIONS = {"filtered": True, "greedy": False}       # act among BCQ-allowed actions, or all legal ones
@@ -118,10 +119,10 @@ def report(iteration, numbers, sweep):
 
 
 def column(config):
-    """A run's Table 1 column from its results.json config: 'original', 'RAD-s', 'RAD-m', 'EAQ^-Q', 'EAQ (λ=…)'."""
-    if config["aug"] == "eaq":
-        return f"EAQ (λ={config['lam']:g})" if config["lam"] > 0 else "EAQ^-Q"
-    return {"none": "original", "rad-s": "RAD-s", "rad-m": "RAD-m"}[config["aug"]]
+    """A run's Table 1 column from its results.json config, named as evaluate.py names it."""
+    if config["aug"] == "eaq" and config["lam"] > 0:
+        return evaluate.column_label("EAQ", config["lam"])
+    return next(method for method, flags in evaluate.METHOD_FLAGS.items() if flags[1] == config["aug"])
 
 
 def finished_bcq_run(run_dir):
@@ -158,7 +159,6 @@ def replay_runs(run_dirs):
             print(f"skipped {err}", file=sys.stderr)
             continue
         a = data.read_attrs(results["dataset"]["path"])
-        torch.manual_seed(config["seed"])
         learner = bcq.QmixBCQ(a["n_agents"], a["obs_dim"], a["n_actions"], tau=config["tau"],
                               last_action=config["last_action"])
         qmix.load_learner_state(learner, state["learner"])
@@ -218,13 +218,9 @@ def train_and_play(args):
     """The `train` subcommand: QMIX+BCQ trained as bcq.py does, both executions at every evaluation;
     returns the training rows (iteration, losses) as bcq.py's metrics.csv holds them."""
     sweep = sweep_returns(args.metrics)
-    qmix.use_learner_threads()
-    a, buffer = qmix.load_buffer(args.dataset)
-    torch.manual_seed(args.seed)                       # as qmix.run_learner: the same initial networks
-    learner = bcq.QmixBCQ(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=args.gamma, aug=args.aug,
-                          seed=args.seed, last_action=args.last_action, tau=args.tau)
-    qmix.check_simulator(args.dataset[0], a, args.backend)
-    reported = qmix.make_eval_envs(a["scenario"], args.backend, args.eval_episodes, args.seed)["reported"]
+    _, buffer, learner, eval_envs = qmix.seeded_learner(bcq.QmixBCQ, args.dataset, args, args.aug,
+                                                        bcq.learner_kwargs(args))   # bcq.py's starting point
+    reported = eval_envs["reported"]
     envs = {"filtered": reported, "greedy": reported.fork(args.seed + qmix.EVAL_SEED_OFFSET["reported"])}
     print("| iteration | execution | return | sweep's run | won | attack legal | attack allowed "
           "| attack chosen | allowed / legal actions |\n|---|---|---|---|---|---|---|---|---|")
