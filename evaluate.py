@@ -64,7 +64,7 @@ def column_label(method, lam):
 def synthetic_label(episodes):
     """'EAQ (λ=0.1)' or 'EAQ^-Q' for a D_syn made by diffusion.py (λ in its attrs)."""
     lam = float(episodes.attrs.get("lam", 0.0))
-    return f"EAQ (λ={lam:g})" if lam > 0 else "EAQ^-Q"
+    return column_label("EAQ", lam) if lam > 0 else "EAQ^-Q"
 
 
 FIGURE_COLORS = ("tab:gray", "tab:red", "tab:orange", "tab:purple", "tab:blue")   # original, then each D_syn
