@@ -637,8 +637,11 @@ def cost_markdown(rows, seeds=5, lams=3):
     waits beside other work. The counts in brackets say how many were
     CPU-timed. Medians, because a slowed run reads long. A model's cost is
     the largest among the runs sharing it (the others load it from the
-    cache). The full cell: 2 learners × `seeds` × (4 + `lams`) columns, and
-    `seeds` × (1 + `lams`) diffusion models.
+    cache). The full cell: each learner's median × `seeds` × (4 + `lams`)
+    columns, summed over the learners the sweep ran (the paper's cell has
+    both), and `seeds` × (1 + `lams`) diffusion models. Each learner its own
+    median, because BCQ runs cost more than CQL's and a pooled median moves
+    with whichever learner has more runs finished.
     """
     lines = ["| map-quality | learner runs (CPU-timed) | min per learner run (median) | diffusion models (CPU-timed) | "
              "min per model (median) | run-hours so far | CPU-h, full cell |", "|---|---|---|---|---|---|---|"]
@@ -649,11 +652,11 @@ def cost_markdown(rows, seeds=5, lams=3):
             if r["d_syn"]:
                 models[r["d_syn"]] = max(models.get(r["d_syn"], (0.0, False)), stage_cost(r, "diffusion"))
         learner_s, model_s = [c for c, _ in learner], [c for c, _ in models.values()]
-        per_algo = ", ".join(
-            f"{algo.upper()} {np.median([c for c, r in zip(learner_s, cell) if r['algo'] == algo]) / 60:.1f}"
-            for algo in sorted({r["algo"] for r in cell}))
+        algo_median = {algo: float(np.median([c for c, r in zip(learner_s, cell) if r["algo"] == algo]))
+                       for algo in sorted({r["algo"] for r in cell})}   # seconds per run, per learner
+        per_algo = ", ".join(f"{algo.upper()} {median / 60:.1f}" for algo, median in algo_median.items())
         model = float(np.median(model_s)) if models else None
-        full = 2 * seeds * (4 + lams) * np.median(learner_s) + (seeds * (1 + lams) * model if models else 0.0)
+        full = seeds * (4 + lams) * sum(algo_median.values()) + (seeds * (1 + lams) * model if models else 0.0)
         lines.append(f"| {scenario}-{quality} | {len(cell)} ({sum(t for _, t in learner)}) | "
                      f"{np.median(learner_s) / 60:.1f} ({per_algo}) | "
                      f"{len(models)} ({sum(t for _, t in models.values())}) | "
