@@ -643,7 +643,7 @@ def cost_markdown(rows, seeds=5, lams=3):
     median, because BCQ runs cost more than CQL's and a pooled median moves
     with whichever learner has more runs finished.
     """
-    lines = ["| map-quality | learner runs (CPU-timed) | min per learner run (median) | diffusion models (CPU-timed) | "
+    lines = ["| map-quality | learner runs (CPU-timed) | min per learner run (median of each learner) | diffusion models (CPU-timed) | "
              "min per model (median) | run-hours so far | CPU-h, full cell |", "|---|---|---|---|---|---|---|"]
     for (scenario, quality), cell in sorted(rows_by_cell(rows).items(), key=lambda item: item[0]):
         learner = [stage_cost(r, "learner") for r in cell]                 # [(seconds, CPU-timed)] per run
@@ -658,7 +658,7 @@ def cost_markdown(rows, seeds=5, lams=3):
         model = float(np.median(model_s)) if models else None
         full = seeds * (4 + lams) * sum(algo_median.values()) + (seeds * (1 + lams) * model if models else 0.0)
         lines.append(f"| {scenario}-{quality} | {len(cell)} ({sum(t for _, t in learner)}) | "
-                     f"{np.median(learner_s) / 60:.1f} ({per_algo}) | "
+                     f"{per_algo} | "
                      f"{len(models)} ({sum(t for _, t in models.values())}) | "
                      + (f"{model / 60:.1f}" if models else "—") + " | "
                      f"{(sum(learner_s) + sum(model_s)) / 3600:.1f} | "

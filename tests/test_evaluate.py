@@ -126,13 +126,13 @@ def test_cost_table_counts_a_shared_diffusion_model_once_and_scales_each_learner
             run("cql", 600, 1200, "lam0.1-s0"), run("bcq", 1200, 300, "lam0.1-s0")]   # bcq loaded the model
     # full cell: 35 runs × (10 + 20) min per learner + 20 models × 20 min = 1 450 min
     assert evaluate.cost_markdown(rows).splitlines()[2] == (
-        "| 3m-poor | 5 (0) | 20.0 (BCQ 20.0, CQL 10.0) | 1 (0) | 20.0 | 1.8 | 24 |")
+        "| 3m-poor | 5 (0) | BCQ 20.0, CQL 10.0 | 1 (0) | 20.0 | 1.8 | 24 |")
     rows[2]["learner_cpu_s"] = 600                           # the slowed run's own cost: its CPU time
     for r in rows[3:]:
         r["diffusion_cpu_s"] = 828                           # the model's whole CPU cost, in both runs sharing it
     # 35 × (10 + 20) + 20 × 13.8 = 1 326 min; a pooled median (10 min, three CQL runs of five) would give 16 h
     assert evaluate.cost_markdown(rows).splitlines()[2] == (
-        "| 3m-poor | 5 (1) | 10.0 (BCQ 20.0, CQL 10.0) | 1 (1) | 13.8 | 1.4 | 22 |")
+        "| 3m-poor | 5 (1) | BCQ 20.0, CQL 10.0 | 1 (1) | 13.8 | 1.4 | 22 |")
     only_cql = [r for r in rows if r["algo"] == "cql"]       # a sweep of one learner: its own runs alone
     assert evaluate.cost_markdown(only_cql).splitlines()[2].endswith("| 10 |")  # 35 × 10 + 20 × 13.8 = 626 min
 
