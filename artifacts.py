@@ -1,5 +1,5 @@
-"""How every stage writes its files (the running artefacts: datasets, checkpoints, JSON, CSV, PNG), and
-the time it records having spent (`Clock`).
+"""The edges every stage shares: how files are written (datasets, checkpoints, JSON, CSV, PNG), how bad
+input is refused (one line), how configurations become flags, and the time a stage spent (`Clock`).
 
 Every file the project writes goes through `atomic_path`: it is written
 under a temporary name beside its target and renamed only when complete,
@@ -14,17 +14,21 @@ another node is still writing.
 
 This module sits below every other one (it imports nothing of ours).
 """
+import argparse
 import contextlib
 import csv
+import dataclasses
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import socket
 import sys
 import time
+
 
 class InputError(ValueError):
     """A refused input (file, flag, checkpoint): the message names it, what is wrong and the fix.
@@ -42,6 +46,70 @@ def one_line_errors():
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def parser_errors(parser):
+    """Turn an InputError raised inside the block into the parser's one-line usage error (exit status 2)."""
+    try:
+        yield
+    except InputError as err:
+        parser.error(str(err))
+
+
+SEED_MAX = 1_000_000_000   # seeds are offset (evaluation streams) and fed to JAX's 32-bit keys
+
+
+def require_flags(at_least_one=None, seeds=None, finite=None):
+    """Raise an InputError naming the first flag whose value cannot work: an integer below 1, a seed outside
+    [0, SEED_MAX], a NaN or infinite number. Each argument maps flag names to values (None: not given)."""
+    for flag, value in (at_least_one or {}).items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (seeds or {}).items():
+        if value is not None and not 0 <= value <= SEED_MAX:
+            raise InputError(f"{flag} must be in [0, {SEED_MAX:,}], got {value}")
+    for flag, value in (finite or {}).items():
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+
+
+def option(default, help, choices=None):
+    """A configuration dataclass's field whose command-line flag has this default, help and choices
+    (`add_config_flags`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def add_config_flags(parser, config_cls, names=None, rename=None):
+    """One flag per field of the dataclass `config_cls` (those in `names`), default and help from the field.
+
+    A field f becomes --f (underscores as dashes), or --<rename[f]> with that
+    destination; a True switch becomes --no-f; a tuple takes one value or more.
+    """
+    for field in dataclasses.fields(config_cls):
+        if names is not None and field.name not in names:
+            continue
+        dest = (rename or {}).get(field.name, field.name)
+        flag, default, help = "--" + dest.replace("_", "-"), field.default, field.metadata["help"]
+        if isinstance(default, bool):         # a switch; unless given, the field keeps its default
+            parser.add_argument(flag.replace("--", "--no-") if default else flag, dest=dest, default=argparse.SUPPRESS,
+                                action="store_false" if default else "store_true", help=help)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=dest, type=type(default[0]), nargs="+", default=default, help=help)
+        else:
+            parser.add_argument(flag, dest=dest, type=type(default), default=default, help=help,
+                                choices=field.metadata["choices"])
+
+
+def config_from_args(config_cls, args, rename=None, **values):
+    """The dataclass `config_cls` from parsed flags (`add_config_flags`, same `rename`); `values` set fields
+    directly, and fields without a flag keep their defaults."""
+    for field in dataclasses.fields(config_cls):
+        dest = (rename or {}).get(field.name, field.name)
+        if field.name not in values and hasattr(args, dest):
+            value = getattr(args, dest)
+            values[field.name] = tuple(value) if isinstance(field.default, tuple) else value
+    return config_cls(**values)
 
 
 HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
@@ -159,7 +227,7 @@ def refusal_reason(err):
 def torch_threads():
     """Torch threads per process: 1, unless the environment variable EAQ_TORCH_THREADS sets another count.
 
-    Measured on a 2-core machine (README "Reliability"): with two threads a
+    Measured on a 2-core machine (docs/performance.md): with two threads a
     learner runs 1.6x and the diffusion model 1.5x faster alone, but two such
     processes side by side fall 5x (barrier-synchronised threads wait for
     each other's descheduled partner); with one thread each, a second process
@@ -177,9 +245,7 @@ class Clock:
     CPU seconds are `time.process_time()`: every thread of this process,
     none of another's, none while the process is paused (SIGSTOP) or waits
     for a core — so on a shared or paused machine they stay the stage's own
-    cost where wall time reads long (README "What it cost"). They miss what a
-    GPU computes. `cpu()` is None when an earlier session did not count them
-    (a checkpoint saved before they were recorded).
+    cost where wall time reads long (docs/cost.md). They miss what a GPU computes.
     """
 
     def __init__(self, wall_before=0.0, cpu_before=0.0):
@@ -190,12 +256,12 @@ class Clock:
         return self.wall_before + time.time() - self.wall_start
 
     def cpu(self):
-        return None if self.cpu_before is None else self.cpu_before + time.process_time() - self.cpu_start
+        return self.cpu_before + time.process_time() - self.cpu_start
 
     def add_before(self, wall, cpu):
-        """Count an earlier session's seconds (read from a checkpoint; cpu None if it did not count them)."""
+        """Count an earlier session's seconds (read from a checkpoint)."""
         self.wall_before += wall
-        self.cpu_before = None if cpu is None or self.cpu_before is None else self.cpu_before + cpu
+        self.cpu_before += cpu
 
 
 def pyplot():

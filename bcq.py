@@ -18,11 +18,17 @@ are. OG-MARL's QMIX+BCQ instead acts greedily over all legal actions
 
     python bcq.py --dataset runs/datasets/3m-medium-s0.h5 --iters 15000 --seed 0
 """
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
+import artifacts
+import learner
 import qmix
 import rad
+
+option = artifacts.option
 
 EXECUTIONS = ("filtered", "greedy")
 
@@ -63,9 +69,9 @@ class QmixBCQ:
 class BCQPolicy(qmix.GreedyPolicy):
     """Greedy over the BCQ-allowed actions; runs the behaviour network alongside the agent."""
 
-    def __init__(self, learner):
-        super().__init__(learner.qmix)
-        self.behaviour, self.tau = learner.behaviour, learner.tau
+    def __init__(self, qmix_bcq):
+        super().__init__(qmix_bcq.qmix)
+        self.behaviour, self.tau = qmix_bcq.behaviour, qmix_bcq.tau
 
     def reset(self, n_envs):
         super().reset(n_envs)
@@ -76,26 +82,27 @@ class BCQPolicy(qmix.GreedyPolicy):
         return bcq_allowed(logits.view(avail.shape), avail, self.tau)
 
 
-def add_flags(p):
-    """QMIX+BCQ's own flags (bcq.py and train.py)."""
-    p.add_argument("--tau", type=float, default=0.4,
-                   help="BCQ threshold on renormalised behaviour probability (OG-MARL: 0.4)")
-    p.add_argument("--bcq-execution", default="filtered", choices=EXECUTIONS,
-                   help="act greedily among BCQ-allowed actions (discrete BCQ) or among all legal ones "
-                        "(OG-MARL's QMIX+BCQ)")
+@dataclasses.dataclass(frozen=True)
+class BCQConfig:
+    """QMIX+BCQ's own settings (bcq.py's flags; train.py takes --bcq-execution and keeps OG-MARL's threshold)."""
+
+    tau: float = option(0.4, "BCQ threshold on renormalised behaviour probability (OG-MARL: 0.4)")
+    bcq_execution: str = option("filtered", "act greedily among BCQ-allowed actions (discrete BCQ) or among all "
+                                            "legal ones (OG-MARL's QMIX+BCQ)", choices=EXECUTIONS)
 
 
-def check_flags(parser, args):
-    if not 0.0 <= args.tau <= 1.0:
-        parser.error(f"--tau must be in [0, 1], got {args.tau}")
+def check_config(config):
+    if not 0.0 <= config.tau <= 1.0:
+        raise artifacts.InputError(f"--tau must be in [0, 1], got {config.tau}")
 
 
-def learner_kwargs(args):
-    return {"tau": args.tau, "execution": args.bcq_execution}
+def learner_kwargs(config):
+    return {"tau": config.tau, "execution": config.bcq_execution}
 
 
 def main(argv=None):
-    qmix.learner_main(QmixBCQ, "Train QMIX+BCQ on offline datasets and evaluate it (paper §4.1).", add_flags, check_flags, learner_kwargs, argv)
+    learner.learner_main(QmixBCQ, "Train QMIX+BCQ on offline datasets and evaluate it (paper §4.1).", BCQConfig,
+                         check_config, learner_kwargs, argv)
 
 
 if __name__ == "__main__":

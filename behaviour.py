@@ -33,7 +33,7 @@ which JaxMARL reports as fragile on SMAX.
   for that map and quality (`OG_MARL`); where no checkpoint reaches the
   target, that is the best one, and the manifest says so (`reached`).
   The chosen actors are shipped in `policies/<map>/<quality>-seed<k>.safetensors`
-  with `policies/manifest.json`; data.py makes datasets from them.
+  with `policies/manifest.json`; datasets.py makes datasets from them.
 
     python behaviour.py --scenario 3m        # train 4 seeds, pick, ship into policies/
     python behaviour.py --scenario 3m --ship-only   # pick again from runs/behaviour/3m
@@ -369,9 +369,9 @@ def file_sha256(path):
 
 
 class TrainedPolicy:
-    """A saved actor as a behaviour policy for data.py: ε-greedy over legal actions, all agents at once.
+    """A saved actor as a behaviour policy for datasets.py: ε-greedy over legal actions, all agents at once.
 
-    Same interface as data.HeuristicPolicy: `reset()` at each batch of
+    The interface `datasets.collect_batch` plays: `reset()` at each batch of
     episodes, `__call__(obs (B, N, O), avail (B, N, A)) -> actions (B, N)`.
     """
 

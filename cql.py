@@ -14,12 +14,17 @@ with alpha = 3.0 and the mean over valid (non-padded) steps. Shapes follow
 
     python cql.py --dataset runs/datasets/3m-medium-s0.h5 --iters 15000 --seed 0
 """
+import dataclasses
 import math
 
 import torch
 
+import artifacts
+import learner
 import qmix
 import rad
+
+option = artifacts.option
 
 
 def sample_legal_actions(avail, n_samples, generator):
@@ -72,25 +77,27 @@ class QmixCQL:
         return qmix.GreedyPolicy(self.qmix)
 
 
-def add_flags(p):
-    """QMIX+CQL's own flags (cql.py and train.py)."""
-    p.add_argument("--alpha", type=float, default=3.0, help="CQL penalty weight (OG-MARL: 3.0)")
-    p.add_argument("--cql-samples", type=int, default=20, help="sampled legal joint actions per step (OG-MARL: 20)")
+@dataclasses.dataclass(frozen=True)
+class CQLConfig:
+    """QMIX+CQL's own settings (cql.py's flags; train.py keeps OG-MARL's)."""
+
+    alpha: float = option(3.0, "CQL penalty weight (OG-MARL: 3.0)")
+    cql_samples: int = option(20, "sampled legal joint actions per step (OG-MARL: 20)")
 
 
-def check_flags(parser, args):
-    if not math.isfinite(args.alpha) or args.alpha < 0:
-        parser.error(f"--alpha must be a finite number >= 0, got {args.alpha}")
-    if args.cql_samples < 1:
-        parser.error(f"--cql-samples must be at least 1, got {args.cql_samples}")
+def check_config(config):
+    if not math.isfinite(config.alpha) or config.alpha < 0:
+        raise artifacts.InputError(f"--alpha must be a finite number >= 0, got {config.alpha}")
+    artifacts.require_flags(at_least_one={"--cql-samples": config.cql_samples})
 
 
-def learner_kwargs(args):
-    return {"alpha": args.alpha, "n_samples": args.cql_samples}
+def learner_kwargs(config):
+    return {"alpha": config.alpha, "n_samples": config.cql_samples}
 
 
 def main(argv=None):
-    qmix.learner_main(QmixCQL, "Train QMIX+CQL on offline datasets and evaluate it (paper §4.1).", add_flags, check_flags, learner_kwargs, argv)
+    learner.learner_main(QmixCQL, "Train QMIX+CQL on offline datasets and evaluate it (paper §4.1).", CQLConfig,
+                         check_config, learner_kwargs, argv)
 
 
 if __name__ == "__main__":

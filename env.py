@@ -100,7 +100,7 @@ def _import_smax():
 @functools.cache
 def smax_scenarios():
     """SMAX's fixed-unit maps, the paper's five first; read from jaxmarl on first use, so that modules which
-    only import this one (diffusion.py, through data.py) need no simulator."""
+    only import this one (the diffusion side: eaq.py, fidelity.py) need no simulator."""
     smax_env, _ = _import_smax()
     fixed = [name for name, s in smax_env.MAP_NAME_TO_SCENARIO.items()
              if not s.smacv2_unit_type_generation]

@@ -49,6 +49,7 @@ import numpy as np
 
 import artifacts
 import data
+import datasets
 import env as envlib
 
 LEAVES = {"observations": "observations.", "actions": "actions.", "rewards": "rewards.",
@@ -231,13 +232,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    data.require_seed(p, args, ("seed",))
+    with artifacts.parser_errors(p):
+        artifacts.require_flags(seeds={"--seed": args.seed})
     if os.path.exists(args.out) and not args.overwrite:
         p.error(f"{args.out} exists; pass --overwrite to replace it")
     with artifacts.one_line_errors():
         artifacts.prepare_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out's folder")
         attrs = convert(args.vault, args.out, args.scenario, args.quality, args.fraction, args.seed)
-    print("OG-MARL " + data.describe(attrs))
+    print("OG-MARL " + datasets.describe(attrs))
     print(f"wrote {args.out} ({attrs['dropped_unfinished_rows']} unfinished trailing rows dropped)")
 
 

@@ -9,6 +9,7 @@ import pytest
 import artifacts
 import behaviour
 import data
+import datasets
 import env as envlib
 
 
@@ -118,16 +119,16 @@ def test_the_shipped_policies_match_their_manifest(scenario):
 
 
 def test_datasets_from_shipped_policies_are_deterministic_mix_all_seeds_and_say_so(tmp_path):
-    a = data.generate_dataset("3m", "poor", 10, seed=3, path=str(tmp_path / "a.h5"), n_envs=4, progress=False)
-    data.generate_dataset("3m", "poor", 10, seed=3, path=str(tmp_path / "b.h5"), n_envs=4, progress=False)
+    a = datasets.generate_dataset("3m", "poor", 10, seed=3, path=str(tmp_path / "a.h5"), n_envs=4, progress=False)
+    datasets.generate_dataset("3m", "poor", 10, seed=3, path=str(tmp_path / "b.h5"), n_envs=4, progress=False)
     first, again = data.load_dataset(str(tmp_path / "a.h5")), data.load_dataset(str(tmp_path / "b.h5"))
     for field in data.ARRAYS:
         np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
     entries = behaviour.shipped_policies("3m", "poor")
-    assert a["behaviour"] == data.TRAINED and a["epsilon"] == behaviour.EPSILON == 0.05
+    assert a["behaviour"] == datasets.TRAINED and a["epsilon"] == behaviour.EPSILON == 0.05
     assert json.loads(a["policy_files"]) == [e["file"] for e in entries]
     assert json.loads(a["policy_sha256"]) == [e["sha256"] for e in entries]
-    other = data.generate_dataset("3m", "poor", 10, seed=4, path=str(tmp_path / "c.h5"), n_envs=4, progress=False)
+    other = datasets.generate_dataset("3m", "poor", 10, seed=4, path=str(tmp_path / "c.h5"), n_envs=4, progress=False)
     assert other["return_mean"] != a["return_mean"] or other["length_mean"] != a["length_mean"]
 
 
@@ -139,14 +140,14 @@ def test_a_policy_that_differs_from_its_manifest_is_refused(tmp_path):
     actor[0]["b"] += 0.5                                          # a valid file, but not the shipped one
     behaviour.save_policy(str(policies / entry["file"]), actor, metadata)
     with pytest.raises(artifacts.InputError, match="contents differ from the manifest's sha256"):
-        data.generate_dataset("3m", "poor", 4, seed=0, path=str(tmp_path / "d.h5"), n_envs=4, progress=False,
-                              policy_dir=str(policies))
+        datasets.generate_dataset("3m", "poor", 4, seed=0, path=str(tmp_path / "d.h5"), n_envs=4, progress=False,
+                                  policy_dir=str(policies))
     assert not (tmp_path / "d.h5").exists()
 
 
 def test_a_map_without_shipped_policies_says_how_to_make_them(tmp_path):
     with pytest.raises(artifacts.InputError, match="python behaviour.py --scenario 25m"):
-        data.generate_dataset("25m", "poor", 4, seed=0, path=str(tmp_path / "e.h5"), progress=False)
+        datasets.generate_dataset("25m", "poor", 4, seed=0, path=str(tmp_path / "e.h5"), progress=False)
 
 
 def test_bad_training_flags_are_refused(capsys):

@@ -7,8 +7,9 @@ import types
 import numpy as np
 import pytest
 
-import data
+import datasets
 import env as envlib
+from experiments import heuristic_data
 
 
 def random_legal(avail, rng):
@@ -81,7 +82,7 @@ def test_time_limit_ends_every_episode_with_a_done():
 
 def test_heuristic_wins_some_3m_games_and_returns_stay_on_smac_scale():
     env = envlib.make_env("3m", n_envs=32, seed=0)
-    episodes, won = data.collect_batch(env, data.HeuristicPolicy(env, 0.0, seed=1))
+    episodes, won = datasets.collect_batch(env, heuristic_data.HeuristicPolicy(env, 0.0, seed=1))
     returns = episodes.returns()
     assert won.sum() >= 5
     assert returns.max() <= envlib.MAX_RETURN + 1e-4
@@ -96,9 +97,9 @@ def test_unknown_scenario_and_backend_list_the_choices():
 
 
 def test_the_diffusion_side_imports_no_simulator():
-    """diffusion.py (and the command lines' modules) import jaxmarl only when a map is first checked or built,
+    """eaq.py (and the command lines' modules) import jaxmarl only when a map is first checked or built,
     so the diffusion model runs where jaxmarl is not installed (a GPU machine, say)."""
-    code = ("import sys, diffusion, train, evaluate; loaded = 'jaxmarl' in sys.modules; "
+    code = ("import sys, eaq, train, evaluate; loaded = 'jaxmarl' in sys.modules; "
             "import env; env.check_scenario('3m'); print(loaded, 'jaxmarl' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout

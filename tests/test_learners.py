@@ -1,4 +1,5 @@
-"""qmix.py, cql.py, bcq.py, rad.py: networks, targets, penalties, policies, rollouts, seeding."""
+"""qmix.py, learner.py, cql.py, bcq.py, rad.py: networks, targets, penalties, policies, rollouts, training,
+checkpoints, seeding."""
 import csv
 import os
 import subprocess
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import artifacts
 import bcq
 import cql
 import data
+import datasets
 import env as envlib
+import learner
 import qmix
 import rad
 
@@ -75,20 +77,20 @@ def test_legal_argmax_and_sampled_actions_are_legal():
 def penalty_after_updates(ep, batch, alpha):
     """CQL's penalty (soft max over sampled joint actions minus the data action) after 30 updates."""
     torch.manual_seed(0)
-    learner = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions, alpha=alpha, seed=0)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    model = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions, alpha=alpha, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(30):
-        loss, _ = learner.loss(batch)
+        loss, _ = model.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    learner.generator.manual_seed(123)                        # the same sampled actions for both
-    return learner.loss(batch)[1]["cql_penalty"]
+    model.generator.manual_seed(123)                        # the same sampled actions for both
+    return model.loss(batch)[1]["cql_penalty"]
 
 
 def test_cql_penalty_lowers_absent_actions_relative_to_data_actions(tiny_3m):
     ep = data.load_dataset(tiny_3m[0])
-    batch = qmix.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
+    batch = learner.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
     without, with_cql = penalty_after_updates(ep, batch, 0.0), penalty_after_updates(ep, batch, 3.0)
     assert with_cql < without - 0.5, (with_cql, without)
 
@@ -103,8 +105,8 @@ def test_bcq_allows_only_legal_actions_near_the_most_likely():
 
 def test_bcq_policy_never_picks_a_disallowed_action():
     torch.manual_seed(0)
-    learner = bcq.QmixBCQ(n_agents=3, obs_dim=5, n_actions=6, tau=0.4)
-    policy = learner.policy()
+    model = bcq.QmixBCQ(n_agents=3, obs_dim=5, n_actions=6, tau=0.4)
+    policy = model.policy()
     policy.reset(16)
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -148,13 +150,13 @@ class RandomPolicy:
 
 def test_short_cql_run_on_good_data_beats_random_play(tiny_3m, tmp_path):
     good = tmp_path / "good.h5"
-    data.generate_dataset("3m", "good", 64, seed=1, path=str(good), n_envs=64, progress=False)
+    datasets.generate_dataset("3m", "good", 64, seed=1, path=str(good), n_envs=64, progress=False)
     ep = data.load_dataset(str(good))
-    learner = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions, seed=0)
-    qmix.train_loop(learner, qmix.EpisodeBuffer([ep]), iters=150, batch_size=16, lr=3e-4, seed=0,
+    model = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions, seed=0)
+    learner.train_loop(model, learner.EpisodeBuffer([ep]), iters=150, batch_size=16, lr=3e-4, seed=0,
                     progress=False)
     eval_env = envlib.make_env("3m", n_envs=32, seed=123)
-    trained = qmix.evaluate_policy(learner.policy(), eval_env)
+    trained = qmix.evaluate_policy(model.policy(), eval_env)
     random = qmix.evaluate_policy(RandomPolicy(0), eval_env)
     assert random["return_mean"] < 3.0
     assert trained["return_mean"] > random["return_mean"] + 3.0
@@ -256,14 +258,14 @@ def padding_filled_with_garbage(batch):
 def test_losses_never_read_past_an_episodes_end(tiny_3m, learner_cls):
     """Whatever the padding holds, the loss, its logs and its gradient are the same (the learners skip it)."""
     ep = data.load_dataset(tiny_3m[0])
-    batch = qmix.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
+    batch = learner.EpisodeBuffer([ep]).sample(8, torch.Generator().manual_seed(0))
     assert (batch["valid"] == 0).any(), "the minibatch has padding to fill"
     results = []
     for b in (batch, padding_filled_with_garbage(batch)):
         torch.manual_seed(0)
-        learner = learner_cls(ep.n_agents, ep.obs_dim, ep.n_actions, seed=0)
-        loss, logs = learner.loss(b)
-        grads = torch.autograd.grad(loss, learner.parameters())
+        model = learner_cls(ep.n_agents, ep.obs_dim, ep.n_actions, seed=0)
+        loss, logs = model.loss(b)
+        grads = torch.autograd.grad(loss, model.parameters())
         results.append((loss, logs, grads))
     (loss, logs, grads), (loss2, logs2, grads2) = results
     assert loss.item() == loss2.item() and logs == logs2
@@ -274,15 +276,15 @@ def test_losses_never_read_past_an_episodes_end(tiny_3m, learner_cls):
 def test_target_networks_update_every_target_every_iterations(tiny_3m):
     ep = data.load_dataset(tiny_3m[0])
     torch.manual_seed(0)
-    learner = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions)
-    buffer = qmix.EpisodeBuffer([ep])
+    model = cql.QmixCQL(ep.n_agents, ep.obs_dim, ep.n_actions)
+    buffer = learner.EpisodeBuffer([ep])
 
     def target_equals_online():
-        return all(torch.equal(a, b) for a, b in zip(learner.qmix.agent.state_dict().values(),
-                                                     learner.qmix.target_agent.state_dict().values()))
-    qmix.train_loop(learner, buffer, iters=3, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
+        return all(torch.equal(a, b) for a, b in zip(model.qmix.agent.state_dict().values(),
+                                                     model.qmix.target_agent.state_dict().values()))
+    learner.train_loop(model, buffer, iters=3, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
     assert target_equals_online(), "copied at iteration 3"
-    qmix.train_loop(learner, buffer, iters=2, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
+    learner.train_loop(model, buffer, iters=2, batch_size=4, lr=1e-2, seed=0, target_every=3, progress=False)
     assert not target_equals_online(), "not copied at iterations 1-2 of the next loop"
 
 
@@ -322,8 +324,8 @@ def test_unroll_computes_each_episode_alone_up_to_its_last_observation():
 
 
 def test_bcq_greedy_execution_is_plain_greedy_over_legal_actions():
-    learner = bcq.QmixBCQ(n_agents=2, obs_dim=3, n_actions=4, execution="greedy")
-    assert type(learner.policy()) is qmix.GreedyPolicy
+    model = bcq.QmixBCQ(n_agents=2, obs_dim=3, n_actions=4, execution="greedy")
+    assert type(model.policy()) is qmix.GreedyPolicy
     assert isinstance(bcq.QmixBCQ(2, 3, 4).policy(), bcq.BCQPolicy)
 
 
@@ -354,7 +356,7 @@ def test_minibatches_equal_slices_of_zero_padded_episodes(tiny_3m):
     short = data.Episodes(obs=short.obs[:, :T_short + 1], avail=short.avail[:, :T_short + 1],
                           actions=short.actions[:, :T_short], rewards=short.rewards[:, :T_short],
                           dones=short.dones[:, :T_short], lengths=short.lengths, attrs=short.attrs)
-    buffer = qmix.EpisodeBuffer([ep, short])
+    buffer = learner.EpisodeBuffer([ep, short])
     assert buffer.n_episodes == ep.n_episodes + 5
     assert len(buffer.obs) == int((ep.lengths + 1).sum() + (short.lengths + 1).sum())   # no padding stored
     g = torch.Generator().manual_seed(0)
@@ -378,7 +380,7 @@ def test_minibatches_equal_slices_of_zero_padded_episodes(tiny_3m):
 def test_datasets_are_read_chunk_by_chunk_into_the_same_buffer(tiny_3m, monkeypatch):
     """load_buffer reads at most one chunk of padded episodes at a time and stores what the whole files give."""
     paths = [tiny_3m[0], tiny_3m[0]]                                          # a union of two files
-    whole = qmix.EpisodeBuffer([data.load_dataset(p) for p in paths])
+    whole = learner.EpisodeBuffer([data.load_dataset(p) for p in paths])
     reads, load = [], data.load_dataset
 
     def counting_load(path, *args, episodes=slice(None), **kwargs):
@@ -386,7 +388,7 @@ def test_datasets_are_read_chunk_by_chunk_into_the_same_buffer(tiny_3m, monkeypa
         reads.append(chunk.n_episodes)
         return chunk
     monkeypatch.setattr(data, "load_dataset", counting_load)
-    attrs, chunked = qmix.load_buffer(paths, chunk_episodes=3)
+    attrs, chunked = learner.load_buffer(paths, chunk_episodes=3)
     assert attrs["scenario"] == "3m" and max(reads) == 3 and len(reads) > 2
     assert chunked.n_episodes == whole.n_episodes == sum(reads)
     for name in ("lengths", "offsets", "obs", "avail", "actions", "rewards", "dones"):
@@ -397,21 +399,18 @@ class Stop(Exception):
     """Stands for whatever ends a run early: a closed session, a node taken back."""
 
 
-def learner_args(dataset, *extra):
-    """cql.py / bcq.py flags of a tiny run: 7 iterations, evaluations at 3, 6 and 7."""
-    p = qmix.learner_parser("test")
-    cql.add_flags(p)
-    bcq.add_flags(p)
-    return p.parse_args(["--dataset", dataset, "--iters", "7", "--batch-size", "4", "--eval-every", "3",
-                         "--target-every", "2", "--eval-episodes", "3", *extra])
+def tiny_config(**over):
+    """The configuration of a tiny run: 7 iterations, evaluations at 3, 6 and 7."""
+    return learner.LearnerConfig(**{"iters": 7, "batch_size": 4, "eval_every": 3, "target_every": 2,
+                                    "eval_episodes": 3, **over})
 
 
 @pytest.mark.parametrize("learner_cls, aug, kwargs", [(cql.QmixCQL, "rad-m", {"n_samples": 5}),
                                                       (bcq.QmixBCQ, "none", {})])
 def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3m, tmp_path, monkeypatch,
                                                                           learner_cls, aug, kwargs):
-    args = learner_args(tiny_3m[0])
-    whole = qmix.run_learner(learner_cls, [tiny_3m[0]], args, str(tmp_path / "whole"), aug, kwargs, progress=False)
+    args = tiny_config()
+    whole = learner.run_learner(learner_cls, [tiny_3m[0]], args, str(tmp_path / "whole"), aug, kwargs, progress=False)
     loss, calls = learner_cls.loss, []
 
     def loss_that_stops_at_iteration_5(self, batch):
@@ -423,13 +422,13 @@ def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3
     monkeypatch.setattr(learner_cls, "loss", loss_that_stops_at_iteration_5)
     out = str(tmp_path / "stopped")
     with pytest.raises(Stop):
-        qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False)
+        learner.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False)
     calls.clear()
     saved = torch.load(os.path.join(out, "learner.pt"), weights_only=True)
     saved["seconds"], saved["cpu_seconds"] = 1e5, 1e6        # the stopped session's counts, made unmistakable
     torch.save(saved, os.path.join(out, "learner.pt"))
     wall, cpu = time.time(), time.process_time()
-    resumed = qmix.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False, resume=True)
+    resumed = learner.run_learner(learner_cls, [tiny_3m[0]], args, out, aug, kwargs, progress=False, resume=True)
     wall, cpu = time.time() - wall, time.process_time() - cpu
     assert 1e5 < resumed["seconds"] <= 1e5 + wall and 1e6 < resumed["cpu_seconds"] <= 1e6 + cpu, \
         "a resumed run's wall and CPU time add this session's to the earlier ones"
@@ -447,14 +446,6 @@ def test_a_stopped_learner_run_resumes_to_the_numbers_of_an_unstopped_one(tiny_3
             continue
         for key, tensor in state.items():
             assert torch.equal(tensor, saved[1][name][key]), f"{name}.{key}"
-
-
-def test_a_checkpoint_that_did_not_count_cpu_time_leaves_the_runs_cpu_time_unknown():
-    clock = artifacts.Clock()
-    clock.add_before(5.0, 7.0)
-    assert clock.wall() >= 5.0 and 7.0 <= clock.cpu() < 7.0 + time.process_time()
-    clock.add_before(1.0, None)                  # e.g. learner.pt saved before 2026-11-27 (no "cpu_seconds")
-    assert clock.wall() >= 6.0 and clock.cpu() is None, "unknown, not this session's seconds alone"
 
 
 def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(tiny_3m, tmp_path, capsys,
@@ -491,6 +482,6 @@ def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(ti
     assert ("learner.pt: not a readable learner checkpoint (refused: loading it would call io.open; a checkpoint "
             "holds tensors and plain values only); run without --resume") in capsys.readouterr().err
     assert not target.exists()
-    result = qmix.run_learner(cql.QmixCQL, [tiny_3m[0]], learner_args(tiny_3m[0], "--iters", "3"), out,
-                              progress=False, resume="auto")
+    result = learner.run_learner(cql.QmixCQL, [tiny_3m[0]], tiny_config(iters=3), out, progress=False,
+                                 resume="auto")
     assert "training the learner from the start: " in capsys.readouterr().out and result["resumed_from"] == 0

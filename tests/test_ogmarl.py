@@ -9,10 +9,10 @@ import artifacts
 import bcq
 import cql
 import data
-import diffusion as D
-import evaluate
+import eaq
+import fidelity
+import learner
 import ogmarl
-import qmix
 
 N, O, A, S = 3, 30, 9, 48                      # SMAC's 3m: 3 agents, 30 features, 9 actions, state 48
 LENGTHS = (4, 2, 5)                             # three finished episodes
@@ -107,18 +107,17 @@ def test_a_fraction_keeps_whole_episodes_chosen_by_the_seed(vault, tmp_path):
 
 def test_learners_and_the_diffusion_model_run_on_the_converted_file(converted, tmp_path):
     ep = data.load_dataset(converted)
-    buffer = qmix.EpisodeBuffer([ep])
+    buffer = learner.EpisodeBuffer([ep])
     for cls in (cql.QmixCQL, bcq.QmixBCQ):
-        learner = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
-        rows = qmix.train_loop(learner, buffer, iters=3, batch_size=2, lr=1e-3, seed=0,
+        model = cls(ep.n_agents, ep.obs_dim, ep.n_actions)
+        rows = learner.train_loop(model, buffer, iters=3, batch_size=2, lr=1e-3, seed=0,
                                evaluate=lambda: {"return_mean": 0.0}, eval_every=3, progress=False)
         assert np.isfinite(rows[-1]["td_loss"])
-    argv = ["--dataset", converted, "--out", str(tmp_path / "eaq"), "--steps", "3", "--dim", "8",
-            "--dim-mults", "1", "--K", "10", "--ddim-steps", "2", "--scale", "1"]
-    report = D.fit_and_sample(D.parse_args(argv), progress=False)
+    config = eaq.DiffusionConfig(steps=3, dim=8, dim_mults=(1,), K=10, ddim_steps=2, scale=1)
+    report = eaq.fit_and_sample(config, converted, str(tmp_path / "eaq"), progress=False)
     syn = data.load_dataset(str(tmp_path / "eaq" / "synthetic.h5"))
     assert syn.attrs["backend"] == "smac" and report["synthetic"]["episodes"] == 3
-    assert data.first_attack_action(syn) == 6, "figures read SMAC's action layout"
+    assert fidelity.first_attack_action(syn) == 6, "figures read SMAC's action layout"
 
 
 def test_focus_fire_reads_the_datasets_action_layout():
@@ -127,8 +126,8 @@ def test_focus_fire_reads_the_datasets_action_layout():
         return data.Episodes(np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2, 3, 9), bool),
                              np.array([[[5, 5, 5]]]), np.zeros((1, 1), np.float32), np.array([[True]]),
                              np.array([1], np.int32), attrs={"backend": backend})
-    assert data.dataset_focus_fire(one_step("smax")) == (1.0, 1)
-    ratio, n = data.dataset_focus_fire(one_step("smac"))
+    assert fidelity.dataset_focus_fire(one_step("smax")) == (1.0, 1)
+    ratio, n = fidelity.dataset_focus_fire(one_step("smac"))
     assert n == 0 and np.isnan(ratio), "in SMAC's layout nobody attacks"
 
 

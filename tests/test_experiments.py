@@ -1,0 +1,234 @@
+"""experiments/: damage.py (the attack -> damage check of dataset files, and D_real projected onto R directions),
+denoise.py (what a trained diffusion model hands back), checkpoints.py (how far apart two are), bcq_filter.py
+(a BCQ run played with and without its behaviour filter), heuristic_data.py (the heuristic-data ablation)."""
+import csv
+import dataclasses
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import bcq
+import data
+import datasets
+import eaq
+import env as envlib
+import train
+from experiments import departures, heuristic_data
+
+
+def bench(name):
+    """An experiments/ script as a module."""
+    return importlib.import_module(f"experiments.{name}")
+
+
+def rows(text):
+    """{label: (attacks that damage, damage with a shooter, health gains, reward matches damage,
+    reward − damage, reward below damage)} of the printed table."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 8 and cells[1].isdigit():
+            out[cells[0]] = tuple(float(c) for c in cells[2:])
+    return out
+
+
+def test_damage_bench_reads_files_and_projects_d_real(tiny_3m, tmp_path, capsys):
+    real = data.load_dataset(tiny_3m[0])
+    moved = real.actions.copy()                              # every attack moved to the next enemy
+    attack = moved >= 5
+    moved[attack] = 5 + (moved[attack] - 4) % 3
+    avail = real.avail.copy()                                # and the legal attacks with them
+    avail[..., 5:] = np.roll(real.avail[..., 5:], 1, axis=-1)
+    data.save_dataset(dataclasses.replace(real, actions=moved, avail=avail), str(tmp_path / "moved.h5"))
+    F = data.layout_of(real).n_features
+    bench("damage").main(["--real", tiny_3m[0], "--synthetic", f"moved={tmp_path / 'moved.h5'}",
+                          "--rank", "2", str(F)])
+    table = rows(capsys.readouterr().out)
+    assert table["D_real"][1:] == (1.0, 0.0, 1.0, 0.0, 0.0)
+    assert table["moved"][1] < 0.5 and table["moved"][3:] == (1.0, 0.0, 0.0)   # its rewards still match the damage
+    full = [v for k, v in table.items() if k.startswith(f"D_real, top {F} of {F}")]
+    assert full == [table["D_real"]], "projecting onto every direction changes nothing"
+    two = [v for k, v in table.items() if k.startswith(f"D_real, top 2 of {F}")]
+    assert two and two[0][1] < 1.0, "two directions per step cannot keep which enemy was hit"
+
+
+def test_damage_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("damage").main(["--real", str(tmp_path / "missing.h5")])
+    assert stop.value.code == 2 and "missing.h5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("damage").main(["--real", tiny_3m[0], "--rank", "0"])
+    assert "--rank 0: must be between 1 and" in capsys.readouterr().err
+
+
+def denoise_table(text):
+    """{label: (action argmax right, the four attack-avail bins)} of bench/denoise.py's first table."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.replace("/", " ").split()
+        if len(parts) == 6 and (parts[0] == "D_real" or parts[0].isdigit()):
+            out[parts[0]] = tuple(float(x) for x in parts[1:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_3m, tmp_path_factory):
+    """Two tiny models trained 5 steps on tiny_3m: the plain U-Net and the skip-parametrised one."""
+    paths = {}
+    for name, run in (("plain", eaq), ("skip", departures)):
+        out = tmp_path_factory.mktemp(name)
+        config = departures.DepartureConfig(steps=5, K=50, dim=16, dim_mults=(1, 2), scale=1, x0_skip=True)
+        if run is eaq:                                             # the paper's model
+            config = eaq.DiffusionConfig(steps=5, K=50, dim=16, dim_mults=(1, 2), scale=1)
+        run.fit_and_sample(config, tiny_3m[0], str(out), progress=False)
+        paths[name] = str(out / "model.pt")
+    return paths
+
+
+def test_denoise_bench_sees_what_the_skip_lets_through(tiny_models, capsys):
+    for name in ("plain", "skip"):
+        bench("denoise").main(["--model", tiny_models[name], "--k", "1", "--sample", "8"])
+        out = capsys.readouterr().out
+        table = denoise_table(out)
+        assert table["D_real"][0] == 1.0 and table["D_real"][2:4] == (0.0, 0.0)       # binary rows
+        if name == "skip":                     # at k = 1 f_theta is tau_k, up to 1 % of the noise scale
+            assert table["1"] == pytest.approx(table["D_real"], abs=1e-3)
+        else:                                  # five steps of training cannot copy 276 rows through 16 channels
+            assert table["1"][0] < 0.9 and table["1"][4] < table["D_real"][4]
+        real = dict(pair.rsplit(" ", 1) for pair in out.split("D_real: ")[1].splitlines()[0].split(", "))
+        assert float(real["on closed targets"]) == 0.0
+        assert float(real["attack mass"]) == float(real["on open targets"]) == float(real["decoded attack share"])
+        assert "8 sampled: attack mass" in out
+
+
+def test_denoise_bench_refuses_bad_input_in_one_line(tiny_models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("denoise").main(["--model", str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2 and "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("denoise").main(["--model", tiny_models["skip"], "--k", "0"])
+    assert "--k must lie in 1..K = 50" in capsys.readouterr().err
+
+
+def test_checkpoints_bench_measures_the_largest_weight_difference(tiny_models, capsys):
+    same = bench("checkpoints").main([tiny_models["plain"], tiny_models["plain"], "itself"])
+    assert same["weights"] == same["ema"] == 0.0 and same["steps"] == (5, 5)
+    assert capsys.readouterr().out.startswith("itself: steps 5 vs 5; max |Δ weight| 0.000e+00")
+    plain, skip = (eaq.load_checkpoint(tiny_models[name], departures.any_build) for name in ("plain", "skip"))
+    apart = bench("checkpoints").main([tiny_models["plain"], tiny_models["skip"]])
+
+    def by_hand(net_a, net_b):            # tensor by tensor, not through one flattened vector
+        return max(float((a - b).detach().abs().max()) for a, b in zip(net_a.parameters(), net_b.parameters()))
+    assert apart["weights"] == pytest.approx(by_hand(plain.diffusion, skip.diffusion)) and apart["weights"] > 0
+    assert apart["ema"] == pytest.approx(by_hand(plain.ema, skip.ema))
+    assert 0 < apart["ema"] < apart["weights"]                                     # the EMA moves slowly
+
+
+def test_checkpoints_bench_refuses_bad_input_in_one_line(tiny_3m, tiny_models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("checkpoints").main([tiny_models["plain"], str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2 and "missing.pt" in capsys.readouterr().err
+    wide = tmp_path / "wide"
+    eaq.fit_and_sample(eaq.DiffusionConfig(steps=1, K=50, dim=24, dim_mults=(1, 2), scale=1), tiny_3m[0], str(wide),
+                       progress=False)
+    with pytest.raises(SystemExit) as stop:
+        bench("checkpoints").main([tiny_models["plain"], str(wide / "model.pt")])
+    assert stop.value.code == 2 and "hold different networks" in capsys.readouterr().err
+
+
+def test_bcq_filter_bench_counts_legal_allowed_and_chosen_attacks_of_living_agents():
+    torch.manual_seed(0)
+    model = bcq.QmixBCQ(n_agents=2, obs_dim=3, n_actions=7, tau=0.4)
+    with torch.no_grad():                        # G is sure of action 0 (a move); Q prefers action 5 (an attack)
+        for net, favourite in ((model.behaviour, 0), (model.qmix.agent, 5)):
+            net.fc2.weight.zero_()
+            net.fc2.bias.zero_()
+            net.fc2.bias[favourite] = 10.0
+    obs = np.zeros((1, 2, 3), np.float32)
+    avail = np.ones((1, 2, 7), bool)
+    avail[0, 1, :4] = False                      # agent 1 may not move: dead, so not counted
+    for filtered, action in ((True, 0), (False, 5)):
+        policy = bench("bcq_filter").CountingPolicy(model, filtered, first_attack=5)
+        policy.reset(1)
+        assert policy(obs, avail)[0, 0] == action
+        assert policy.summary() == {"attack_legal": 1.0, "attack_allowed": 0.0, "attack_chosen": float(action == 5),
+                                    "allowed_actions": 1.0, "legal_actions": 7.0}
+
+
+def filter_table(text):
+    """{(iteration, execution): cells after the execution} of bench/bcq_filter.py's table."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0].isdigit():
+            out[int(cells[0]), cells[1]] = cells[2:]
+    return out
+
+
+def test_bcq_filter_bench_replays_the_networks_of_a_bcq_run(tiny_3m, tmp_path, capsys):
+    flags = ["--dataset", tiny_3m[0], "--iters", "5", "--batch-size", "4", "--eval-every", "3",
+             "--eval-episodes", "3", "--seed", "1", "--tau", "1.0"]       # tau = 1: only G's argmax is allowed
+    bcq.main(flags + ["--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    trained = bench("bcq_filter").main(["train"] + flags + ["--metrics", str(tmp_path / "run" / "metrics.csv")])
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        run = list(csv.DictReader(f))
+    assert [(r["iteration"], r["td_loss"], r["bc_loss"]) for r in trained] == \
+        [(int(r["iteration"]), float(r["td_loss"]), float(r["bc_loss"])) for r in run], "trained as bcq.py trains"
+    table = filter_table(capsys.readouterr().out)
+    assert set(table) == {(3, "filtered"), (3, "greedy"), (5, "filtered"), (5, "greedy")}
+    for iteration in (3, 5):
+        filtered, greedy = table[iteration, "filtered"], table[iteration, "greedy"]
+        assert filtered[0] == filtered[1], "the filtered play of the same networks returns what bcq.py's run did"
+        assert greedy[1] == ""
+        for row in (filtered, greedy):
+            legal, allowed, chosen = (float(c) for c in row[3:6])
+            assert 0 <= allowed <= legal <= 1 and 0 <= chosen <= legal
+        assert filtered[6].startswith("1.00 / ") and greedy[6].startswith("1.00 / ")   # G's one allowed action
+        assert float(filtered[5]) <= float(filtered[4])                     # filtered play attacks only if allowed
+
+
+def test_bcq_filter_bench_replays_finished_runs_held_out_episodes(tiny_3m, tmp_path, capsys, monkeypatch):
+    flags = ["--scenario", "3m", "--quality", "medium", "--dataset", tiny_3m[0], "--algo", "bcq", "--aug", "none",
+             "--iters", "100", "--eval-every", "100", "--eval-episodes", "8", "--out", str(tmp_path)]
+    # tau = 0 (bcq.py's flag; train.py keeps OG-MARL's 0.4): every legal action allowed, both plays alike
+    monkeypatch.setattr(train, "own_config", lambda args: bcq.BCQConfig(tau=0.0))
+    run = train.result_dir(train.parse_args(flags))
+    train.main(flags)
+    capsys.readouterr()
+    rows = bench("bcq_filter").main(["runs", run, str(tmp_path / "datasets")])
+    assert "skipped" in capsys.readouterr().err                  # not a run folder: said, and left out
+    recorded = json.loads(open(os.path.join(run, "results.json")).read())["heldout"]["return_mean"]
+    assert [(r["cell"], r["column"], r["seed"]) for r in rows] == [("3m-medium", "original", 0)]
+    assert rows[0]["filtered"]["return"] == recorded > 0, "the filtered play is the run's own held-out evaluation"
+    assert rows[0]["greedy"] == rows[0]["filtered"]
+
+
+def test_bcq_filter_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench("bcq_filter").main(["train", "--dataset", tiny_3m[0], "--metrics", str(tmp_path / "missing.csv")])
+    assert stop.value.code == 2 and "missing.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("bcq_filter").main(["train", "--dataset", tiny_3m[0], "--tau", "2"])
+    assert "--tau must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bench("bcq_filter").main(["runs", str(tmp_path)])
+    assert stop.value.code == 2 and "none of the folders is a finished QMIX+BCQ run" in capsys.readouterr().err
+
+
+def test_more_exploration_means_a_worse_heuristic_behaviour_policy():
+    env = envlib.make_env("3m", n_envs=48, seed=0)
+    greedy, _ = datasets.collect_batch(env, heuristic_data.HeuristicPolicy(env, 0.0, seed=1))
+    noisy, _ = datasets.collect_batch(env, heuristic_data.HeuristicPolicy(env, 1.0, seed=1))
+    assert greedy.returns().mean() > noisy.returns().mean() + 3.0
+
+
+def test_a_heuristic_dataset_is_written_in_the_schema_and_says_who_made_it(tmp_path):
+    attrs = heuristic_data.generate("3m", "poor", 12, 0, str(tmp_path / "h.h5"), n_envs=12, progress=False)
+    episodes = data.load_dataset(str(tmp_path / "h.h5"), scenario="3m", quality="poor")
+    assert episodes.n_episodes == 12 and attrs["epsilon"] == heuristic_data.heuristic_epsilon("3m", "poor") == 0.5
+    assert episodes.attrs["behaviour"] == heuristic_data.HEURISTIC and not episodes.attrs["synthetic"]

@@ -1,0 +1,200 @@
+"""fidelity.py: a dataset's behaviour statistics, the attack -> damage checks, and D_syn's report and bar."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import data
+import fidelity
+
+
+def test_attack_share_and_action_histogram_distance_by_hand():
+    ep = data.Episodes(np.zeros((1, 3, 2, 2), np.float32), np.ones((1, 3, 2, 7), bool),
+                       np.array([[[5, 0], [6, 4]]]), np.zeros((1, 2), np.float32), np.array([[False, True]]),
+                       np.array([2], np.int32), attrs={"backend": "smax"})
+    assert fidelity.attack_share(ep) == 0.5                           # 5 and 6 attack; 0 and 4 do not
+    other = data.Episodes(ep.obs, ep.avail, np.array([[[5, 0], [5, 0]]]), ep.rewards, ep.dones, ep.lengths,
+                          attrs={"backend": "smax"})
+    # agent 0: {5: .5, 6: .5} vs {5: 1} -> TV 0.5; agent 1: {0: .5, 4: .5} vs {0: 1} -> TV 0.5
+    assert fidelity.action_tv_distance(ep, other) == pytest.approx(0.5)
+    assert fidelity.action_tv_distance(ep, ep) == 0.0
+
+
+def damage_episode(backend="smax"):
+    """3m's layout (N = K = 3, O = 75, enemy blocks at 26, 39, 52, 13 wide), one episode of 3 steps:
+    agent 0 sees enemy 0 at health 1.0, 0.8, 0.6 and shoots it at step 0 only (a hit, then a drop
+    with no shooter); agent 1 sees enemy 1 at 0.5, then 0.7 (a gain), then no more; agent 2 shoots
+    enemy 2, whom nobody sees (not counted)."""
+    obs = np.zeros((1, 4, 3, 75), np.float32)
+    for t, health in enumerate([1.0, 0.8, 0.6]):
+        obs[0, t, 0, 26], obs[0, t, 0, 26 + 7] = health, 1.0             # health, unit-type bit 0 (marine)
+    for t, health in enumerate([0.5, 0.7]):
+        obs[0, t, 1, 39], obs[0, t, 1, 39 + 7] = health, 1.0
+    actions = np.array([[[5, 4, 7], [4, 4, 4], [4, 4, 4]]])          # 5 + k attacks enemy k; 4 stops
+    return data.Episodes(obs, np.ones((1, 4, 3, 8), bool), actions, np.zeros((1, 3), np.float32),
+                         np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": backend})
+
+
+def test_attack_damage_counts_by_hand():
+    ep = damage_episode()
+    assert fidelity.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
+    counts = fidelity.damage_counts(ep, 0.1)
+    assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1,
+                      "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0,     # enemy 2 is never seen
+                      "some_seen": 2, "reward_short": 2}     # both steps show enemy 0's 0.2 drop, rewards say 0
+    assert fidelity.damage_shares(counts) == pytest.approx(
+        {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3,
+         "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan"),
+         "reward_below_damage": 1.0}, nan_ok=True)
+    paid = dataclasses.replace(ep, rewards=np.array([[0.0, 10 * 0.2 / 3 - 0.3, 0.0]], np.float32))
+    assert fidelity.damage_counts(paid, 0.1)["reward_short"] == 1     # 2/3 short is past half a shot (1/3); 0.3 not
+    assert fidelity.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
+    smac = damage_episode("smac")                                           # no SMAX layout: no numbers
+    assert fidelity.enemy_health(smac) is None and np.isnan(fidelity.damage_threshold(smac))
+    assert set(fidelity.damage_counts(smac, 0.1).values()) == {0}
+    assert all(np.isnan(v) for v in fidelity.damage_shares(fidelity.damage_counts(smac, 0.1)).values())
+
+
+def test_reward_against_the_damage_the_observations_show_by_hand():
+    """3m's layout, agent 0 sees all three enemies for 4 steps: step 0 enemy 0 loses 0.2 (SMAX pays
+    10 * 0.2 / 3) and the reward says so; step 1 enemy 1 loses 0.4, enemy 2 gains 0.2 (paid nothing),
+    the reward says 2.0 against 10 * 0.4 / 3; step 2 ends the episode (its reward, a win bonus, is not judged)."""
+    obs = np.zeros((1, 4, 3, 75), np.float32)
+    healths = [[1.0, 1.0, 0.5], [0.8, 1.0, 0.5], [0.8, 0.6, 0.7], [0.8, 0.6, 0.7]]     # (T+1, K)
+    for t, row in enumerate(healths):
+        for k, start in enumerate((26, 39, 52)):
+            obs[0, t, 0, start], obs[0, t, 0, start + 7] = row[k], 1.0
+    rewards = np.array([[10 * 0.2 / 3, 2.0, 15.0]], np.float32)
+    ep = data.Episodes(obs, np.ones((1, 4, 3, 8), bool), np.full((1, 3, 3), 4), rewards,
+                       np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": "smax"})
+    counts = fidelity.damage_counts(ep, 0.1)
+    assert (counts["all_seen"], counts["reward_agrees"]) == (2, 1)   # 2.0 - 4/3 is past half a shot's 1/3
+    assert (counts["some_seen"], counts["reward_short"]) == (2, 0)   # overpaid is not short
+    assert counts["reward_excess"] == pytest.approx(2.0 - 10 * 0.4 / 3, abs=1e-5)
+    shares = fidelity.damage_shares(counts)
+    assert shares["reward_matches_damage"] == 0.5
+    assert shares["reward_minus_damage"] == pytest.approx((2.0 - 10 * 0.4 / 3) / 2, abs=1e-5)
+
+
+def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m):
+    real = data.load_dataset(tiny_3m[0])
+    threshold = fidelity.damage_threshold(real)
+    assert threshold == pytest.approx(0.1)                  # a marine's shot: 9 of a marine's 45 health, halved
+    shares = fidelity.damage_shares(fidelity.damage_counts(real, threshold))
+    assert shares["damage_with_shooter"] == 1.0 and shares["health_gain_share"] == 0.0
+    assert 0.6 < shares["attacks_that_damage"] < 1.0       # the misses: weapons cooling down
+    assert shares["reward_matches_damage"] == 1.0 and abs(shares["reward_minus_damage"]) < 1e-5
+    assert shares["reward_below_damage"] == 0.0
+    counts = fidelity.damage_counts(real, threshold)
+    assert counts["some_seen"] > counts["all_seen"] > 0       # partly seen steps are judged too
+    late_rewards = np.roll(real.rewards, 1, axis=1)         # every reward a step late
+    late_shares = fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, rewards=late_rewards), threshold))
+    assert late_shares["reward_matches_damage"] < 0.8 and late_shares["reward_below_damage"] > 0.1
+    retargeted = real.actions.copy()                        # every attack moved to the next enemy
+    attack = retargeted >= 5
+    retargeted[attack] = 5 + (retargeted[attack] - 4) % 3
+    moved = fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, actions=retargeted), threshold))
+    assert moved["damage_with_shooter"] < 0.5
+    late = real.actions.copy()                              # every action a step late
+    late[:, 1:], late[:, 0] = real.actions[:, :-1], 4
+    assert fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, actions=late), threshold))[
+        "damage_with_shooter"] < 0.9
+
+
+def real_matrix(path):
+    """(Episodes, layout, Eq. 4 matrix in data units, reward range) of a dataset file."""
+    real = data.load_dataset(path)
+    matrix = data.episodes_to_matrix(real)
+    r = data.layout_of(real).reward
+    return real, data.layout_of(real), matrix, (float(matrix[:, r].min()), float(matrix[:, r].max()))
+
+
+def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    threshold = fidelity.damage_threshold(real)
+    whole, parts = fidelity.MatrixStats(layout, reward_range, "smax", threshold), fidelity.MatrixStats(layout, reward_range,
+                                                                                         "smax", threshold)
+    whole.add(matrix)
+    for chunk in np.array_split(matrix, 3):
+        parts.add(chunk)
+    a, b = whole.summary(), parts.summary()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], nan_ok=True), key
+    np.testing.assert_array_equal(whole.action_counts, parts.action_counts)
+    assert a["attack_share"] == pytest.approx(fidelity.attack_share(real))
+    assert a["return_mean"] == pytest.approx(float(real.returns().mean()), abs=1e-4)
+    assert a["win_share"] == pytest.approx(float(np.mean(real.returns() >= 18.0))) and a["win_share"] > 0
+    assert fidelity.win_share([20.0, 18.0, 17.9, 5.0]) == 0.5                  # a win's level: 90 % of 20
+    assert a["q0_win_share"] == a["win_share"]                             # D_real: Q_tot at step 0 is the return
+    assert a["q0_std"] == pytest.approx(a["return_std"], rel=1e-4)
+    assert (a["damage_with_shooter"], a["health_gain_share"]) == (1.0, 0.0)   # decoded from Eq. 4 as recorded
+    assert a["reward_matches_damage"] == 1.0 and abs(a["reward_minus_damage"]) < 1e-4
+    assert a["reward_below_damage"] == 0.0
+    assert a["attacks_that_damage"] == pytest.approx(
+        fidelity.damage_shares(fidelity.damage_counts(real, threshold))["attacks_that_damage"])
+
+
+def test_wins_are_counted_from_the_reward_row_and_from_q_tot_at_step_0_apart(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    wins = float(np.mean(real.returns() >= fidelity.WIN_RETURN))
+    no_rewards, no_q = matrix.copy(), matrix.copy()
+    no_rewards[:, layout.reward] = 0.0                  # the reward row loses every win; the Q row keeps them
+    no_q[:, layout.q_tot] = 0.0                         # and the other way round
+    for m, reward_wins, q_wins in ((no_rewards, 0.0, wins), (no_q, wins, 0.0)):
+        stats = fidelity.MatrixStats(layout, reward_range)
+        stats.add(m)
+        s = stats.summary()
+        assert (s["win_share"], s["q0_win_share"]) == pytest.approx((reward_wins, q_wins))
+    assert wins > 0
+
+
+def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+
+    def report_of(syn_matrix):
+        threshold = fidelity.damage_threshold(real)
+        real_stats, syn_stats = (fidelity.MatrixStats(layout, reward_range, "smax", threshold),
+                                 fidelity.MatrixStats(layout, reward_range, "smax", threshold))
+        real_stats.add(matrix), syn_stats.add(syn_matrix)
+        return fidelity.synthetic_report(real_stats, syn_stats)
+    same = report_of(matrix.copy())
+    assert same["fidelity_misses"] == [] and same["action_tv_distance"] == 0.0
+    assert same["real"]["attack_share"] == pytest.approx(fidelity.attack_share(real))
+    assert same["real"]["attack_share"] > 0.1
+    passive = matrix.copy()
+    valid = data.valid_steps(real.lengths, matrix.shape[-1])
+    for n in range(layout.n_agents):
+        rows = passive[:, layout.action(n)]                       # (E, A, T) one-hot action rows
+        rows[:] = 0.0
+        rows[:, 4] = valid                                        # every agent stops, every step
+    report = report_of(passive)
+    assert report["synthetic"]["attack_share"] == 0.0 and report["action_tv_distance"] > 0.5
+    assert any(m.startswith("attack share 0.000") for m in report["fidelity_misses"])
+    assert "MISSES the fidelity bar" in fidelity.fidelity_line(report)
+    retargeted = matrix.copy()                      # each agent's attack (and legal-attack) rows rolled by one
+    for n in range(layout.n_agents):
+        for rows in (layout.action(n), layout.avail(n)):
+            block = retargeted[:, rows]
+            block[:, 5:] = np.roll(block[:, 5:], 1, axis=1)
+            retargeted[:, rows] = block
+    report = report_of(retargeted)
+    assert report["synthetic"]["attack_share"] == pytest.approx(same["synthetic"]["attack_share"])
+    assert report["synthetic"]["damage_with_shooter"] < 0.5
+    assert [m for m in report["fidelity_misses"] if m.startswith("damage with a shooter")], report["fidelity_misses"]
+    assert same["synthetic"]["damage_with_shooter"] == 1.0
+
+
+def test_the_report_prints_the_damage_check_and_the_lambda_in_the_papers_units(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    stats = fidelity.MatrixStats(layout, reward_range, "smax", fidelity.damage_threshold(real))
+    stats.add(matrix)
+    report = {"real": stats.summary(), "synthetic": stats.summary(), "action_tv_distance": 0.0, "lam": 0.1,
+              "lam_units": {"sum_over_matrix": 2760.0, "q_in_data_units": 0.01}, "hinge_active_share": 0.5}
+    report["fidelity_misses"] = fidelity.fidelity_misses(report)
+    printed = fidelity.format_report(report)
+    assert "damage_with_shooter        1.000     1.000" in printed
+    assert "reward_matches_damage      1.000     1.000" in printed and "reward_minus_damage       +0.000" in printed
+    assert f"{'reward_below_damage':22s}{'0.000':>10s}{'0.000':>10s}" in printed
+    assert "hinge active on 50.0% of training steps; as Eq. 5 summed over F x T: λ_sum = 2760" in printed
+    assert printed.endswith("D_syn meets the fidelity bar")
