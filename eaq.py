@@ -300,9 +300,9 @@ def lam_units(lam, normalizer, layout, horizon):
 def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, progress=True, build=build):
     """Algorithm 1 on the D_real file `dataset`: train the model (Eq. 5), sample D_syn into OUT/synthetic.h5,
     write OUT/report.json; returns the report. `resume`: see `prepare_model`; `build`: see `load_checkpoint`."""
+    real = data.load_dataset(dataset)                 # refused before OUT is made
     artifacts.prepare_output_dir(out)
     use_diffusion_threads()
-    real = data.load_dataset(dataset)
     ckpt_path = os.path.join(out, "model.pt")
     model = prepare_model(config, real, dataset, ckpt_path, resume, build)
     tau0, valid, model.normalizer, real_matrix = prepare(real, model.normalizer)

@@ -341,8 +341,8 @@ def run_learner(learner_cls, dataset_paths, config, out, aug="none", extra=None,
     names the training data in the curve's title (default: `aug`).
     """
     clock = artifacts.Clock()
+    a, buffer, learner, envs = seeded_learner(learner_cls, dataset_paths, config, aug, extra)   # refused before OUT
     artifacts.prepare_output_dir(out)
-    a, buffer, learner, envs = seeded_learner(learner_cls, dataset_paths, config, aug, extra)
     env = envs["reported"]
     run = {"learner": learner_cls.__name__, "aug": aug, **(extra or {}), **dataclasses.asdict(config),
            "datasets": [artifacts.file_digest(p) for p in dataset_paths]}

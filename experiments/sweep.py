@@ -22,6 +22,7 @@ again, from its last checkpoint.
 import argparse
 import filecmp
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -87,6 +88,18 @@ def ray_address(value):
     if host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
         return value
     raise argparse.ArgumentTypeError(f"{value!r} is not local, auto or HOST:PORT (e.g. 10.0.0.1:6379)")
+
+
+def check_reachable(address, timeout=5.0):
+    """Refuse, in one line and before any work, a HOST:PORT where nothing answers ('local' and 'auto' are Ray's)."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise artifacts.InputError(f"--ray {address}: no Ray cluster answers there ({err.strerror or err}); start one "
+                                   f"with `ray start --head` on that node, or pass --ray local") from None
 
 
 def run_with_ray(groups, address, log_dir, progress):
@@ -206,6 +219,8 @@ def main(argv=None):
         except ImportError:
             p.error("--ray needs the ray package: pip install ray==2.60.0")
     with artifacts.one_line_errors():
+        if args.ray is not None:
+            check_reachable(args.ray)
         if args.records:
             runs = evaluate.sweep_runs(args, rest)
             for _, flags in runs:                  # every bad flag fails before a record is restored

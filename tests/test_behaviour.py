@@ -1,4 +1,4 @@
-"""behaviour.py: IPPO behaviour policies, their checkpoints, the picking rule, and datasets made from them."""
+"""behaviour.py and ippo.py: IPPO behaviour policies, their checkpoints, the picking rule, and datasets made from them."""
 import json
 import os
 import shutil
@@ -8,6 +8,7 @@ import pytest
 
 import artifacts
 import behaviour
+import ippo
 import data
 import datasets
 import env as envlib
@@ -31,7 +32,7 @@ def test_gae_by_hand():
     values = jnp.array([[[1.0]], [[2.0]]])                      # (S=2, E=1, N=1)
     rewards = jnp.array([[1.0], [3.0]])
     dones = jnp.array([[False], [True]])
-    adv, target = behaviour.gae(values, rewards, dones, jnp.array([[10.0]]), gamma=0.5, lam=0.5)
+    adv, target = ippo.gae(values, rewards, dones, jnp.array([[10.0]]), gamma=0.5, lam=0.5)
     a1 = 3.0 - 2.0                                              # terminal: no bootstrap from 10
     a0 = (1.0 + 0.5 * 2.0 - 1.0) + 0.5 * 0.5 * a1
     np.testing.assert_allclose(np.asarray(adv)[:, 0, 0], [a0, a1], rtol=1e-6)
@@ -41,7 +42,7 @@ def test_gae_by_hand():
 def test_a_short_ippo_run_beats_its_untrained_policy():
     """A few PPO updates on 3m: the evaluated (ε-greedy) return rises above the initial policy's."""
     import jax
-    trainer = behaviour.Trainer("3m", n_envs=32, n_steps=64, lr=4e-3, clip=0.05, max_grad_norm=0.25,
+    trainer = ippo.Trainer("3m", n_envs=32, n_steps=64, lr=4e-3, clip=0.05, max_grad_norm=0.25,
                                 updates_per_interval=12, intervals=1, eval_episodes=64)
     state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[trainer.init(s) for s in (0, 1)])
     keys = jax.random.split(jax.random.PRNGKey(5), 2)

@@ -189,3 +189,9 @@ def test_an_automatic_resume_starts_afresh_from_a_checkpoint_of_another_configur
     assert report["trained_steps"] == 5 and report["lam"] == 0.5
     report = fit(tiny_3m[0], tmp_path, steps=8, resume="auto", lam=0.5)       # this one fits: it goes on
     assert report["trained_steps"] == 3 and report["model_steps"] == 8
+
+
+def test_a_refused_dataset_leaves_no_output_folder(tmp_path):
+    with pytest.raises(artifacts.InputError, match="no such dataset file"):
+        fit(str(tmp_path / "missing.h5"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import bcq
 import cql
@@ -129,6 +130,8 @@ def test_rad_factors_lie_in_range_with_the_right_shapes():
     assert s.shape == (4, 7, 3, 1) and m.shape == (4, 7, 3, 10)
     for z in (s, m):
         assert z.min() >= 0.8 and z.max() <= 1.2 and z.std() > 0.05
+    # the whole range is reached, with the spread of U[0.8, 1.2] (std 0.4 / √12), not a narrower one's
+    assert m.min() < 0.81 and m.max() > 1.19 and m.std().item() == pytest.approx(0.4 / 12 ** 0.5, rel=0.1)
     batch = {"obs": torch.ones(2, 3, 2, 4), "actions": torch.zeros(2, 2, 2)}
     scaled = rad.augment(batch, "rad-s", g)["obs"]
     assert torch.allclose(scaled, scaled[..., :1].expand_as(scaled)), "one z per observation vector"
@@ -200,6 +203,56 @@ def test_double_q_target_and_discount_by_hand():
     y0 = 1.0 + 0.5 * (7.0 - 1.0)                               # r_0 + gamma * Q_tot_target(s_1, a*)
     y1 = 2.0                                                   # terminal: no bootstrap
     assert loss.item() == pytest.approx(0.5 * ((3.0 - y0) ** 2 + (4.5 - y1) ** 2) / 2)
+
+
+class StateMixer(torch.nn.Module):
+    """Q_tot = sum of the agents' Q + the state's first feature: a mixer whose value tells which state it read."""
+
+    def forward(self, q_agents, state):
+        return q_agents.sum(-1) + state[..., 0]
+
+
+def test_the_target_mixer_reads_the_next_state_and_the_online_mixer_this_one():
+    model = qmix.QMIX(n_agents=2, obs_dim=2, n_actions=3, gamma=0.5)
+    model.mixer, model.target_mixer = StateMixer(), StateMixer()
+    batch = hand_batch()
+    batch["obs"] = torch.zeros(1, 4, 2, 2)
+    batch["obs"][0, :, 0, 0] = torch.tensor([10.0, 20.0, 30.0, 40.0])   # the joint state's first feature at t
+    loss, q_tot = model.td_loss(batch, torch.zeros(1, 4, 2, 3), torch.zeros(1, 4, 2, 3))
+    torch.testing.assert_close(q_tot, torch.tensor([10.0, 20.0]))    # Q_tot(s_t, a_t) at t = 0, 1
+    y0 = 1.0 + 0.5 * 20.0                                           # r_0 + gamma * Q_tot_target(s_1, a*)
+    y1 = 2.0                                                        # terminal
+    assert loss.item() == pytest.approx(0.5 * ((10.0 - y0) ** 2 + (20.0 - y1) ** 2) / 2)
+
+
+class TimeBehaviour(torch.nn.Module):
+    """A behaviour model G sure of action t mod 3 at step t, whatever it sees."""
+
+    def sequence(self, x, lengths):
+        M, T, _ = x.shape
+        return 10.0 * F.one_hot(torch.arange(T) % 3, 3).float().expand(M, T, 3)
+
+
+def test_bcqs_filter_of_the_next_action_reads_the_behaviour_model_at_the_next_step(monkeypatch):
+    torch.manual_seed(0)
+    model = bcq.QmixBCQ(n_agents=2, obs_dim=2, n_actions=3, tau=0.9)
+    model.behaviour = TimeBehaviour()
+    batch = hand_batch()
+    batch["avail"][:] = True                                        # the allowed sets differ by G alone
+    seen = {}
+    td_loss = qmix.QMIX.td_loss
+
+    def spy(self, batch, q, q_target, allowed_next=None):
+        seen["allowed"] = allowed_next
+        return td_loss(self, batch, q, q_target, allowed_next)
+    monkeypatch.setattr(qmix.QMIX, "td_loss", spy)
+    model.loss(batch)
+    logits = qmix.unroll(model.behaviour, model.qmix.inputs(batch), qmix.observed_rows(batch))   # (B, T+1, N, A)
+    valid = batch["valid"].bool()
+    at_next = bcq.bcq_allowed(logits[:, 1:], batch["avail"][:, 1:], 0.9)[valid]
+    at_this = bcq.bcq_allowed(logits[:, :-1], batch["avail"][:, :-1], 0.9)[valid]
+    assert not torch.equal(at_next, at_this), "G allows other actions at t and t+1 here"
+    assert torch.equal(seen["allowed"][valid], at_next)
 
 
 def test_bcq_target_uses_only_allowed_actions():
@@ -485,3 +538,9 @@ def test_a_resume_refuses_another_runs_checkpoint_and_one_that_would_run_code(ti
     result = learner.run_learner(cql.QmixCQL, [tiny_3m[0]], tiny_config(iters=3), out, progress=False,
                                  resume="auto")
     assert "training the learner from the start: " in capsys.readouterr().out and result["resumed_from"] == 0
+
+
+def test_a_refused_dataset_leaves_no_output_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cql.main(["--dataset", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "out")])
+    assert "no such dataset file" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -149,3 +149,11 @@ def test_bad_ray_addresses_fail_before_anything_starts(tmp_path, capsys, value):
     err = capsys.readouterr().err
     assert "is not local, auto or HOST:PORT" in err and len(err.strip().splitlines()[-1:]) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreachable_ray_cluster_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["--seeds", "0", "--out", str(tmp_path / "runs"), "--ray", "127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there")
+    assert "\n" not in err and not (tmp_path / "runs").exists()

@@ -1,0 +1,256 @@
+"""Shared-parameter IPPO on SMAX: how the behaviour policies that make the datasets are trained (paper §4.3).
+
+The datasets need policies of given levels of play, not a particular
+learner; OG-MARL used QMIX, which JaxMARL reports as fragile on SMAX, so
+`behaviour.py` trains them with independent PPO and one network for all
+agents (Schulman et al. 2017, de Witt et al. 2020), written here in JAX:
+
+* Networks (pure functions of a parameter pytree): actor and critic are
+  separate MLPs shared by all agents; input = the agent's observation and
+  its id one-hot; two tanh layers of 64; the actor gives one logit per
+  action, illegal actions masked out; the critic gives V(o_n).
+* Training (`Trainer`): `n_envs` SMAX games in parallel (a finished game
+  restarts at once), rollouts of `n_steps` steps, GAE(gamma, lambda) on the
+  team reward, clipped PPO for `epochs` x `minibatches`, Adam with a
+  linearly decaying learning rate. One checkpoint interval (many PPO
+  updates) is one jitted program, `jax.vmap`-ed over the training seeds, so
+  4 seeds cost little more than one on a CPU.
+
+Shapes: obs (E, N, O), agent inputs (E, N, O + N), logits (E, N, A);
+rollouts carry a leading step axis (S, E, N, ...); a seed axis leads all of
+them inside the vmapped program.
+"""
+import functools
+
+import numpy as np
+
+import env as envlib
+
+ILLEGAL = -1e9            # logit of an illegal action (finite: no NaN in the entropy)
+
+
+# ---------------------------------------------------------------------------
+# Networks (pure functions of a parameter pytree)
+# ---------------------------------------------------------------------------
+def init_mlp(key, sizes, out_scale):
+    """Orthogonally initialised MLP layers [{'w': (in, out), 'b': (out,)}, ...]."""
+    import jax
+    import jax.numpy as jnp
+    layers = []
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        scale = out_scale if i == len(sizes) - 2 else np.sqrt(2.0)
+        layers.append({"w": jax.nn.initializers.orthogonal(scale)(k, (n_in, n_out)), "b": jnp.zeros(n_out)})
+    return layers
+
+
+def mlp(layers, x):
+    """tanh hidden layers, linear output: (..., in) -> (..., out)."""
+    import jax.numpy as jnp
+    for layer in layers[:-1]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ layers[-1]["w"] + layers[-1]["b"]
+
+
+def agent_inputs(obs):
+    """Each agent's observation and id one-hot: (..., N, O) -> (..., N, O + N)."""
+    import jax.numpy as jnp
+    N = obs.shape[-2]
+    ids = jnp.broadcast_to(jnp.eye(N, dtype=obs.dtype), obs.shape[:-1] + (N,))
+    return jnp.concatenate([obs, ids], axis=-1)
+
+
+def masked_logits(actor, inputs, avail):
+    """Actor logits with illegal actions at ILLEGAL: (..., I), (..., A) -> (..., A)."""
+    import jax.numpy as jnp
+    return jnp.where(avail, mlp(actor, inputs), ILLEGAL)
+
+
+def epsilon_greedy(key, logits, avail, epsilon):
+    """argmax over legal actions, or with probability epsilon a uniformly random legal one (per agent)."""
+    import jax
+    import jax.numpy as jnp
+    k_explore, k_random = jax.random.split(key)
+    greedy = jnp.argmax(logits, axis=-1)
+    random = jax.random.categorical(k_random, jnp.where(avail, 0.0, -jnp.inf))
+    explore = jax.random.uniform(k_explore, greedy.shape) < epsilon
+    return jnp.where(explore, random, greedy)
+
+
+def init_params(key, obs_dim, n_agents, n_actions, hidden):
+    import jax
+    k_actor, k_critic = jax.random.split(key)
+    sizes = [obs_dim + n_agents, hidden, hidden]
+    return {"actor": init_mlp(k_actor, sizes + [n_actions], 0.01),
+            "critic": init_mlp(k_critic, sizes + [1], 1.0)}
+
+
+# ---------------------------------------------------------------------------
+# PPO (one checkpoint interval = one jitted program, vmapped over seeds)
+# ---------------------------------------------------------------------------
+def gae(values, rewards, dones, last_value, gamma, lam):
+    """Generalised advantage estimates and value targets.
+
+    values (S, E, N), rewards / dones (S, E) (the team's), last_value (E, N)
+    -> (advantages (S, E, N), targets (S, E, N)). A done (win, loss or time
+    limit) ends the bootstrap, as SMAC treats its time limit as terminal.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def backwards(carry, step):
+        advantage, next_value = carry
+        value, reward, done = step
+        not_done = 1.0 - done[:, None]
+        delta = reward[:, None] + gamma * next_value * not_done - value
+        advantage = delta + gamma * lam * not_done * advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(backwards, (jnp.zeros_like(last_value), last_value),
+                                 (values, rewards, dones.astype(values.dtype)), reverse=True)
+    return advantages, advantages + values
+
+
+def ppo_loss(params, batch, clip, vf_coef, ent_coef):
+    """Clipped PPO surrogate + clipped value loss - entropy bonus, on a flat minibatch."""
+    import jax
+    import jax.numpy as jnp
+    logits = masked_logits(params["actor"], batch["inputs"], batch["avail"])   # (M, A)
+    log_probs = jax.nn.log_softmax(logits)
+    logp = jnp.take_along_axis(log_probs, batch["action"][:, None], axis=-1)[:, 0]
+    ratio = jnp.exp(logp - batch["logp"])
+    adv = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
+    policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv).mean()
+    value = mlp(params["critic"], batch["inputs"])[:, 0]
+    value_clipped = batch["value"] + jnp.clip(value - batch["value"], -clip, clip)
+    value_loss = 0.5 * jnp.maximum((value - batch["target"]) ** 2,
+                                   (value_clipped - batch["target"]) ** 2).mean()
+    entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
+    return policy_loss + vf_coef * value_loss - ent_coef * entropy
+
+
+def tree_where(cond, a, b):
+    """Per-environment select between two pytrees whose leaves lead with (E, ...)."""
+    import jax
+    import jax.numpy as jnp
+    return jax.tree.map(lambda x, y: jnp.where(cond.reshape(cond.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+class Trainer:
+    """Shared-parameter IPPO on one SMAX map; `run_interval` and `evaluate` are jitted and vmapped over seeds."""
+
+    def __init__(self, scenario, n_envs=64, n_steps=128, epochs=4, minibatches=4, lr=1e-3, gamma=0.99,
+                 gae_lambda=0.95, clip=0.2, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, hidden=64,
+                 updates_per_interval=8, intervals=100, eval_episodes=128, eval_epsilon=0.05):
+        import jax
+        import optax
+        self.sim = envlib.make_env(scenario, "smax", n_envs=1, seed=0)
+        self.n_agents, self.obs_dim, self.n_actions = self.sim.n_agents, self.sim.obs_dim, self.sim.n_actions
+        self.n_envs, self.n_steps, self.epochs, self.minibatches = n_envs, n_steps, epochs, minibatches
+        self.gamma, self.gae_lambda, self.clip = gamma, gae_lambda, clip
+        self.vf_coef, self.ent_coef, self.hidden = vf_coef, ent_coef, hidden
+        self.eval_episodes, self.eval_epsilon = eval_episodes, eval_epsilon
+        self.updates_per_interval = updates_per_interval
+        schedule = optax.linear_schedule(lr, 0.0, intervals * updates_per_interval * epochs * minibatches)
+        self.optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                                     optax.adam(schedule, eps=1e-5))
+        self.run_interval = jax.jit(jax.vmap(self._run_interval))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate))
+
+    @property
+    def steps_per_update(self):
+        return self.n_envs * self.n_steps
+
+    def init(self, seed):
+        """The training state of one seed (params, optimiser, games in progress, key)."""
+        import jax
+        key = jax.random.PRNGKey(seed)
+        key, k_params, k_reset = jax.random.split(key, 3)
+        params = init_params(k_params, self.obs_dim, self.n_agents, self.n_actions, self.hidden)
+        env_state, obs, avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, self.n_envs))
+        return {"params": params, "opt": self.optimizer.init(params), "env": env_state,
+                "obs": obs, "avail": avail, "key": key}
+
+    def _env_step(self, carry, _):
+        """One step of all n_envs games with the current policy, restarting finished games."""
+        import jax
+        import jax.numpy as jnp
+        params, env_state, obs, avail, key = carry
+        key, k_act, k_step, k_reset = jax.random.split(key, 4)
+        inputs = agent_inputs(obs)                                              # (E, N, O+N)
+        logits = masked_logits(params["actor"], inputs, avail)                 # (E, N, A)
+        action = jax.random.categorical(k_act, logits)                         # (E, N)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
+        value = mlp(params["critic"], inputs)[..., 0]                          # (E, N)
+        E = obs.shape[0]
+        env_state, next_obs, next_avail, reward, done, _ = jax.vmap(self.sim.step_one)(
+            jax.random.split(k_step, E), env_state, jnp.zeros(E, dtype=bool), action)
+        fresh_state, fresh_obs, fresh_avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, E))
+        env_state = tree_where(done, fresh_state, env_state)
+        next_obs = jnp.where(done[:, None, None], fresh_obs, next_obs)
+        next_avail = jnp.where(done[:, None, None], fresh_avail, next_avail)
+        transition = {"inputs": inputs, "avail": avail, "action": action, "logp": logp, "value": value,
+                      "reward": reward / envlib.REWARD_SCALE, "done": done}
+        return (params, env_state, next_obs, next_avail, key), transition
+
+    def _update(self, state, _):
+        """Collect one rollout and run PPO's epochs of minibatch updates on it."""
+        import jax
+        import optax
+        carry = (state["params"], state["env"], state["obs"], state["avail"], state["key"])
+        (params, env_state, obs, avail, key), traj = jax.lax.scan(self._env_step, carry, None, self.n_steps)
+        last_value = mlp(params["critic"], agent_inputs(obs))[..., 0]           # (E, N)
+        advantage, target = gae(traj["value"], traj["reward"], traj["done"], last_value,
+                                self.gamma, self.gae_lambda)
+        batch = {k: traj[k] for k in ("inputs", "avail", "action", "logp", "value")}
+        batch.update(advantage=advantage, target=target)
+        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), batch)   # (S*E*N, ...)
+        M = flat["action"].shape[0]
+        loss_fn = functools.partial(ppo_loss, clip=self.clip, vf_coef=self.vf_coef, ent_coef=self.ent_coef)
+
+        def minibatch_step(carry, mb):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, mb)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, M)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((self.minibatches, -1) + x.shape[1:]), flat)
+            carry, losses = jax.lax.scan(minibatch_step, carry, mbs)
+            return carry, losses.mean()
+
+        key, k_epochs = jax.random.split(key)
+        (params, opt_state), losses = jax.lax.scan(epoch, (params, state["opt"]),
+                                                   jax.random.split(k_epochs, self.epochs))
+        new_state = {"params": params, "opt": opt_state, "env": env_state, "obs": obs, "avail": avail,
+                     "key": key}
+        return new_state, losses.mean()
+
+    def _run_interval(self, state):
+        """`updates_per_interval` PPO updates (rollout + epochs) in one lax.scan -> (state, losses)."""
+        import jax
+        return jax.lax.scan(self._update, state, None, self.updates_per_interval)
+
+    def _evaluate(self, actor, key):
+        """eval_episodes games, ε-greedy (eval_epsilon) as the data are collected -> (returns (G,), won (G,))."""
+        import jax
+        import jax.numpy as jnp
+        G = self.eval_episodes
+        key, k_reset = jax.random.split(key)
+        env_state, obs, avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, G))
+
+        def step(carry):
+            env_state, obs, avail, finished, returns, won, key = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            action = epsilon_greedy(k_act, masked_logits(actor, agent_inputs(obs), avail), avail, self.eval_epsilon)
+            env_state, obs, avail, reward, done, won = jax.vmap(self.sim.step_one)(
+                jax.random.split(k_step, G), env_state, finished, action)
+            return env_state, obs, avail, done, returns + reward, won, key
+
+        def playing(carry):
+            return ~carry[3].all()             # every game ends by the 100-step limit
+
+        init = (env_state, obs, avail, jnp.zeros(G, bool), jnp.zeros(G), jnp.zeros(G, bool), key)
+        _, _, _, _, returns, won, _ = jax.lax.while_loop(playing, step, init)
+        return returns, won
