@@ -75,7 +75,8 @@ class WideHeadUNet(unet.TemporalUNet):
     def __init__(self, n_features, dim, dim_mults, head_width):
         super().__init__(n_features, dim, dim_mults)
         in_ch = self.out[0][0].in_channels
-        self.out = torch.nn.Sequential(unet.conv_block(in_ch, head_width, 5), torch.nn.Conv1d(head_width, n_features, 1))
+        self.out = torch.nn.Sequential(unet.conv_block(in_ch, head_width, 5),
+                                       torch.nn.Conv1d(head_width, n_features, 1))
 
 
 class DepartureDiffusion(diffusion.Diffusion):

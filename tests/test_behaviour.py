@@ -1,4 +1,5 @@
-"""behaviour.py and ippo.py: IPPO behaviour policies, their checkpoints, the picking rule, and datasets made from them."""
+"""behaviour.py and ippo.py: IPPO behaviour policies, their checkpoints, the picking rule, and datasets made
+from them."""
 import json
 import os
 import shutil
