@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -145,15 +146,38 @@ def remove_stale_temporaries(path):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary name beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary name beside `path`; rename it to `path` only if the block succeeds.
+
+    A write that fails for lack of space (`out_of_space`) ends in an InputError that says so; any other
+    failure keeps its own error. Either way the temporary is removed and `path` is left as it was.
+    """
     remove_stale_temporaries(path)
     tmp = _temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        if out_of_space(err, path):
+            raise InputError(f"{path}: no space left on its device; free some space or write elsewhere "
+                             f"(another --out)") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+FULL = 1 << 20      # bytes: a device with less than this free is full
+
+
+def out_of_space(err, path):
+    """Whether writing `path` failed for lack of space: ENOSPC, or an error that hides it (torch.save's
+    "unexpected pos", h5py's "file write failed") while the device is full."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL
+    except OSError:
+        return False
 
 
 def write_json(path, obj):
@@ -221,7 +245,10 @@ def refusal_reason(err):
         return f"loading it would call {called.group(1)}; a checkpoint holds tensors and plain values only"
     if "WeightsUnpickler error" in text:
         return "not a torch file of tensors and plain values"
-    return (text.strip().splitlines()[0] if text.strip() else type(err).__name__)[:160]
+    if "PytorchStreamReader" in text:
+        return "a damaged or truncated torch file"
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(err).__name__
+    return first if len(first) <= 160 else first[:first.rfind(" ", 0, 157)] + " ..."
 
 
 def torch_threads():
@@ -237,6 +264,15 @@ def torch_threads():
     if not value.isdigit() or int(value) < 1:
         raise InputError(f"EAQ_TORCH_THREADS={value!r}: must be a positive integer (torch threads per process)")
     return int(value)
+
+
+def available_memory():
+    """Bytes of memory this machine can give a process now (Linux's MemAvailable; else all of it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class Clock:

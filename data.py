@@ -3,9 +3,8 @@
 A dataset is one HDF5 file per scenario x quality x seed, episodes padded to
 the longest episode T (E episodes, N agents, O observation features, A actions):
 
-    attrs    scenario, quality, backend, n_agents, obs_dim, n_actions, behaviour,
-             epsilon, seed, return_mean, return_std, win_rate, length_mean,
-             synthetic, format_version (and what made it, e.g. policy_files)
+    attrs    scenario, quality, backend, n_agents, obs_dim, n_actions, behaviour, epsilon, seed,
+             return_mean, return_std, win_rate, length_mean, synthetic, format_version, ...
     obs      float32 (E, T+1, N, O)   includes the observation after the last step
     avail    bool    (E, T+1, N, A)   legal actions (all False on padded steps)
     actions  int64   (E, T, N)
@@ -16,19 +15,17 @@ the longest episode T (E episodes, N agents, O observation features, A actions):
 `datasets.py` makes them with the shipped behaviour policies and `ogmarl.py`
 converts OG-MARL's; `subsample` draws the paper's 3 % "original" set.
 
-The episode matrix (Eq. 4). The diffusion model sees a dataset as one float
-tensor tau0 of shape (E, F, T): time runs along the last axis and the feature
-rows are, for each agent n, its O observation rows, its A one-hot action rows
-and (our one documented extension) its A legal-action rows, so that
-synthetic episodes carry what the learners need for a max over legal
-actions; then the global reward row, the Q_tot row (reward-to-go, §3.2) and
-the done row: F = N (O + 2A) + 3. Steps after an episode's end are zeros, as
-in the paper. `Normalizer` maps every row to [-1, 1] with statistics of
-D_real, and `matrix_to_episodes` is the inverse of `episodes_to_matrix`
-(the observation after the last step is not in Eq. 4: it decodes as zeros,
-which no learner reads, since the done flag stops bootstrapping).
+The episode matrix (Eq. 4): a dataset as one float tensor tau0 (E, F, T),
+time along the last axis; the rows are, for each agent, its O observation
+rows, A one-hot action rows and (our one extension) A legal-action rows, then
+the global reward, Q_tot (reward-to-go, §3.2) and done rows: F = N (O + 2A) + 3,
+zeros after each episode's end. `Normalizer` maps every row to [-1, 1] with
+D_real's statistics; `matrix_to_episodes` inverts `episodes_to_matrix` (the
+observation after the last step, not in Eq. 4, decodes as zeros: no learner
+reads it, since the done flag stops bootstrapping).
 """
 import dataclasses
+import math
 import os
 
 import h5py
@@ -171,14 +168,9 @@ def read_attrs(path):
 
 
 def load_dataset(path, scenario=None, quality=None, episodes=slice(None)):
-    """Read and validate a dataset file; refuse a malformed or mismatched one.
-
-    `scenario` / `quality`, when given, must match the file's attrs.
-    `episodes` (a slice) reads only those episodes, e.g. one chunk of
-    `dataset_chunks`. Every problem raises an artifacts.InputError whose
-    message names the file, the array and, for bad contents, the first bad
-    index (counted in the whole file).
-    """
+    """Read and validate a dataset file (only the slice `episodes` of it, e.g. a chunk); `scenario` / `quality`,
+    when given, must match its attrs. Every problem raises an artifacts.InputError naming the file, the array
+    and, for bad contents, the first bad index (counted in the whole file)."""
     f, attrs = open_dataset(path)
     with f:
         if attrs["format_version"] != FORMAT_VERSION:
@@ -187,6 +179,9 @@ def load_dataset(path, scenario=None, quality=None, episodes=slice(None)):
         for name in ("actions", "lengths"):
             if not np.issubdtype(f[name].dtype, np.integer):
                 raise artifacts.InputError(f"{path}: {name} has dtype {f[name].dtype}, expected integers")
+        problem = storage_problem(f, episodes)
+        if problem:
+            raise artifacts.InputError(f"{path}: {problem}")
         try:
             # copy=False: no second copy of an array already stored in the wanted type (the obs are most of the file)
             chunk = Episodes(**{name: f[name][episodes].astype(dtype, copy=False) for name, dtype in DTYPES.items()},
@@ -203,16 +198,28 @@ def load_dataset(path, scenario=None, quality=None, episodes=slice(None)):
     return chunk
 
 
+def storage_problem(f, episodes):
+    """Whether the open file `f` declares arrays it does not hold, or `episodes` (a slice) that would not fit in
+    the memory this machine has free; None if neither (checked before anything is read)."""
+    need = 0
+    for name, dtype in DTYPES.items():
+        ds = f[name]
+        if ds.chunks and ds.id.get_num_chunks() < math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks)):
+            return f"{name} declares shape {ds.shape} but the file holds data for only part of it (damaged?)"
+        need += len(range(*episodes.indices(len(ds)))) * math.prod(ds.shape[1:]) * np.dtype(dtype).itemsize
+    free = artifacts.available_memory()
+    if need > free:
+        return (f"reading it takes {need / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB of memory free; "
+                f"read it in chunks (data.dataset_chunks) or on a larger machine")
+    return None
+
+
 CHUNK_EPISODES = 512  # episodes read at a time by dataset_chunks (a few MB to ~100 MB of padded arrays)
 
 
 def dataset_chunks(path, chunk_episodes=CHUNK_EPISODES):
-    """A dataset's episodes read and validated `chunk_episodes` at a time: yields Episodes.
-
-    For consumers that repack episodes (the learners' `qmix.EpisodeBuffer`):
-    the padded (E, T+1, ...) arrays of a whole file, most of them padding,
-    are never in memory at once.
-    """
+    """A dataset's episodes read and validated `chunk_episodes` at a time: yields Episodes. For consumers that
+    repack them (`learner.EpisodeBuffer`): a whole file's padded arrays are never in memory at once."""
     first = load_dataset(path, episodes=slice(0, chunk_episodes))
     yield first
     with h5py.File(path, "r") as f:
@@ -223,11 +230,7 @@ def dataset_chunks(path, chunk_episodes=CHUNK_EPISODES):
 
 def _plain(value):
     """h5py attribute -> plain Python value."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
 
 
 def schema_problem(ep, N, O, A, first_episode=0):
@@ -359,12 +362,9 @@ def episodes_to_matrix(episodes, gamma=1.0):
 def episode_ends(done_row):
     """Where decoded episodes end: done_row (E, T) -> (lengths (E,), ended (E,) bool).
 
-    An episode ends at its first step whose done value is above the midpoint
-    0.5 (`ended` True). A generated done row often has no such step: the
-    x0-prediction blurs the single terminal spike into a low peak at the right
-    place (peaks of 0.1-0.2 on 3m), so without one the episode ends at the
-    row's argmax, decoding the done row, a one-hot over time, the way the
-    action one-hots are decoded (`ended` False).
+    At the first done above 0.5 (`ended` True), or else at the row's argmax
+    (`ended` False): x0-prediction often blurs the terminal spike into a low
+    peak at the right step, so the row is decoded as a one-hot over time.
     """
     above = done_row > 0.5
     ended = above.any(axis=1)
@@ -413,13 +413,9 @@ def matrix_to_episodes(matrix, layout, reward_range, attrs=None):
 
 @dataclasses.dataclass
 class Normalizer:
-    """Per-row affine map of the Eq. 4 matrix to [-1, 1], fitted on D_real.
-
-    lo / hi are each row's minimum and maximum over all episodes and steps,
-    padding included, so the padded zeros stay inside [-1, 1] too. A row
-    that is constant in D_real (lo == hi) maps to -1, and whatever the model
-    generates for it decodes back to that constant.
-    """
+    """Per-row affine map of the Eq. 4 matrix to [-1, 1], fitted on D_real: lo / hi are each row's minimum and
+    maximum, padding included (so padded zeros stay inside). A row constant in D_real (lo == hi) maps to -1, and
+    whatever the model generates for it decodes back to that constant."""
 
     lo: np.ndarray  # (F,)
     hi: np.ndarray  # (F,)

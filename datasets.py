@@ -79,8 +79,11 @@ def shipped_sources(env, scenario, quality, epsilon, seed, n_episodes, policy_di
         path = os.path.join(policy_dir, entry["file"])
         policy = behaviourlib.TrainedPolicy(path, env, epsilon, seed=seed + 1 + k)   # refuses a bad file
         if behaviourlib.file_sha256(path) != entry["sha256"]:
-            raise artifacts.InputError(f"{path}: contents differ from the manifest's sha256; "
-                                       f"{behaviourlib.rebuild_hint(path)}")
+            manifest = os.path.join(policy_dir, behaviourlib.MANIFEST)
+            raise artifacts.InputError(f"{path}: its contents differ from the manifest's sha256 ({manifest}): the "
+                                       f"file and the manifest disagree; restore both with `git checkout -- {path} "
+                                       f"{manifest}`, or retrain and ship them with `python behaviour.py "
+                                       f"--scenario {scenario}`")
         sources.append((policy, n_episodes // K + (k < n_episodes % K)))
         files.append(entry["file"])
         digests.append(entry["sha256"])

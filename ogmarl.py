@@ -89,13 +89,20 @@ class Vault:
         self.rows = int(self._open("vault_index").read().result()[0])
         if self.rows < 1:
             raise artifacts.InputError(f"{path}: the vault holds no rows (vault_index = {self.rows})")
+        for name, key in LEAVES.items():          # the index must lie inside what the arrays store (one row read)
+            try:
+                self._open(key, fill_missing=False)[0, self.rows - 1:self.rows].read().result()
+            except Exception:                     # tensorstore: NOT_FOUND for a chunk that was never stored
+                raise artifacts.InputError(f"{path}: vault_index says {self.rows} rows but its {name} array stores "
+                                           f"fewer; a damaged vault") from None
         self.n_agents = self.arrays["observations"].shape[2]
         self.obs_dim = self.arrays["observations"].shape[3]
         self.n_actions = self.arrays["legals"].shape[3]
 
-    def _open(self, key):
+    def _open(self, key, fill_missing=True):
+        """One array of the vault; with fill_missing=False, reading a chunk that was never stored is an error."""
         spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{os.path.abspath(self.path)}",
-                                              "path": key}}
+                                              "path": key}, "fill_missing_data_reads": fill_missing}
         try:
             return self._ts.open(spec, open=True, read=True).result()
         except Exception as err:   # tensorstore raises ValueError/RuntimeError subclasses of its own

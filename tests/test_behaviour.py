@@ -141,7 +141,8 @@ def test_a_policy_that_differs_from_its_manifest_is_refused(tmp_path):
     actor, metadata = behaviour.load_policy(str(policies / entry["file"]))
     actor[0]["b"] += 0.5                                          # a valid file, but not the shipped one
     behaviour.save_policy(str(policies / entry["file"]), actor, metadata)
-    with pytest.raises(artifacts.InputError, match="contents differ from the manifest's sha256"):
+    with pytest.raises(artifacts.InputError, match=r"contents differ from the manifest's sha256 .*: the file and the "
+                                                    r"manifest disagree; restore both with `git checkout -- "):
         datasets.generate_dataset("3m", "poor", 4, seed=0, path=str(tmp_path / "d.h5"), n_envs=4, progress=False,
                                   policy_dir=str(policies))
     assert not (tmp_path / "d.h5").exists()

@@ -1,12 +1,15 @@
 """data.py: the HDF5 schema, 3 % subsets, reward-to-go, the Eq. 4 matrix and its inverse; artifacts.py's writes."""
+import errno
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import artifacts
 import data
@@ -263,3 +266,44 @@ def test_a_bad_entry_in_a_later_chunk_is_named_by_its_index_in_the_file(tmp_path
         next(chunks)
 
 
+
+
+def test_a_write_that_runs_out_of_space_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(artifacts.json, "dump", no_space)
+    with pytest.raises(artifacts.InputError, match=r"r.json: no space left on its device; free some space"):
+        artifacts.write_json(str(tmp_path / "r.json"), {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+    def unexpected_pos(obj, f):                        # what torch.save raises on a full device
+        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
+    monkeypatch.setattr(torch, "save", unexpected_pos)
+    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
+    with pytest.raises(artifacts.InputError, match="m.pt: no space left"):
+        artifacts.save_tensors(str(tmp_path / "m.pt"), {})
+    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 0, 10 ** 12))
+    with pytest.raises(RuntimeError, match="unexpected pos"):     # with room to spare: torch's own error stands
+        artifacts.save_tensors(str(tmp_path / "m.pt"), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_declares_more_than_it_holds_or_than_memory_allows_is_refused_before_reading(
+        tmp_path, tiny_3m, monkeypatch):
+    bomb = tmp_path / "bomb.h5"                             # an 8 KB file declaring 169 GiB of observations
+    E, T, N, O, A = 2_000_000, 100, 3, 75, 8
+    with h5py.File(bomb, "w") as f:
+        for name, shape in (("obs", (T + 1, N, O)), ("avail", (T + 1, N, A)), ("actions", (T, N)),
+                            ("rewards", (T,)), ("dones", (T,)), ("lengths", ())):
+            f.create_dataset(name, shape=(E,) + shape, dtype=data.DTYPES[name], chunks=(1,) + shape,
+                             compression="gzip")
+        f.attrs.update(data.read_attrs(tiny_3m[0]))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(artifacts.InputError, match=r"bomb.h5: obs declares shape \(2000000, 101, 3, 75\) but the "
+                                                    r"file holds data for only part of it"):
+        data.load_dataset(str(bomb))
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 200_000)     # a real file on a machine too small
+    with pytest.raises(artifacts.InputError, match=r"3m-medium.h5: reading it takes .* GiB of memory free; read it "
+                                                    r"in chunks"):
+        data.load_dataset(tiny_3m[0])                                     # 24 episodes of ≈ 95 KB each
+    assert data.load_dataset(tiny_3m[0], episodes=slice(0, 1)).n_episodes == 1          # one of them fits

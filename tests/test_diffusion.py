@@ -1,4 +1,6 @@
 """diffusion.py and unet.py: Eq. 5, the schedule, the samplers, Algorithm 1's training loop, the U-Net."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,36 @@ def test_nan_loss_stops_training():
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         D.train(diff, ema, opt, tau0, torch.ones(4, 6, dtype=torch.bool), 1, 0.1, 5,
                 batch_size=4, progress=False)
+
+
+def test_the_posterior_of_the_reverse_step_by_hand():
+    """q(tau_{k-1} | tau_k, tau0) = N(c0 tau0 + ck tau_k, var) with DDPM's closed form (Ho et al. 2020, Eq. 7),
+    here for K = 3 and step k = 2: abar_1 = 1 - b1, abar_2 = (1 - b1)(1 - b2)."""
+    diff = D.Diffusion(unet.TemporalUNet(4, 8, (1,)), K=3)
+    b1, b2 = 1e-4, (1e-4 + 0.02) / 2                                  # the linear schedule's first two betas
+    a1, a2 = 1 - b1, (1 - b1) * (1 - b2)
+    assert diff.post_c0[1].item() == pytest.approx(b2 * a1 ** 0.5 / (1 - a2), rel=1e-5)
+    assert diff.post_ck[1].item() == pytest.approx((1 - a1) * (1 - b2) ** 0.5 / (1 - a2), rel=1e-5)
+    assert diff.post_var[1].item() == pytest.approx(b2 * (1 - a1) / (1 - a2), rel=1e-5)
+    assert diff.post_c0[0].item() == pytest.approx(1.0) and diff.post_var[0].item() == 0.0   # k = 1 gives tau0
+
+
+class StepSpy(torch.nn.Module):
+    """A one-weight 'network' that records the diffusion steps k it is asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.steps = []
+
+    def forward(self, tau_k, k):
+        self.steps += k.tolist()
+        return tau_k * self.w
+
+
+def test_training_draws_every_diffusion_step_from_1_to_K():
+    spy = StepSpy()
+    diff = D.Diffusion(spy, K=5)
+    D.train(diff, copy.deepcopy(diff), torch.optim.SGD(diff.parameters(), lr=0.0), torch.zeros(4, 2, 3),
+            torch.ones(4, 3, dtype=torch.bool), 1, 0.0, 200, batch_size=4, progress=False)
+    assert set(spy.steps) == {1, 2, 3, 4, 5}, "k ~ U{1..K}: never 0, never past K, each of them"

@@ -195,3 +195,13 @@ def test_a_refused_dataset_leaves_no_output_folder(tmp_path):
     with pytest.raises(artifacts.InputError, match="no such dataset file"):
         fit(str(tmp_path / "missing.h5"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_checkpoint_is_refused_in_the_projects_own_words(trained, tmp_path):
+    out, _ = trained
+    cut = tmp_path / "model.pt"
+    cut.write_bytes((out / "model.pt").read_bytes()[:200])
+    with pytest.raises(artifacts.InputError) as refused:
+        eaq.load_checkpoint(str(cut))
+    assert str(refused.value) == (f"{cut}: not a readable EAQ checkpoint (refused: a damaged or truncated torch file); "
+                                  f"delete it to train again")

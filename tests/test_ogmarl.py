@@ -1,6 +1,7 @@
 """ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -183,3 +184,16 @@ def test_train_py_takes_the_converted_file_as_d_real_and_needs_smac_to_evaluate_
     err = capsys.readouterr().err
     assert "do not match the smax simulator's 75/8" in err and "--backend smac" in err
     assert not os.path.exists(tmp_path / "eaq"), "refused before the diffusion model trains"
+
+
+def test_a_vault_index_past_what_the_arrays_store_is_refused_at_once(tmp_path):
+    import tensorstore as ts
+    path = edited_vault(tmp_path, "3m.vlt", lambda rows: None)
+    index = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{os.path.abspath(path)}",
+                                                   "path": "vault_index"}}, open=True, write=True).result()
+    index.write(np.array([2 ** 31 - 1], np.int32)).result()              # 17 real rows
+    start = time.time()
+    with pytest.raises(artifacts.InputError, match=r"vault_index says 2147483647 rows but its observations array "
+                                                    r"stores fewer; a damaged vault"):
+        ogmarl.convert(path, str(tmp_path / "z.h5"), progress=False)
+    assert time.time() - start < 10 and not (tmp_path / "z.h5").exists()
