@@ -307,3 +307,17 @@ def test_a_file_that_declares_more_than_it_holds_or_than_memory_allows_is_refuse
                                                     r"in chunks"):
         data.load_dataset(tiny_3m[0])                                     # 24 episodes of ≈ 95 KB each
     assert data.load_dataset(tiny_3m[0], episodes=slice(0, 1)).n_episodes == 1          # one of them fits
+
+
+def test_a_generated_episode_ends_at_its_first_done_above_the_midpoint_or_else_at_the_rows_peak():
+    done_rows = np.array([[0.0, 0.45, 0.2, 0.6, 0.9],        # 0.45 is below the midpoint: it ends at step 3
+                          [0.1, 0.2, 0.3, 0.1, 0.0]])        # nothing above it: the row's peak, step 2
+    lengths, ended = data.episode_ends(done_rows)
+    assert lengths.tolist() == [4, 3] and ended.tolist() == [True, False]
+
+
+def test_the_whole_set_as_a_subset_holds_every_episode_once(tiny_3m):
+    ep = data.load_dataset(tiny_3m[0])
+    whole = data.subsample(ep, 1.0, seed=5)
+    np.testing.assert_array_equal(whole.obs, ep.obs)          # each episode once, in the file's order
+    np.testing.assert_array_equal(whole.lengths, ep.lengths)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import eaq
+import learner
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,3 +163,12 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
     assert stop.value.code == 2 and time.time() - start < 5
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and "cannot write there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_learning_curve_is_titled_with_the_data_the_learner_trained_on(tiny_run, tmp_path, monkeypatch):
+    shutil.copytree(tiny_run / "datasets", tmp_path / "datasets")
+    titles = []
+    monkeypatch.setattr(learner, "write_metrics", lambda rows, csv_path, png_path, title: titles.append(title))
+    for aug in ("eaq", "rad-s"):
+        train.run(train.parse_args(TINY + ["--out", str(tmp_path), "--aug", aug, "--iters", "5"]))
+    assert titles == ["QmixCQL 3m-poor, D_real ∪ D_syn (EAQ λ=0.1), seed=0", "QmixCQL 3m-poor, D_real, rad-s, seed=0"]
