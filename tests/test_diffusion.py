@@ -89,15 +89,16 @@ def test_episode_windows_round_lengths_up_to_their_bucket():
 
 
 class ShapeSpy(torch.nn.Module):
-    """A one-weight 'network' that records the windows and episodes it is trained on."""
+    """A one-weight 'network' that records the windows, episodes and diffusion steps it is trained on."""
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(()))
-        self.seen = []
+        self.seen, self.steps = [], []
 
     def forward(self, tau_k, k):
         self.seen.append((tau_k.shape[-1], tau_k[:, 0, 0].tolist()))
+        self.steps += k.tolist()
         return tau_k * self.w
 
 
@@ -180,21 +181,8 @@ def test_the_posterior_of_the_reverse_step_by_hand():
     assert diff.post_c0[0].item() == pytest.approx(1.0) and diff.post_var[0].item() == 0.0   # k = 1 gives tau0
 
 
-class StepSpy(torch.nn.Module):
-    """A one-weight 'network' that records the diffusion steps k it is asked about."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-        self.steps = []
-
-    def forward(self, tau_k, k):
-        self.steps += k.tolist()
-        return tau_k * self.w
-
-
 def test_training_draws_every_diffusion_step_from_1_to_K():
-    spy = StepSpy()
+    spy = ShapeSpy()
     diff = D.Diffusion(spy, K=5)
     D.train(diff, copy.deepcopy(diff), torch.optim.SGD(diff.parameters(), lr=0.0), torch.zeros(4, 2, 3),
             torch.ones(4, 3, dtype=torch.bool), 1, 0.0, 200, batch_size=4, progress=False)
