@@ -332,13 +332,14 @@ def build_parser(config_cls=DiffusionConfig):
     return p
 
 
-def parse_args(argv=None, config_cls=DiffusionConfig):
-    """(the configuration, the parsed flags), every value checked: a bad one is a one-line usage error."""
+def parse_args(argv=None, config_cls=DiffusionConfig, check=None):
+    """(the configuration, the parsed flags), every value checked (by `check`, a variant's own, else
+    `check_config`): a bad one is a one-line usage error."""
     p = build_parser(config_cls)
     args = p.parse_args(argv)
     config = artifacts.config_from_args(config_cls, args)
     with artifacts.parser_errors(p):
-        check_config(config)
+        (check or check_config)(config)
         artifacts.require_flags(at_least_one={"--checkpoint-every": args.checkpoint_every})
     return config, args
 

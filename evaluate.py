@@ -5,16 +5,13 @@
   the share where they all attack the same enemy) and a t-SNE of
   observations, the original data against each D_syn.
 * `table1_markdown` — Table 1 in the paper's format beside the paper's own
-  rows. Where several λ are run, λ is chosen per cell on the held-out
-  evaluation (its own seeded episodes, `table1_cells`) and the chosen λ's
-  result on the reported evaluation is shown; every λ stays in the CSV.
+  rows, λ chosen per cell on the held-out evaluation (`table1_cells`); every
+  λ stays in the CSV.
 * `evaluate.py table1` — the sweep over maps, qualities, methods, learners
   and seeds: `train.py` runs, reused when finished, one after another
-  (experiments/sweep.py runs them in parallel workers or on Ray, and keeps
-  their records), then table1.csv and table1.md.
+  (experiments/sweep.py: in parallel or on Ray, with run records).
 
-Rollouts of a policy in the simulator live beside the policy, in
-`qmix.evaluate_policy`.
+Rollouts of a policy in the simulator live beside it, in `qmix.evaluate_policy`.
 """
 import argparse
 import json
@@ -298,11 +295,17 @@ def finished(flags):
     return os.path.exists(os.path.join(train.result_dir(train.parse_args(flags)), "results.json"))
 
 
-def run_one_by_one(runs):
-    """Every run not finished yet, in this process, the runs sharing a diffusion model one after another;
-    returns the failures (none: a failing run stops the sweep). experiments/sweep.py runs them in parallel."""
+def still_to_run(runs):
+    """The unfinished runs, counted in one printed line."""
     todo = [(m, f) for m, f in runs if not finished(f)]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
+    return todo
+
+
+def run_one_by_one(runs):
+    """Every unfinished run in this process, those sharing a diffusion model one after another; no failures
+    are returned (a failing run stops the sweep)."""
+    todo = still_to_run(runs)
     for i, (method, flags) in enumerate(run for group in sharing_groups(todo) for run in group):
         print(f"[{i + 1}/{len(todo)}] {method}: {' '.join(flags)}", flush=True)
         train.run(train.parse_args(flags))
@@ -340,17 +343,14 @@ def table1_rows(runs):
     return rows
 
 
-SWEEP_SET_FIELDS = ("scenario", "quality", "algo", "aug", "lam", "seed", "out")   # each sweep run sets these
-
-
 def table_folder(out, iters, train_flags):
-    """OUT/table1 for a sweep at train.py's defaults, OUT/table1-<hash of its departures> otherwise (read from the
-    parsed flags, so `--dim=48` and `--dim 48` name one folder): such a table never overwrites the default one."""
+    """OUT/table1 at train.py's defaults, else OUT/table1-<hash of the departures, as parsed> (never the default's)."""
+    sweep_sets = ("scenario", "quality", "algo", "aug", "lam", "seed", "out")          # each sweep run sets these
     parser = train.build_parser()                          # raw values: --diffusion-seed stays None unless given
     defaults = vars(parser.parse_args([]))
     chosen = vars(parser.parse_args(["--iters", str(iters)] + list(train_flags)))
     departures = {name: value for name, value in chosen.items()          # a switch given is always a departure
-                  if name not in SWEEP_SET_FIELDS and (name not in defaults or value != defaults[name])}
+                  if name not in sweep_sets and (name not in defaults or value != defaults[name])}
     return os.path.join(out, "table1" + (f"-{train.short_hash(departures)}" if departures else ""))
 
 
@@ -372,8 +372,7 @@ def sweep_runs(args, train_flags):
 
 
 def run_table1(args, train_flags, run_all=run_one_by_one):
-    """Run (or reuse) every run of the sweep with `run_all(runs) -> failures`, then write its table1.csv and
-    table1.md; returns the finished runs."""
+    """Every run of the sweep, by `run_all(runs) -> failures`, then its table1.csv and .md; -> finished runs."""
     runs = sweep_runs(args, train_flags)
     parsed = [train.parse_args(flags) for _, flags in runs]   # every bad flag fails before any work
     failures = []

@@ -171,9 +171,7 @@ def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, pr
 
 
 def main(argv=None):
-    config, args = eaq.parse_args(argv, DepartureConfig)
-    with artifacts.parser_errors(eaq.build_parser(DepartureConfig)):
-        check_config(config)
+    config, args = eaq.parse_args(argv, DepartureConfig, check_config)
     with artifacts.one_line_errors():
         report = fit_and_sample(config, args.dataset, args.out, args.resume, args.checkpoint_every)
     print(fidelity.format_report(report))

@@ -74,11 +74,6 @@ def read_record(record):
     return results, curve
 
 
-def check_record(record):
-    """Raise an InputError unless the folder `record` holds a finished run's record (`read_record`)."""
-    read_record(record)
-
-
 def read_records(folder):
     """Every record in `folder`, by name: [(name, results, curve)]."""
     if not os.path.isdir(folder):

@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 import artifacts  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from experiments.report import RECORD_FILES, check_record  # noqa: E402
+from experiments.report import RECORD_FILES, read_record  # noqa: E402
 
 # One thread each for torch (OMP/MKL) and XLA: on this 2-core machine two
 # single-threaded learners run as fast each as one two-threaded learner,
@@ -158,7 +158,7 @@ def restore_records(runs, records):
     for _, flags in runs:
         run_dir, record = record_folder(flags, records)
         if not evaluate.finished(flags) and os.path.isdir(record):
-            check_record(record)
+            read_record(record)                        # refuses a damaged record in one line
             todo.append((record, run_dir))
     for record, run_dir in todo:
         copy_record(record, run_dir)
@@ -183,8 +183,7 @@ def save_records(runs, records):
 def run_in_parallel(runs, jobs, out, ray=None):
     """Every run without a results.json, as groups in `jobs` local workers or Ray tasks (`ray`: local, auto or
     HOST:PORT); returns the failed groups' messages."""
-    todo = [(m, f) for m, f in runs if not evaluate.finished(f)]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go", flush=True)
+    todo = evaluate.still_to_run(runs)
     if not todo:
         return []
     groups = evaluate.sharing_groups(todo)
