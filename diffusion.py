@@ -30,11 +30,18 @@ are 0-based, so buffer[k - 1] belongs to step k, and the network receives k.
 
 Shapes: tau0, tau_k, predictions (B, F, T); Q_tot row and valid mask (B, T).
 """
+import copy
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+
+import artifacts
+import data
+import unet
 
 
 # ---------------------------------------------------------------------------
@@ -234,3 +241,81 @@ def sample_batches(ema, normalizer, horizons, T, n_features, ddim_steps=None, ba
                 matrix = normalizer.unnormalize(tau.cpu().numpy())
                 yield np.pad(matrix, [(0, 0), (0, 0), (0, T - int(h))])             # (b, F, T)
                 bar.update(b)
+
+
+# ---------------------------------------------------------------------------
+# The model and its checkpoint
+# ---------------------------------------------------------------------------
+def build(model_config):
+    """A Diffusion model and its EMA copy from a checkpoint's config dict: `network` ("flat":
+    unet.TemporalUNet over the F rows; "agents": unet.AgentUNet over each agent's rows, with `mixing`),
+    `dim`, `dim_mults`, `K`, and the matrix's `n_features` and `layout` (data.FeatureLayout's fields)."""
+    dim, mults = model_config["dim"], tuple(model_config["dim_mults"])
+    if model_config["network"] == "agents":
+        layout = data.FeatureLayout(**model_config["layout"])
+        net = unet.AgentUNet(layout.n_agents, layout.agent_width, layout.n_features - layout.reward, dim, mults,
+                             mixing=model_config["mixing"])
+    else:
+        net = unet.TemporalUNet(model_config["n_features"], dim, mults)
+    model = Diffusion(net, model_config["K"])
+    return model, copy.deepcopy(model).requires_grad_(False)
+
+
+def prepare(episodes, normalizer=None):
+    """Real episodes -> (tau0 normalised (E, F, T) tensor, valid (E, T) bool tensor, normalizer,
+    the Eq. 4 matrix in data units (E, F, T) numpy)."""
+    matrix = data.episodes_to_matrix(episodes)                             # (E, F, T) data units
+    normalizer = normalizer or data.Normalizer.fit(matrix)
+    tau0 = torch.from_numpy(normalizer.normalize(matrix))
+    valid = torch.from_numpy(data.valid_steps(episodes.lengths, matrix.shape[-1]))
+    return tau0, valid, normalizer, matrix
+
+
+@dataclasses.dataclass
+class Model:
+    """Everything Algorithm 1 trains and samples with, and what a checkpoint holds."""
+
+    diffusion: Diffusion
+    ema: Diffusion                 # the exponential moving average of the weights: sampling uses it
+    optimizer: torch.optim.Optimizer
+    normalizer: data.Normalizer
+    config: dict                   # `model_config` and the dataset's path, layout and window T (plain values)
+    step: int = 0                  # training steps done so far
+    hinge_active_steps: int = 0    # steps whose Q-hinge term was > 0
+    train_seconds: float = 0.0     # training wall time over all sessions
+    train_cpu_seconds: float = 0.0   # and CPU time (artifacts.Clock)
+
+
+def save_checkpoint(path, model):
+    """Tensors and plain values only, written to a temporary name then renamed."""
+    artifacts.save_tensors(path, {"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
+                                  "optimizer": model.optimizer.state_dict(), "step": model.step,
+                                  "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
+                                  "train_cpu_seconds": model.train_cpu_seconds,
+                                  "normalizer": model.normalizer.state_dict(), "config": model.config})
+
+
+CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "hinge_active_steps", "train_seconds", "train_cpu_seconds",
+                   "normalizer", "config"}
+
+
+def load_checkpoint(path, build=build):
+    """-> Model, loaded without running any code (weights_only); refuses anything else in one line.
+
+    `build` makes the networks from the saved config (a variant's own, for experiments/). The optimiser's
+    learning rate and moments come from the checkpoint (its saved parameter groups).
+    """
+    ckpt = artifacts.load_tensors(path, "EAQ checkpoint", "delete it to train again", CHECKPOINT_KEYS)
+    try:
+        net, ema = build(ckpt["config"])
+        net.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer = torch.optim.Adam(net.parameters())
+        optimizer.load_state_dict(ckpt["optimizer"])
+        counts = (int(ckpt["step"]), int(ckpt["hinge_active_steps"]), float(ckpt["train_seconds"]),
+                  float(ckpt["train_cpu_seconds"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
+                                   f"delete it to train again") from None
+    return Model(net, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]), ckpt["config"],
+                 *counts)

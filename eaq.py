@@ -12,7 +12,6 @@ the time spent. `train.py` runs this stage with the same configuration
 object (`DiffusionConfig`) and caches it under runs/eaq/.
 """
 import argparse
-import copy
 import dataclasses
 import os
 
@@ -38,7 +37,12 @@ class DiffusionConfig:
     batch_size: int = option(32, "episodes per minibatch (paper: silent)")
     lr: float = option(1e-3, "Adam learning rate (paper: silent; docs/fidelity-default-budget.md)")
     K: int = option(1000, "diffusion steps (DDPM's 1000, §4.4)")
-    dim: int = option(40, "U-Net base width, a multiple of 8 (paper: silent; docs/diffusion.md)")
+    network: str = option("flat", "the U-Net: flat (the F rows are its channels) or agents (one trunk shared by "
+                                  "the agents, on each agent's rows; unet.py)", choices=("flat", "agents"))
+    mixing: str = option("attention", "how the agent-factored U-Net's agents exchange information at each level",
+                         choices=unet.MIXINGS)
+    dim: int = option(40, "U-Net base width (per agent with --network agents), a multiple of 8 (paper: silent; "
+                          "docs/diffusion.md)")
     dim_mults: tuple = option((1, 2, 4), "width multiplier per U-Net level (each extra level halves T)")
     bucket_width: int = option(8, "length-aware windows: each episode's length rounded up to a multiple of this "
                                   "(of 2^(levels-1)); 0 = the paper's fixed window, the longest episode")
@@ -68,6 +72,9 @@ def check_config(config, flags=None):
                                    f"got {config.lam}")
     if config.lr <= 0:
         raise artifacts.InputError(f"{flag['lr']} must be > 0, got {config.lr}")
+    if config.network not in ("flat", "agents") or config.mixing not in unet.MIXINGS:
+        raise artifacts.InputError(f"{flag['network']} must be flat or agents and {flag['mixing']} one of "
+                                   f"{', '.join(unet.MIXINGS)}; got {config.network!r}, {config.mixing!r}")
     if config.dim % 8:
         raise artifacts.InputError(f"{flag['dim']} must be a multiple of 8 (GroupNorm uses 8 groups), got {config.dim}")
     if not 0.0 <= config.ema_decay < 1.0:
@@ -99,13 +106,6 @@ def check_device(name):
 # ---------------------------------------------------------------------------
 # The model and its checkpoint
 # ---------------------------------------------------------------------------
-def build(model_config):
-    """A Diffusion model and its EMA copy from a checkpoint's config dict (n_features, dim, dim_mults, K)."""
-    net = unet.TemporalUNet(model_config["n_features"], model_config["dim"], tuple(model_config["dim_mults"]))
-    model = diffusion.Diffusion(net, model_config["K"])
-    return model, copy.deepcopy(model).requires_grad_(False)
-
-
 # Fields that do not decide the trained weights (more `steps` continue a model; the rest only sample from it).
 SAMPLING_FIELDS = ("steps", "scale", "ddim_steps", "sample_batch", "device")
 
@@ -114,10 +114,12 @@ def model_config(config, layout, dataset):
     """What decides the trained model, as plain values (a checkpoint's config; a resume must match it)."""
     fields = {name: list(value) if isinstance(value, tuple) else value
               for name, value in dataclasses.asdict(config).items() if name not in SAMPLING_FIELDS}
-    return {**fields, "dataset_sha256": artifacts.file_digest(dataset), "n_features": layout.n_features}
+    return {**fields, "dataset_sha256": artifacts.file_digest(dataset), "n_features": layout.n_features,
+            "layout": dataclasses.asdict(layout)}
 
 
-RESUME_FLAGS = {"dataset_sha256": "--dataset (its contents)", "n_features": "--dataset (its layout)"}
+RESUME_FLAGS = {"dataset_sha256": "--dataset (its contents)", "n_features": "--dataset (its layout)",
+                "layout": "--dataset (its layout)"}
 
 
 def check_resume(path, saved, wanted):
@@ -129,67 +131,7 @@ def check_resume(path, saved, wanted):
                                        f"resume with the same value or choose another --out")
 
 
-def prepare(episodes, normalizer=None):
-    """Real episodes -> (tau0 normalised (E, F, T) tensor, valid (E, T) bool tensor, normalizer,
-    the Eq. 4 matrix in data units (E, F, T) numpy)."""
-    matrix = data.episodes_to_matrix(episodes)                             # (E, F, T) data units
-    normalizer = normalizer or data.Normalizer.fit(matrix)
-    tau0 = torch.from_numpy(normalizer.normalize(matrix))
-    valid = torch.from_numpy(data.valid_steps(episodes.lengths, matrix.shape[-1]))
-    return tau0, valid, normalizer, matrix
-
-
-@dataclasses.dataclass
-class Model:
-    """Everything Algorithm 1 trains and samples with, and what a checkpoint holds."""
-
-    diffusion: diffusion.Diffusion
-    ema: diffusion.Diffusion                 # the exponential moving average of the weights: sampling uses it
-    optimizer: torch.optim.Optimizer
-    normalizer: data.Normalizer
-    config: dict                   # `model_config` and the dataset's path, layout and window T (plain values)
-    step: int = 0                  # training steps done so far
-    hinge_active_steps: int = 0    # steps whose Q-hinge term was > 0
-    train_seconds: float = 0.0     # training wall time over all sessions
-    train_cpu_seconds: float = 0.0   # and CPU time (artifacts.Clock)
-
-
-def save_checkpoint(path, model):
-    """Tensors and plain values only, written to a temporary name then renamed."""
-    artifacts.save_tensors(path, {"model": model.diffusion.state_dict(), "ema": model.ema.state_dict(),
-                                  "optimizer": model.optimizer.state_dict(), "step": model.step,
-                                  "hinge_active_steps": model.hinge_active_steps, "train_seconds": model.train_seconds,
-                                  "train_cpu_seconds": model.train_cpu_seconds,
-                                  "normalizer": model.normalizer.state_dict(), "config": model.config})
-
-
-CHECKPOINT_KEYS = {"model", "ema", "optimizer", "step", "hinge_active_steps", "train_seconds", "train_cpu_seconds",
-                   "normalizer", "config"}
-
-
-def load_checkpoint(path, build=build):
-    """-> Model, loaded without running any code (weights_only); refuses anything else in one line.
-
-    `build` makes the networks from the saved config (a variant's own, for experiments/). The optimiser's
-    learning rate and moments come from the checkpoint (its saved parameter groups).
-    """
-    ckpt = artifacts.load_tensors(path, "EAQ checkpoint", "delete it to train again", CHECKPOINT_KEYS)
-    try:
-        net, ema = build(ckpt["config"])
-        net.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer = torch.optim.Adam(net.parameters())
-        optimizer.load_state_dict(ckpt["optimizer"])
-        counts = (int(ckpt["step"]), int(ckpt["hinge_active_steps"]), float(ckpt["train_seconds"]),
-                  float(ckpt["train_cpu_seconds"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise artifacts.InputError(f"{path}: damaged EAQ checkpoint ({type(err).__name__}); "
-                                   f"delete it to train again") from None
-    return Model(net, ema, optimizer, data.Normalizer.from_state_dict(ckpt["normalizer"]), ckpt["config"],
-                 *counts)
-
-
-def prepare_model(config, real, dataset, ckpt_path, resume=False, build=build):
+def prepare_model(config, real, dataset, ckpt_path, resume=False, build=diffusion.build):
     """A fresh model seeded with config.seed, or the one in ckpt_path after checking that it fits.
 
     resume: False (start afresh), True (a checkpoint must be there and fit) or "auto" (train.py, whose
@@ -200,7 +142,7 @@ def prepare_model(config, real, dataset, ckpt_path, resume=False, build=build):
         try:
             if not os.path.exists(ckpt_path):
                 raise artifacts.InputError(f"{ckpt_path}: nothing to resume; run without --resume first")
-            model = load_checkpoint(ckpt_path, build)
+            model = diffusion.load_checkpoint(ckpt_path, build)
             check_resume(ckpt_path, model.config, wanted)
             return model
         except artifacts.InputError as err:
@@ -210,8 +152,8 @@ def prepare_model(config, real, dataset, ckpt_path, resume=False, build=build):
                 print(f"training the diffusion model from scratch: {err}")
     torch.manual_seed(config.seed)
     net, ema = build(wanted)
-    return Model(net, ema, torch.optim.Adam(net.parameters(), lr=config.lr), None,
-                 {**wanted, "dataset": os.path.abspath(dataset), "layout": dataclasses.asdict(data.layout_of(real))})
+    return diffusion.Model(net, ema, torch.optim.Adam(net.parameters(), lr=config.lr), None,
+                 {**wanted, "dataset": os.path.abspath(dataset)})
 
 
 # ---------------------------------------------------------------------------
@@ -236,7 +178,7 @@ def fit(model, config, tau0, valid, horizons, q_row, ckpt_path, checkpoint_every
     def checkpoint(step, active):
         model.step, model.hinge_active_steps = step, start_active + active
         model.train_seconds, model.train_cpu_seconds = clock.wall(), clock.cpu()
-        save_checkpoint(ckpt_path, model)
+        diffusion.save_checkpoint(ckpt_path, model)
 
     losses = {}
     if model.step < config.steps:
@@ -257,19 +199,11 @@ def sample_synthetic(model, config, real, dataset, out, real_matrix, horizons, p
     Each synthetic episode's window is drawn from D_real's episode windows
     (`horizons`, (E,)), so D_syn's windows follow D_real's; with the paper's
     fixed window every one is T. Returns the D_real vs D_syn report
-    (`fidelity.synthetic_report`), accumulated batch by batch.
+    (`fidelity.sampled_report`), accumulated batch by batch.
     """
     layout = data.layout_of(real)
-    r = layout.reward
-    reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
-    backend = real.attrs.get("backend", "smax")
-    threshold = fidelity.damage_threshold(real)
-    real_stats, syn_stats = (fidelity.MatrixStats(layout, reward_range, backend, threshold),
-                             fidelity.MatrixStats(layout, reward_range, backend, threshold))
-    real_stats.add(real_matrix)
     generator = torch.Generator().manual_seed(config.seed)
     windows = diffusion.synthetic_windows(horizons, config.scale * real.n_episodes, generator)          # (S E,)
-    T = real_matrix.shape[-1]
     attrs = {**real.attrs, "synthetic": True, "lam": model.config["lam"], "diffusion_steps": model.step,
              "K": model.config["K"], "ddim_steps": config.ddim_steps, "scale": config.scale,
              "bucket_width": model.config["bucket_width"], "source_dataset": os.path.abspath(dataset),
@@ -277,15 +211,13 @@ def sample_synthetic(model, config, real, dataset, out, real_matrix, horizons, p
     attrs.pop("win_rate", None)                    # a property of the real episodes only
     clock = artifacts.Clock()
     with artifacts.atomic_path(os.path.join(out, "synthetic.h5")) as tmp, h5py.File(tmp, "w") as f:
-        writer = data.EpisodeWriter(f, T, layout.n_agents, layout.obs_dim, layout.n_actions)
-        for matrix in diffusion.sample_batches(model.ema, model.normalizer, windows, T, layout.n_features,
-                                               config.ddim_steps or None, config.sample_batch, generator, progress):
-            writer.append(syn_stats.add(matrix))
-        report = fidelity.synthetic_report(real_stats, syn_stats)
-        writer.finish(report["synthetic"]["length_max"])
+        writer = data.EpisodeWriter(f, real_matrix.shape[-1], layout.n_agents, layout.obs_dim, layout.n_actions)
+        report = fidelity.sampled_report(model, real, real_matrix, windows, config.ddim_steps, config.sample_batch,
+                                         generator, writer.append, progress)
         syn = report["synthetic"]
+        writer.finish(syn["length_max"])
         f.attrs.update({**attrs, "return_mean": syn["return_mean"], "return_std": syn["return_std"],
-                        "length_mean": syn["length_mean"]})
+                        "length_mean": syn["length_mean"], **{key: syn[key] for key in fidelity.UNDECODED}})
     return {**report, "sample_seconds": clock.wall(), "sample_cpu_seconds": clock.cpu(),
             "sampler": f"ddim-{config.ddim_steps}" if config.ddim_steps else f"ddpm-{model.config['K']}"}
 
@@ -297,7 +229,7 @@ def lam_units(lam, normalizer, layout, horizon):
             "q_in_data_units": lam * 2.0 / q_range if q_range > 0 else float("nan")}
 
 
-def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, progress=True, build=build):
+def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, progress=True, build=diffusion.build):
     """Algorithm 1 on the D_real file `dataset`: train the model (Eq. 5), sample D_syn into OUT/synthetic.h5,
     write OUT/report.json; returns the report. `resume`: see `prepare_model`; `build`: see `load_checkpoint`."""
     real = data.load_dataset(dataset)                 # refused before OUT is made
@@ -305,13 +237,15 @@ def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, pr
     use_diffusion_threads()
     ckpt_path = os.path.join(out, "model.pt")
     model = prepare_model(config, real, dataset, ckpt_path, resume, build)
-    tau0, valid, model.normalizer, real_matrix = prepare(real, model.normalizer)
+    tau0, valid, model.normalizer, real_matrix = diffusion.prepare(real, model.normalizer)
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])   # (E,)
     layout = data.layout_of(real)
     training = fit(model, config, tau0, valid, horizons, layout.q_tot, ckpt_path, checkpoint_every, progress)
     del tau0, valid                  # sampling needs only the model (and the matrix in data units, for the report)
     report = sample_synthetic(model, config, real, dataset, out, real_matrix, horizons, progress)
+    report["copy"] = fidelity.copy_test(model.ema, model.normalizer, real, horizons, seed=config.seed)
+    report["fidelity_misses"] = fidelity.fidelity_misses(report)
     window = float(horizons.mean())
     report.update(training, lam=config.lam, lam_units=lam_units(config.lam, model.normalizer, layout, window),
                   n_features=layout.n_features, horizon=model.config["horizon"], mean_window=window,

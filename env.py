@@ -36,6 +36,7 @@ against that).
 """
 import contextlib
 import functools
+import inspect
 import os
 import sys
 
@@ -105,6 +106,39 @@ def smax_scenarios():
     fixed = [name for name, s in smax_env.MAP_NAME_TO_SCENARIO.items()
              if not s.smacv2_unit_type_generation]
     return tuple(PAPER_SCENARIOS) + tuple(sorted(set(fixed) - set(PAPER_SCENARIOS)))
+
+
+@functools.cache
+def smax_range_ratios():
+    """(unit types,): each unit type's attack range over its sight range, jaxmarl's SMAX defaults. SMAX's
+    observations give other units' offsets in sight ranges, so an enemy is shootable where |(dx, dy)| < this."""
+    smax_env, _ = _import_smax()
+    defaults = inspect.signature(smax_env.SMAX.__init__).parameters
+    return (np.asarray(defaults["unit_type_attack_ranges"].default)
+            / np.asarray(defaults["unit_type_sight_ranges"].default))
+
+
+def smax_legal_actions(obs, n_enemies):
+    """SMAX's legal actions read off its observations: obs (..., N, O) -> (..., N, 5 + K) bool.
+
+    jaxmarl's rule: stop is always legal; an agent that is alive (its own
+    block's unit-type bit set; the block is all zeros once it dies) may move
+    and may attack enemy k when k is alive and within its attack range. An
+    enemy's block is non-zero only when the agent sees it alive, and its
+    offset is in units of the agent's sight range, so the range test is
+    |(dx, dy)| < attack range / sight range of the agent's unit type.
+    """
+    n_agents, obs_dim = obs.shape[-2], obs.shape[-1]
+    starts, width = smax_enemy_blocks(n_agents, n_enemies, obs_dim)
+    own_types = obs[..., obs_dim - (width - SMAX_UNIT_FEATURES):]               # (..., N, b)
+    alive = own_types.max(axis=-1) > 0.5
+    ratio = smax_range_ratios()[own_types.argmax(axis=-1)]                       # (..., N)
+    blocks = np.stack([obs[..., s:s + width] for s in starts], axis=-2)          # (..., N, K, width)
+    seen = blocks[..., SMAX_UNIT_FEATURES:].max(axis=-1) > 0.5
+    in_range = np.linalg.norm(blocks[..., 1:3], axis=-1) < ratio[..., None]
+    moves = np.repeat(alive[..., None], 4, axis=-1)
+    stop = np.ones_like(alive)[..., None]
+    return np.concatenate([moves, stop, alive[..., None] & seen & in_range], axis=-1)
 
 
 def check_scenario(scenario, backend="smax"):

@@ -3,23 +3,31 @@
 * Behaviour statistics of a dataset: attack share, per-agent action
   histograms and their total-variation distance, Figure 1b's focus-fire
   share (`focus_fire_counts`), the win share.
-* The attack -> damage checks (SMAX): in the simulator an enemy loses health
-  only when an agent shoots it and never gains any back, and the reward pays
-  for exactly that damage, so in D_real every health drop has a shooter and
-  the reward row matches the damage the observations show. A generated
-  episode need not: nothing in Eq. 5 ties one agent's "attack k" at step t
-  to enemy k's health at t+1 beyond what the network can write.
+* The attack -> damage checks of SMAX episodes (`attacks.py`): damage with
+  a shooter, health gained, reward against damage.
 * `MatrixStats`: all of them, fed with generated Eq. 4 matrices batch by
   batch (D_syn is never held whole), and `synthetic_report`: D_real and
   D_syn side by side with the fidelity bar's verdict (`FIDELITY_BAR`).
+* The copy test (`copy_test`): can the trained network hand back a real
+  episode noised to step k? A network that cannot copy at k = 1 cannot
+  generate what it cannot represent.
+
+    python fidelity.py --real R.h5 --synthetic S.h5     # a D_syn file beside its D_real
+    python fidelity.py --real R.h5 --checkpoint model.pt [--episodes 1000]   # sample, and the copy test
 
 Shapes: actions (E, T, N), avail (E, T, N, A), valid (E, T); health (E, T+1, K).
 """
+import argparse
 import collections
+import dataclasses
 
 import numpy as np
+import torch
 
+import artifacts
+import attacks
 import data
+import diffusion
 import env as envlib
 
 
@@ -89,8 +97,8 @@ def attack_counts(episodes):
 
 def attack_share(episodes):
     """Share of valid agent-steps whose action is an attack."""
-    attacks, agent_steps = attack_counts(episodes)
-    return attacks / agent_steps
+    n_attacks, agent_steps = attack_counts(episodes)
+    return n_attacks / agent_steps
 
 
 def action_counts(episodes):
@@ -110,120 +118,6 @@ def histogram_tv(counts_a, counts_b):
 def action_tv_distance(a, b):
     """Total-variation distance between two datasets' per-agent action histograms, averaged over agents."""
     return histogram_tv(action_counts(a), action_counts(b))
-
-
-# ---------------------------------------------------------------------------
-# Attack -> damage: do enemies lose health where the actions say they were shot? (SMAX)
-# ---------------------------------------------------------------------------
-# An enemy killed by t+1 is no longer seen there and not counted (docs/damage-without-a-shooter.md).
-# The reward row is tied to the same health: SMAX pays each step the enemies'
-# summed health fractions lost, over K (× REWARD_SCALE), so where every enemy
-# is seen at t and t+1 the observations fix r_t exactly (D_real: to 1e-6).
-SEEN_BIT = 0.5   # a unit's block counts as seen when its largest unit-type bit exceeds this (D_real's are 0 or 1)
-
-
-def enemy_health(episodes):
-    """(E, T+1, K): each enemy's health fraction as the agents see it (the largest over the agents
-    that see it), NaN where none does; None unless the data has SMAX's observation layout."""
-    if episodes.attrs.get("backend", "smax") != "smax":
-        return None
-    n_enemies = episodes.n_actions - envlib.FIRST_ATTACK_ACTION["smax"]
-    blocks = envlib.smax_enemy_blocks(episodes.n_agents, n_enemies, episodes.obs_dim)
-    if blocks is None:
-        return None
-    starts, width = blocks
-    obs = episodes.obs                                                              # (E, T+1, N, O)
-    bits = np.stack([obs[..., s + envlib.SMAX_UNIT_FEATURES:s + width].max(axis=-1) for s in starts], axis=-1)
-    health = np.where(bits > SEEN_BIT, obs[..., starts], -np.inf).max(axis=2)      # (E, T+1, K)
-    return np.where(np.isinf(health), np.nan, health)
-
-
-def enemy_health_drops(episodes):
-    """(drop (E, T, K): each enemy's health at t minus at t+1, seen (E, T, K): t+1 lies inside the
-    episode and some agent sees the enemy at t and at t+1), or None without SMAX's layout."""
-    health = enemy_health(episodes)                                                  # (E, T+1, K)
-    if health is None:
-        return None
-    drop = health[:, :-1] - health[:, 1:]                                            # (E, T, K)
-    seen = data.valid_steps(episodes.lengths - 1, drop.shape[1])[..., None] & ~np.isnan(drop)
-    return np.nan_to_num(drop), seen
-
-
-def damage_threshold(episodes):
-    """Half the smallest health drop an enemy shows in `episodes` (on D_real one shot: 0.2 of a
-    marine's health on 3m, so 0.1); NaN where there is no drop or no SMAX layout."""
-    drops = enemy_health_drops(episodes)
-    if drops is None:
-        return float("nan")
-    drop, seen = drops
-    hits = drop[seen & (drop > 1e-3)]                           # float noise of equal healths is not a hit
-    return float(hits.min() / 2) if hits.size else float("nan")
-
-
-DAMAGE_COUNT_KEYS = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
-                     "all_seen", "reward_agrees", "reward_excess", "some_seen", "reward_short")
-
-
-def damage_reward(health_lost, n_enemies):
-    """SMAX's damage reward on our scale: REWARD_SCALE * (health fractions lost, summed over enemies) / K."""
-    return envlib.REWARD_SCALE * health_lost / n_enemies
-
-
-def reward_excess(rewards, drop):
-    """(E, T): each step's reward minus the reward SMAX pays for the health the enemies lose by the next
-    step (`damage_reward`; gains pay nothing). Exactly 0 in D_real wherever every enemy is seen at t and
-    t+1 and the episode goes on (the win bonus comes at the end)."""
-    paid = damage_reward(np.clip(drop, 0.0, None).sum(axis=-1), drop.shape[-1])       # (E, T)
-    return rewards[:, :drop.shape[1]] - paid
-
-
-def damage_counts(episodes, threshold):
-    """The attack -> damage counts over steps t whose next observation lies inside the episode, per enemy k
-    seen at t and t+1: {"seen", "attacked" (some agent attacks k at t), "attacked_hit" (and k's health
-    drops by more than `threshold` by t+1), "unattacked_hit" (drops although nobody attacks k), "gains"
-    (k's health rises by more than `threshold`)}; and the reward against that damage over the steps on
-    which every enemy is seen at t and t+1: {"all_seen" (such steps), "reward_agrees" (r_t within half a
-    shot's reward, `damage_reward(threshold, K)`, of the damage the observations show), "reward_excess"
-    (the sum over them of r_t minus that damage)}; and over the steps on which at least one enemy is seen at
-    t and t+1, where the enemies nobody sees may have lost more: {"some_seen" (such steps), "reward_short" (r_t
-    below the reward for the damage shown by more than half a shot)}. All zero without a SMAX layout or
-    threshold."""
-    drops = enemy_health_drops(episodes)
-    if drops is None or not np.isfinite(threshold):
-        return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
-    drop, seen = drops
-    first = envlib.FIRST_ATTACK_ACTION["smax"]
-    attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
-                         for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
-    hit = seen & (drop > threshold)
-    excess = reward_excess(episodes.rewards, np.where(seen, drop, 0.0))            # (E, T): unseen enemies pay 0
-    all_seen, some_seen = excess[seen.all(axis=-1)], excess[seen.any(axis=-1)]    # (steps,) each
-    per_shot = damage_reward(threshold, drop.shape[-1])                             # half a shot's reward
-    return {"seen": int(seen.sum()), "attacked": int((seen & attacked).sum()),
-            "attacked_hit": int((hit & attacked).sum()), "unattacked_hit": int((hit & ~attacked).sum()),
-            "gains": int((seen & (drop < -threshold)).sum()),
-            "all_seen": int(all_seen.size), "reward_agrees": int((np.abs(all_seen) < per_shot).sum()),
-            "reward_excess": float(all_seen.sum()),
-            "some_seen": int(some_seen.size), "reward_short": int((some_seen < -per_shot).sum())}
-
-
-def damage_shares(counts):
-    """From `damage_counts` (summed over batches, e.g. in a collections.Counter): attacks_that_damage = P(k loses health | attacked),
-    damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health),
-    reward_matches_damage = P(r_t within half a shot's reward of the damage shown | every enemy seen),
-    reward_minus_damage = the mean of r_t minus that damage, reward_below_damage = P(r_t short of the damage
-    the seen enemies show by more than half a shot | some enemy seen); NaN where a share has no cases.
-    D_real: damage_with_shooter and reward_matches_damage 1, the other three after them 0; its attacks that
-    do not damage are weapon cooldowns."""
-    def share(a, b):
-        return a / b if b else float("nan")
-    hits = counts["attacked_hit"] + counts["unattacked_hit"]
-    return {"attacks_that_damage": share(counts["attacked_hit"], counts["attacked"]),
-            "damage_with_shooter": share(counts["attacked_hit"], hits),
-            "health_gain_share": share(counts["gains"], counts["seen"]),
-            "reward_matches_damage": share(counts["reward_agrees"], counts["all_seen"]),
-            "reward_minus_damage": share(counts["reward_excess"], counts["all_seen"]),
-            "reward_below_damage": share(counts["reward_short"], counts["some_seen"])}
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +179,7 @@ class MatrixStats:
         self.focus += focus
         self.all_attack_steps += all_attack
         self.action_counts += action_counts(episodes)
-        self.damage.update(damage_counts(episodes, self.damage_threshold))
+        self.damage.update(attacks.damage_counts(episodes, self.damage_threshold))
         return episodes
 
     def summary(self):
@@ -304,13 +198,14 @@ class MatrixStats:
             "attack_share": self.attacks / self.agent_steps,
             "focus_fire_share": self.focus / self.all_attack_steps if self.all_attack_steps else float("nan"),
             "all_attack_steps": self.all_attack_steps,
-            **damage_shares(self.damage),
+            **attacks.damage_shares(self.damage),
         }
 
 
-# What a faithful D_syn must show against D_real (docs/fidelity-default-budget.md).
+# What a faithful D_syn must show against D_real (docs/fidelity.md), and its model's copy test at k = 1.
 FIDELITY_BAR = {"attack_share_rel": 0.25, "action_tv": 0.1, "ended_share": 0.9, "legal_before_repair": 0.98,
-                "length_rel": 0.1, "damage_with_shooter": 0.9}
+                "length_rel": 0.1, "damage_with_shooter": 0.9, "health_gain_share": 0.01, "win_share_rel": 0.7,
+                "copy_k1": 0.99}
 
 
 def fidelity_misses(report):
@@ -330,7 +225,23 @@ def fidelity_misses(report):
         misses.append(f"mean length {syn['length_mean']:.1f} vs {real['length_mean']:.1f} (±{bar['length_rel']:.0%})")
     if syn["damage_with_shooter"] < bar["damage_with_shooter"]:        # NaN (no SMAX layout): no verdict
         misses.append(f"damage with a shooter {syn['damage_with_shooter']:.3f} < {bar['damage_with_shooter']}")
+    if syn["health_gain_share"] > bar["health_gain_share"]:
+        misses.append(f"health gained {syn['health_gain_share']:.3f} > {bar['health_gain_share']}")
+    if syn["win_share"] < bar["win_share_rel"] * real["win_share"]:
+        misses.append(f"win share {syn['win_share']:.3f} < {bar['win_share_rel']} x D_real's {real['win_share']:.3f}")
+    copy = report.get("copy", {}).get("1")
+    if copy and copy["action_accuracy"] < bar["copy_k1"]:
+        misses.append(f"copy test at k = 1 {copy['action_accuracy']:.3f} < {bar['copy_k1']}")
     return misses
+
+
+def stats_pair(real, real_matrix, reward_range):
+    """Two MatrixStats for D_real (Episodes; `real_matrix` its Eq. 4 matrix (E, F, T), added) and D_syn (empty),
+    with D_real's reward range (lo, hi) and damage threshold."""
+    args = (data.layout_of(real), reward_range, real.attrs.get("backend", "smax"), attacks.damage_threshold(real))
+    real_stats = MatrixStats(*args)
+    real_stats.add(real_matrix)
+    return real_stats, MatrixStats(*args)
 
 
 def synthetic_report(real_stats, syn_stats):
@@ -342,8 +253,8 @@ def synthetic_report(real_stats, syn_stats):
 
 
 def format_report(report):
-    """The report of `diffusion.fit_and_sample` as printed: D_real and D_syn side by side, λ in the paper's
-    units, the verdict."""
+    """A report (`synthetic_report`, with eaq.py's training entries and the copy test where present) as printed:
+    D_real and D_syn side by side, λ in the paper's units, the copy test, the verdict."""
     rows = [("episodes", "{:d}"), ("ended_share", "{:.3f}"), ("length_mean", "{:.1f}"),
             ("length_std", "{:.1f}"), ("length_min", "{:d}"), ("length_max", "{:d}"),
             ("legal_before_repair", "{:.3f}"), ("return_mean", "{:.2f}"), ("return_std", "{:.2f}"),
@@ -357,10 +268,14 @@ def format_report(report):
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
                      f"{fmt.format(report['synthetic'][key]):>10s}")
     lines.append(f"action-histogram TV distance (D_real vs D_syn): {report['action_tv_distance']:.3f}")
-    lam = report["lam_units"]
-    lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
-                 f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "
-                 f"with Q̄ in data units: λ_data = {lam['q_in_data_units']:g}")
+    if "lam" in report:
+        lam = report["lam_units"]
+        lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
+                     f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "
+                     f"with Q̄ in data units: λ_data = {lam['q_in_data_units']:g}")
+    for k, result in report.get("copy", {}).items():
+        lines.append(f"copy test, D_real noised to k = {k}: actions {result['action_accuracy']:.3f}, "
+                     f"legal-action rows {result['legal_accuracy']:.3f}")
     lines.append(fidelity_line(report))
     return "\n".join(lines)
 
@@ -370,3 +285,129 @@ def fidelity_line(report):
     misses = report["fidelity_misses"]
     return ("D_syn meets the fidelity bar" if not misses
             else "D_syn MISSES the fidelity bar: " + "; ".join(misses))
+
+
+# ---------------------------------------------------------------------------
+# From a trained model: its samples and the copy test
+# ---------------------------------------------------------------------------
+def action_and_legal(matrix, layout, valid):
+    """Each valid agent-step's (action rows, legal-action rows), (n, N, A) each, of a matrix (E, F, T) in data
+    units; valid (E, T)."""
+    rows = data.agent_rows(matrix, layout)[valid]                                  # (n, N, O + 2A)
+    O, A = layout.obs_dim, layout.n_actions
+    return rows[..., O:O + A], rows[..., O + A:]
+
+
+@torch.no_grad()
+def copy_test(ema, normalizer, real, horizons, ks=(1, 50), batch_size=256, seed=0):
+    """D_real's episodes noised to each step k (Eq. 5's tau_k) and read back by the network: {str(k):
+    {"action_accuracy": share of valid agent-steps whose action-row argmax is the action taken,
+    "legal_accuracy": share of legal-action entries on the right side of 0.5}}. Each episode is cut to its
+    window (`horizons`, (E,)), as in training; `ema` is a diffusion.Diffusion, `normalizer` its data's.
+    A step above the model's K is read at K."""
+    layout, device, ks = data.layout_of(real), ema.abar.device, sorted({min(k, ema.K) for k in ks})
+    tau0, valid, _, matrix = diffusion.prepare(real, normalizer)                     # (E, F, T), (E, T)
+    g = torch.Generator().manual_seed(seed)
+    right = {k: np.zeros(4) for k in ks}             # right actions, agent-steps, right legal entries, entries
+    for h in np.unique(horizons):
+        members = np.flatnonzero(horizons == h)
+        for start in range(0, len(members), batch_size):
+            index = members[start:start + batch_size]
+            x0, v = tau0[index, :, :h], valid[index, :h].numpy()                     # (b, F, h), (b, h)
+            act, legal = action_and_legal(matrix[index, :, :h], layout, v)
+            for k in ks:
+                steps = torch.full((len(index),), k, dtype=torch.long)
+                tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g))
+                pred = ema.predict_tau0(tau_k.to(device), steps.to(device)).cpu().numpy()
+                pred_act, pred_legal = action_and_legal(normalizer.unnormalize(pred), layout, v)
+                right[k] += [(pred_act.argmax(-1) == act.argmax(-1)).sum(), act.shape[0] * act.shape[1],
+                             ((pred_legal > 0.5) == (legal > 0.5)).sum(), legal.size]
+    return {str(k): {"action_accuracy": r[0] / r[1], "legal_accuracy": r[2] / r[3]} for k, r in right.items()}
+
+
+def sampled_report(model, real, real_matrix, windows, ddim_steps, batch_size=256, generator=None, on_batch=None,
+                   progress=True):
+    """D_real beside len(windows) episodes sampled from a trained model (diffusion.Model) with these windows
+    (n,): `synthetic_report`; each decoded batch (Episodes) also goes to `on_batch` (eaq.py writes D_syn)."""
+    r = data.layout_of(real).reward
+    reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
+    real_stats, syn_stats = stats_pair(real, real_matrix, reward_range)
+    for matrix in diffusion.sample_batches(model.ema, model.normalizer, windows, real_matrix.shape[-1],
+                                           real_matrix.shape[1], ddim_steps or None, batch_size, generator, progress):
+        episodes = syn_stats.add(matrix)
+        if on_batch:
+            on_batch(episodes)
+    return synthetic_report(real_stats, syn_stats)
+
+
+# Measured on the matrix before decoding; a D_syn file keeps them as attributes (decoding repairs both).
+UNDECODED = ("legal_before_repair", "ended_share")
+
+
+def file_report(real, synthetic_path):
+    """D_real (Episodes) beside a D_syn file, read a chunk at a time: `synthetic_report`."""
+    real_matrix = data.episodes_to_matrix(real)
+    r = data.layout_of(real).reward
+    real_stats, syn_stats = stats_pair(real, real_matrix, (float(real_matrix[:, r].min()),
+                                                           float(real_matrix[:, r].max())))
+    for chunk in data.dataset_chunks(synthetic_path):
+        if data.layout_of(chunk) != data.layout_of(real):
+            raise artifacts.InputError(f"{synthetic_path} has another layout than D_real ({data.layout_of(chunk)}); "
+                                       f"pass the D_real it was generated from")
+        syn_stats.add(data.episodes_to_matrix(chunk))
+    report = synthetic_report(real_stats, syn_stats)
+    attrs = data.read_attrs(synthetic_path)
+    report["synthetic"].update({key: attrs.get(key, float("nan")) for key in UNDECODED})
+    report["fidelity_misses"] = fidelity_misses(report)
+    return report
+
+
+def checkpoint_report(path, real, synthetic=None, n_episodes=1000, ddim_steps=20, ks=(1, 50), seed=0,
+                      progress=True):
+    """The model in checkpoint `path` (trained on D_real, Episodes) judged: its D_syn file `synthetic`, or else
+    `n_episodes` sampled from it with D_real's windows, beside D_real, and its copy test at steps `ks`."""
+    model = diffusion.load_checkpoint(path)
+    if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
+        raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")
+    horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real.rewards.shape[1])
+    if synthetic:
+        report = file_report(real, synthetic)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        windows = diffusion.synthetic_windows(horizons, n_episodes, generator)
+        report = sampled_report(model, real, diffusion.prepare(real, model.normalizer)[3], windows, ddim_steps,
+                                generator=generator, progress=progress)
+    report["copy"] = copy_test(model.ema, model.normalizer, real, horizons, ks, seed=seed)
+    report["fidelity_misses"] = fidelity_misses(report)
+    return {**report, "model_steps": model.step, "train_cpu_seconds": model.train_cpu_seconds}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="The fidelity suite: D_syn beside D_real, and a model's copy test.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--real", required=True, help="D_real: the HDF5 dataset the model was trained on")
+    p.add_argument("--synthetic", help="a D_syn file (eaq.py's synthetic.h5)")
+    p.add_argument("--checkpoint", help="a model.pt (eaq.py's): its copy test, and without --synthetic its samples")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes sampled from --checkpoint")
+    p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps of that sampling; 0 = DDPM, all K")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 50], help="the copy test's diffusion steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the copy test's noise")
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args(argv)
+    with artifacts.parser_errors(p):
+        if not (args.synthetic or args.checkpoint):
+            raise artifacts.InputError("give --synthetic S.h5, --checkpoint model.pt, or both")
+        artifacts.require_flags(at_least_one={"--episodes": args.episodes, "--k": min(args.k)},
+                                seeds={"--seed": args.seed})
+    with artifacts.one_line_errors():
+        real = data.load_dataset(args.real)
+        report = (checkpoint_report(args.checkpoint, real, args.synthetic, args.episodes, args.ddim_steps,
+                                    tuple(args.k), args.seed) if args.checkpoint
+                  else file_report(real, args.synthetic))
+        if args.json:
+            artifacts.write_json(args.json, report)
+    print(format_report(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -71,8 +71,8 @@ def build_parser():
                         "ogmarl.py; evaluate SMAC data with --backend smac); its map and quality come from the file")
     p.add_argument("--out", default="runs", help="root folder of every cached stage")
     g = p.add_argument_group("diffusion model (eaq.py; its defaults)")
-    artifacts.add_config_flags(g, eaq.DiffusionConfig, ("lam", "scale", "steps", "ddim_steps", "dim", "bucket_width",
-                                                        "device"), rename=DIFFUSION_FLAGS)
+    artifacts.add_config_flags(g, eaq.DiffusionConfig, ("lam", "scale", "steps", "ddim_steps", "network", "dim",
+                                                        "bucket_width", "device"), rename=DIFFUSION_FLAGS)
     g.add_argument("--diffusion-seed", type=int, default=None,
                    help="seed of the diffusion model and D_syn; None = --seed; one fixed value lets learner "
                         "seeds share one D_syn")
@@ -143,7 +143,8 @@ def eaq_dir(args):
     """runs/eaq/<D_real>-lam..-k..-dim..-b..-ddim..-S..-s..-<hash of D_real and the whole DiffusionConfig>."""
     stem, config = real_dataset_stem(args), diffusion_config(args)
     key = short_hash({"dataset": stem, **dataclasses.asdict(config)})
-    return os.path.join(args.out, "eaq", f"{stem}-lam{config.lam:g}-k{config.steps}-dim{config.dim}"
+    network = "" if config.network == "flat" else f"-{config.network}"
+    return os.path.join(args.out, "eaq", f"{stem}-lam{config.lam:g}-k{config.steps}{network}-dim{config.dim}"
                                          f"-b{config.bucket_width}-ddim{config.ddim_steps}-S{config.scale}"
                                          f"-s{config.seed}-{key}")
 
@@ -206,7 +207,8 @@ def summary_lines(results):
         real, syn = results["augmentation_report"]["real"], results["augmentation_report"]["synthetic"]
         lines.append(f"D_syn: {syn['episodes']} episodes, return {syn['return_mean']:.2f} ± {syn['return_std']:.2f}, "
                      f"wins {syn['win_share']:.1%} (D_real {real['win_share']:.1%}), by its Q_tot row "
-                     f"{syn['q0_win_share']:.1%}, mean Q̄ {syn['q_bar_mean']:.2f}")
+                     f"{syn['q0_win_share']:.1%}, mean Q̄ {syn['q_bar_mean']:.2f}; copy test at k = 1: "
+                     f"{results['augmentation_report']['copy']['1']['action_accuracy']:.3f}")
         lines.append(fidelity.fidelity_line(results["augmentation_report"]))
     lines.append(f"{results['algo'].upper()} + {results['aug']} on {results['training_episodes']} episodes: "
                  f"return {final['return_mean']:.2f} ± {final['return_std']:.2f}, normalised "

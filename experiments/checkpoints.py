@@ -20,7 +20,7 @@ from torch.nn.utils import parameters_to_vector
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
-import eaq  # noqa: E402
+import diffusion  # noqa: E402
 from experiments import departures  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main(argv=None):
     p.add_argument("label", nargs="?", default="", help="what the pair is, printed first")
     args = p.parse_args(argv)
     with artifacts.one_line_errors():
-        d = distance(*(eaq.load_checkpoint(path, departures.any_build) for path in (args.a, args.b)))
+        d = distance(*(diffusion.load_checkpoint(path, departures.any_build) for path in (args.a, args.b)))
     print(f"{args.label + ': ' if args.label else ''}steps {d['steps'][0]} vs {d['steps'][1]}; "
           f"max |Δ weight| {d['weights']:.3e} (largest |weight| {d['largest']:.2f}); "
           f"max |Δ EMA weight| {d['ema']:.3e}")

@@ -7,11 +7,11 @@
 In the simulator an enemy loses health only when an agent shoots it and
 never gains any back (SMAX). For each file, over every step whose next
 observation lies inside the episode and every enemy some agent sees at
-both steps (`fidelity.damage_counts`): the share of attacks on an enemy after
+both steps (`attacks.damage_counts`): the share of attacks on an enemy after
 which it has lost health, the share of health drops that follow an attack
 on that enemy ("with a shooter"; D_real: 1), and the share of steps on
 which an enemy gains health (D_real: 0). A drop counts when it exceeds half
-the smallest drop D_real shows (`fidelity.damage_threshold`). Then the reward
+the smallest drop D_real shows (`attacks.damage_threshold`). Then the reward
 row against that damage, over the steps on which every enemy is seen at
 both steps: the share whose reward lies within half a shot's reward of
 what SMAX pays for the health lost (D_real: 1), and the mean reward minus
@@ -39,17 +39,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
+import attacks  # noqa: E402
 import data  # noqa: E402
-import fidelity  # noqa: E402
 
 
 def file_shares(path, threshold):
-    """(episodes, `fidelity.damage_shares`) of one dataset file, read chunk by chunk."""
+    """(episodes, `attacks.damage_shares`) of one dataset file, read chunk by chunk."""
     totals, episodes = collections.Counter(), 0
     for chunk in data.dataset_chunks(path):
         episodes += chunk.n_episodes
-        totals.update(fidelity.damage_counts(chunk, threshold))
-    return episodes, fidelity.damage_shares(totals)
+        totals.update(attacks.damage_counts(chunk, threshold))
+    return episodes, attacks.damage_shares(totals)
 
 
 def projections(real, ranks):
@@ -92,7 +92,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     with artifacts.one_line_errors():                       # a missing or malformed file: one line
         real = data.load_dataset(args.real)
-        threshold = fidelity.damage_threshold(real)
+        threshold = attacks.damage_threshold(real)
         if threshold != threshold:                          # NaN
             raise artifacts.InputError(f"{args.real}: no enemy health drop in SMAX's observation layout; "
                                        "this check needs SMAX data (backend smax)")
@@ -100,11 +100,11 @@ def main(argv=None):
         bad = [r for r in args.rank if not 1 <= r <= real_width]
         if bad:
             p.error(f"--rank {bad[0]}: must be between 1 and the matrix's {real_width} rows")
-        lines = [table_line("D_real", real.n_episodes, fidelity.damage_shares(fidelity.damage_counts(real, threshold)))]
+        lines = [table_line("D_real", real.n_episodes, attacks.damage_shares(attacks.damage_counts(real, threshold)))]
         for rank, episodes, kept in projections(real, args.rank):
             lines.append(table_line(f"D_real, top {rank} of {real_width} directions per step ({kept:.1%} of "
                                     f"the variance)", real.n_episodes,
-                                    fidelity.damage_shares(fidelity.damage_counts(episodes, threshold))))
+                                    attacks.damage_shares(attacks.damage_counts(episodes, threshold))))
         for i, entry in enumerate(args.synthetic):
             label, _, path = entry.rpartition("=")
             lines.append(table_line(label or f"D_syn {i + 1}", *file_shares(path, threshold)))

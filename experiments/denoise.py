@@ -40,15 +40,13 @@ BINS = (-np.inf, 0.1, 0.5, 0.9, np.inf)
 
 def action_and_avail(matrix, layout, lengths):
     """Eq. 4 matrix (E, F, T) in data units -> each valid agent-step's (action rows, avail rows), (n, N, A)."""
-    per_agent = data.agent_rows(matrix, layout)[data.valid_steps(lengths, matrix.shape[-1])]   # (n, N, O + 2A)
-    O, A = layout.obs_dim, layout.n_actions
-    return per_agent[..., O:O + A], per_agent[..., O + A:]
+    return fidelity.action_and_legal(matrix, layout, data.valid_steps(lengths, matrix.shape[-1]))
 
 
 def prepare_real(model, real):
     """D_real as the model sees it: (tau0 normalised (E, F, T) tensor, the matrix in data units, each episode's
     window (E,))."""
-    tau0, _, _, real_matrix = eaq.prepare(real, model.normalizer)
+    tau0, _, _, real_matrix = diffusion.prepare(real, model.normalizer)
     horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], int(tau0.shape[-1]))
     return tau0, real_matrix, horizons
 
@@ -120,7 +118,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(artifacts.torch_threads())
     try:
-        model = eaq.load_checkpoint(args.model, departures.any_build)
+        model = diffusion.load_checkpoint(args.model, departures.any_build)
         real = data.load_dataset(model.config["dataset"])
     except artifacts.InputError as err:
         p.error(str(err))

@@ -60,6 +60,8 @@ class DepartureConfig(eaq.DiffusionConfig):
 
 def check_config(config):
     eaq.check_config(config)
+    if config.network != "flat":
+        raise artifacts.InputError(f"the departures change the flat U-Net; use --network flat, not {config.network}")
     artifacts.require_flags(finite={"--global-row-weight": config.global_row_weight})
     if config.global_row_weight <= 0:
         raise artifacts.InputError(f"--global-row-weight must be > 0 (1 = Eq. 5's plain squared error), "
@@ -149,12 +151,12 @@ def build(model_config, moments=None):
 
 def any_build(model_config):
     """The build of a checkpoint's config: this script's for a departure's model, eaq.py's for the paper's."""
-    return build(model_config) if "x0_skip" in model_config else eaq.build(model_config)
+    return build(model_config) if "x0_skip" in model_config else diffusion.build(model_config)
 
 
 def row_moments(dataset):
     """D_real's rows' mean and variance (F,) each, in the normalised units the model sees (valid steps only)."""
-    tau0, valid, _, _ = eaq.prepare(data.load_dataset(dataset))
+    tau0, valid, _, _ = diffusion.prepare(data.load_dataset(dataset))
     probe = DepartureDiffusion(unet.TemporalUNet(tau0.shape[1], 8, (1,)), 1)
     probe.set_row_moments(tau0, valid)
     return probe.row_mean, probe.row_var

@@ -38,9 +38,9 @@ def main():
     args = p.parse_args()
     eaq.use_diffusion_threads()
     episodes = data.load_dataset(args.dataset)
-    tau0, valid, normalizer, _ = eaq.prepare(episodes)
+    tau0, valid, normalizer, _ = D.prepare(episodes)
     config = {"n_features": tau0.shape[1], "dim": args.dim, "dim_mults": args.dim_mults, "K": args.K}
-    net, ema = eaq.build(config)
+    net, ema = D.build(config)
     opt = torch.optim.Adam(net.parameters(), lr=defaults.lr)
     q_row = data.layout_of(episodes).q_tot
     F_, T = tau0.shape[1:]

@@ -34,7 +34,7 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = p.parse_args()
     eaq.use_diffusion_threads()
-    real, model = data.load_dataset(args.dataset), eaq.load_checkpoint(args.model, departures.any_build)
+    real, model = data.load_dataset(args.dataset), diffusion.load_checkpoint(args.model, departures.any_build)
     layout, T = data.layout_of(real), model.config["horizon"]
     generator = torch.Generator().manual_seed(args.seed)
     horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], T)

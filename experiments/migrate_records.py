@@ -24,14 +24,18 @@ from experiments.report import read_record  # noqa: E402
 # Settings a record may hold that train.py has no flag for: the values its defaults (and the records) have.
 FIXED = {"behaviour": "policies", "data_seed": 0, "dataset": None, "global_row_weight": 1.0, "head_width": 0,
          "x0_skip": False, "batch_size": 32, "lr": 3e-4, "gamma": 0.99, "target_every": 200, "alpha": 3.0,
-         "cql_samples": 20, "tau": 0.4}
-FLAGS = ("scenario", "quality", "algo", "aug", "fraction", "lam", "scale", "diffusion_steps", "ddim_steps", "dim",
+         "cql_samples": 20, "tau": 0.4, "mixing": "attention"}
+# What records made before a setting existed ran with (every record before the agent-factored U-Net: the flat one).
+BEFORE = {"network": "flat", "mixing": "attention"}
+FLAGS = ("scenario", "quality", "algo", "aug", "fraction", "lam", "scale", "diffusion_steps", "ddim_steps", "network",
+         "dim",
          "bucket_width", "device", "diffusion_seed", "iters", "grad_clip", "eval_every", "eval_episodes", "backend",
          "seed", "bcq_execution")
 
 
 def train_flags(config, out="runs"):
     """The train.py flags of a record's configuration; an InputError naming what train.py cannot express."""
+    config = {**BEFORE, **config}
     other = {key: config[key] for key, value in FIXED.items() if key in config and config[key] != value}
     if other:
         raise artifacts.InputError(f"a setting train.py has no flag for: {other}")

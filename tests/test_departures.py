@@ -74,11 +74,11 @@ def test_the_head_width_reaches_the_model_and_its_checkpoint_loads_back(tiny_3m,
     assert report["head_width"] == 32
     weights = torch.load(tmp_path / "wide" / "model.pt", weights_only=True)["model"]
     assert weights["model.out.1.weight"].shape[1] == 32                  # the 1x1 convolution reads 32 channels
-    model = eaq.load_checkpoint(str(tmp_path / "wide" / "model.pt"), departures.any_build)
+    model = D.load_checkpoint(str(tmp_path / "wide" / "model.pt"), departures.any_build)
     assert model.ema.model.out[1].weight.shape[1] == 32
     eaq.fit_and_sample(eaq.DiffusionConfig(steps=5, batch_size=8, K=50, dim=16, dim_mults=(1, 2), scale=1),
                        tiny_3m[0], str(tmp_path / "plain"), progress=False)
-    plain = eaq.load_checkpoint(str(tmp_path / "plain" / "model.pt"), departures.any_build)   # the paper's model
+    plain = D.load_checkpoint(str(tmp_path / "plain" / "model.pt"), departures.any_build)   # the paper's model
     assert type(plain.ema) is D.Diffusion and plain.ema.model.out[1].weight.shape[1] == 16
 
 
@@ -149,15 +149,15 @@ def test_row_moments_count_only_valid_steps():
 def test_the_skip_reaches_training_and_its_moments_travel_in_the_checkpoint(tiny_3m, tmp_path):
     report = fit(tiny_3m[0], tmp_path / "skip", steps=5, x0_skip=True)
     assert report["x0_skip"]
-    model = eaq.load_checkpoint(str(tmp_path / "skip" / "model.pt"), departures.any_build)
+    model = D.load_checkpoint(str(tmp_path / "skip" / "model.pt"), departures.any_build)
     real = data.load_dataset(tiny_3m[0])
-    tau0, valid, _, _ = eaq.prepare(real, model.normalizer)
+    tau0, valid, _, _ = D.prepare(real, model.normalizer)
     expected = (tau0 * valid[:, None]).sum(dim=(0, 2)) / valid.sum()
     torch.testing.assert_close(model.ema.row_mean, expected)               # D_real's, not the zeros it started with
     assert model.config["x0_skip"] and expected.abs().max() > 0.1
     report = fit(tiny_3m[0], tmp_path / "skip", steps=10, resume=True, x0_skip=True)
     assert report["trained_steps"] == 5
-    resumed = eaq.load_checkpoint(str(tmp_path / "skip" / "model.pt"), departures.any_build)
+    resumed = D.load_checkpoint(str(tmp_path / "skip" / "model.pt"), departures.any_build)
     torch.testing.assert_close(resumed.diffusion.row_mean, expected)        # the moments survive the resume
 
 

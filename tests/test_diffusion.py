@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import diffusion as D
-import eaq
 import unet
 
 
@@ -72,6 +71,53 @@ def test_unet_keeps_the_shape_for_any_T(T):
     assert out.shape == (3, 11, T)
 
 
+@pytest.mark.parametrize("mixing", unet.MIXINGS)
+@pytest.mark.parametrize("T", [7, 16])
+def test_agent_unet_keeps_the_shape_for_any_T(T, mixing):
+    net = unet.AgentUNet(n_agents=3, agent_width=6, n_global=3, dim=16, dim_mults=(1, 2, 4), mixing=mixing)
+    assert net(torch.randn(2, 21, T), torch.tensor([1, 50])).shape == (2, 21, T)
+
+
+@pytest.mark.parametrize("mixing, crosses", [("none", False), ("mean", True), ("attention", True)])
+def test_agents_see_each_other_only_through_the_mixing(mixing, crosses):
+    """With no mixing, agent 0's rows depend on its own rows and the global rows only; with mixing, on agent 1's."""
+    torch.manual_seed(0)
+    net = unet.AgentUNet(n_agents=3, agent_width=6, n_global=3, dim=16, dim_mults=(1, 2), mixing=mixing).eval()
+    x, k = torch.randn(2, 21, 8), torch.tensor([3, 30])
+    other, glob = x.clone(), x.clone()
+    other[:, 6:12] += 1.0                                       # agent 1's rows
+    glob[:, 18:] += 1.0                                         # reward, Q_tot, done
+    with torch.no_grad():
+        base, moved, moved_glob = net(x, k), net(other, k), net(glob, k)
+    assert torch.allclose(base[:, :6], moved[:, :6], atol=1e-6) != crosses
+    assert not torch.allclose(base[:, :6], moved_glob[:, :6], atol=1e-6)   # the global rows reach every agent
+    assert not torch.allclose(base[:, 18:], moved[:, 18:], atol=1e-6)     # and every agent reaches them
+
+
+def test_agents_share_one_trunk_told_apart_by_their_id():
+    """Two agents with the same rows get different outputs (their ids) from the same weights."""
+    torch.manual_seed(0)
+    net = unet.AgentUNet(n_agents=2, agent_width=5, n_global=3, dim=8, dim_mults=(1,), mixing="none")
+    x = torch.randn(1, 13, 4)
+    x[:, 5:10] = x[:, :5]
+    with torch.no_grad():
+        out = net(x, torch.tensor([10]))
+    assert not torch.allclose(out[:, :5], out[:, 5:10])
+    assert net.inp.in_channels == 5 + 2 + 3                     # its rows, the one-hot id, the global rows
+
+
+def test_build_makes_the_network_the_config_names():
+    layout = {"n_agents": 2, "obs_dim": 3, "n_actions": 4}
+    config = {"n_features": 2 * 11 + 3, "dim": 8, "dim_mults": [1, 2], "K": 10, "layout": layout,
+              "mixing": "attention"}
+    flat, _ = D.build({**config, "network": "flat"})
+    agents, ema = D.build({**config, "network": "agents"})
+    assert isinstance(flat.model, unet.TemporalUNet) and isinstance(agents.model, unet.AgentUNet)
+    assert agents.model.agent_width == 11 and agents.model.n_global == 3
+    x = torch.randn(2, 25, 6)
+    assert agents.f_theta(x, torch.tensor([1, 2])).shape == ema.f_theta(x, torch.tensor([1, 2])).shape == (2, 25, 6)
+
+
 def test_q_sample_follows_the_schedule():
     diff = D.Diffusion(unet.TemporalUNet(4, 8, (1,)), K=10)
     tau0, noise = torch.ones(2, 4, 5), torch.full((2, 4, 5), 2.0)
@@ -110,7 +156,7 @@ def test_minibatches_come_from_one_bucket_cut_to_its_window():
     spy = ShapeSpy()
     diff = D.Diffusion(spy, K=10)
     diff.abar.fill_(1.0)                                        # tau_k = tau0: the spy sees the episodes
-    ema = eaq.build({"n_features": 2, "dim": 8, "dim_mults": [1], "K": 10})[1]
+    ema = D.build({"network": "flat", "n_features": 2, "dim": 8, "dim_mults": [1], "K": 10})[1]
     D.train(diff, ema, torch.optim.SGD(diff.parameters(), lr=0.0), tau0, torch.ones(E, T, dtype=torch.bool),
             1, 0.0, 600, horizons, batch_size=3, progress=False)
     windows = [w for w, _ in spy.seen]
@@ -121,7 +167,7 @@ def test_minibatches_come_from_one_bucket_cut_to_its_window():
 
 
 def test_hinge_active_steps_are_counted():
-    diff, ema = eaq.build({"n_features": 3, "dim": 8, "dim_mults": [1], "K": 10})
+    diff, ema = D.build({"network": "flat", "n_features": 3, "dim": 8, "dim_mults": [1], "K": 10})
     tau0 = torch.zeros(4, 3, 5)
     tau0[:, 1] = torch.linspace(-1, 1, 4)[:, None]              # episodes' Q̄ differ: someone is below the max
     valid = torch.ones(4, 5, dtype=torch.bool)
@@ -160,7 +206,7 @@ def test_samplers_return_exactly_what_an_oracle_predicts(sampler):
 
 def test_nan_loss_stops_training():
     diff = D.Diffusion(unet.TemporalUNet(5, 8, (1,)), K=10)
-    ema = eaq.build({"n_features": 5, "dim": 8, "dim_mults": [1], "K": 10})[1]
+    ema = D.build({"network": "flat", "n_features": 5, "dim": 8, "dim_mults": [1], "K": 10})[1]
     tau0 = torch.zeros(4, 5, 6)
     tau0[0, 0, 0] = float("nan")
     opt = torch.optim.Adam(diff.parameters())

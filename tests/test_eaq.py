@@ -55,7 +55,7 @@ def test_report_gives_lambda_in_the_papers_units_and_the_hinge_share(trained):
 
 def test_sampling_uses_the_ema_weights(trained, tiny_3m):
     out, _ = trained
-    model = eaq.load_checkpoint(str(out / "model.pt"))
+    model = D.load_checkpoint(str(out / "model.pt"))
     real = data.load_dataset(tiny_3m[0])
     T, n_features = model.config["horizon"], model.config["n_features"]
     horizons = D.episode_horizons(real.lengths, model.config["bucket_width"], T)
@@ -86,8 +86,8 @@ def test_the_q_hinge_raises_the_generated_q_bar(tiny_3m, tmp_path):
 
 def test_checkpoint_reload_gives_identical_samples(trained):
     out, _ = trained
-    model = eaq.load_checkpoint(str(out / "model.pt"))
-    again = eaq.load_checkpoint(str(out / "model.pt"))
+    model = D.load_checkpoint(str(out / "model.pt"))
+    again = D.load_checkpoint(str(out / "model.pt"))
     F_, T = model.config["n_features"], model.config["horizon"]
 
     def sample(m):
@@ -161,12 +161,12 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
                 "config": {}}, ckpt)
     with pytest.raises(artifacts.InputError, match=r"model.pt: not a readable EAQ checkpoint \(refused: loading "
                                                     r"it would call io.open; "):
-        eaq.load_checkpoint(str(ckpt))
+        D.load_checkpoint(str(ckpt))
     assert not target.exists()
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(artifacts.InputError, match=r"model.pt: not a readable EAQ checkpoint \(refused: not a torch "
                                                     r"file of tensors and plain values\); delete it"):
-        eaq.load_checkpoint(str(ckpt))
+        D.load_checkpoint(str(ckpt))
 
 
 def test_bad_flags_fail_with_a_message(tiny_3m, tmp_path, capsys):
@@ -202,6 +202,6 @@ def test_a_truncated_checkpoint_is_refused_in_the_projects_own_words(trained, tm
     cut = tmp_path / "model.pt"
     cut.write_bytes((out / "model.pt").read_bytes()[:200])
     with pytest.raises(artifacts.InputError) as refused:
-        eaq.load_checkpoint(str(cut))
+        D.load_checkpoint(str(cut))
     assert str(refused.value) == (f"{cut}: not a readable EAQ checkpoint (refused: a damaged or truncated torch file); "
                                   f"delete it to train again")

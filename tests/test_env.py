@@ -175,6 +175,26 @@ def test_smax_observation_layout_is_read_from_its_size():
         assert (own_bits.sum(-1) == 1).all(), "every living agent's own unit-type bits are one-hot"
 
 
+def test_smax_legal_actions_by_hand_and_on_recorded_play():
+    """SMAX's rule read off observations: by hand on 3m's layout, then every legal mask of a 2s3z rollout."""
+    obs = np.zeros((3, 75), np.float32)                 # 3m: enemy blocks at 26, 39, 52; own type bits 69..74
+    obs[:, 69] = 1.0                                    # every agent alive, a marine (range 5 / sight 9)
+    obs[0, 26 + 7], obs[0, 27:29] = 1.0, [0.5, 0.2]     # agent 0 sees enemy 0 at |(dx, dy)| 0.54 < 5/9: in range
+    obs[0, 39 + 7], obs[0, 40:42] = 1.0, [0.5, 0.4]     # and enemy 1 at 0.64 > 5/9: seen, out of range
+    obs[1, 27:29] = [0.1, 0.1]                          # an offset without a type bit: not seen
+    obs[2, 69] = 0.0                                    # agent 2 is dead (its own block is zeros)
+    legal = envlib.smax_legal_actions(obs, 3)
+    np.testing.assert_array_equal(legal, [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0],
+                                          [0, 0, 0, 0, 1, 0, 0, 0]])
+    env = envlib.make_env("2s3z", n_envs=8, seed=0)     # two unit types, two ranges
+    obs, avail = env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        np.testing.assert_array_equal(envlib.smax_legal_actions(obs, 5), avail)
+        actions = np.array([[rng.choice(np.flatnonzero(a)) for a in env_avail] for env_avail in avail])
+        obs, avail = env.step(actions)[:2]
+
+
 def test_a_restored_stream_state_replays_the_same_episodes():
     env = envlib.make_env("3m", n_envs=4, seed=0)
     first, _ = env.reset()

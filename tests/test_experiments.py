@@ -14,6 +14,7 @@ import torch
 import bcq
 import data
 import datasets
+import diffusion
 import eaq
 import env as envlib
 import train
@@ -118,7 +119,7 @@ def test_checkpoints_bench_measures_the_largest_weight_difference(tiny_models, c
     same = bench("checkpoints").main([tiny_models["plain"], tiny_models["plain"], "itself"])
     assert same["weights"] == same["ema"] == 0.0 and same["steps"] == (5, 5)
     assert capsys.readouterr().out.startswith("itself: steps 5 vs 5; max |Δ weight| 0.000e+00")
-    plain, skip = (eaq.load_checkpoint(tiny_models[name], departures.any_build) for name in ("plain", "skip"))
+    plain, skip = (diffusion.load_checkpoint(tiny_models[name], departures.any_build) for name in ("plain", "skip"))
     apart = bench("checkpoints").main([tiny_models["plain"], tiny_models["skip"]])
 
     def by_hand(net_a, net_b):            # tensor by tensor, not through one flattened vector
@@ -232,3 +233,21 @@ def test_a_heuristic_dataset_is_written_in_the_schema_and_says_who_made_it(tmp_p
     episodes = data.load_dataset(str(tmp_path / "h.h5"), scenario="3m", quality="poor")
     assert episodes.n_episodes == 12 and attrs["epsilon"] == heuristic_data.heuristic_epsilon("3m", "poor") == 0.5
     assert episodes.attrs["behaviour"] == heuristic_data.HEURISTIC and not episodes.attrs["synthetic"]
+
+
+def test_legal_rows_read_off_the_observation_leave_real_data_as_it_is(tiny_3m, tiny_models, tmp_path, capsys):
+    legal_rows = bench("legal_rows")
+    real = data.load_dataset(tiny_3m[0])
+    matrix = data.episodes_to_matrix(real)
+    np.testing.assert_array_equal(legal_rows.legal_rows_from_obs(matrix, data.layout_of(real)), matrix)
+    blanked = matrix.copy()
+    blanked[:, data.layout_of(real).avail(0)] = 0.0           # agent 0's legal rows lost: the rule restores them
+    np.testing.assert_array_equal(legal_rows.legal_rows_from_obs(blanked, data.layout_of(real)), matrix)
+    legal_rows.main(["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--episodes", "6",
+                     "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out
+    reports = json.load(open(tmp_path / "r.json"))
+    assert reports["from_observation"]["synthetic"]["episodes"] == reports["generated"]["synthetic"]["episodes"] == 6
+    assert reports["from_observation"]["synthetic"]["length_mean"] == reports["generated"]["synthetic"]["length_mean"]
+    assert printed.splitlines()[0].split() == ["D_real", "generated", "from", "obs"]
+    assert "generated: D_syn" in printed and "from_observation: D_syn" in printed

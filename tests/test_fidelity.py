@@ -1,10 +1,15 @@
 """fidelity.py: a dataset's behaviour statistics, the attack -> damage checks, and D_syn's report and bar."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+import torch
 
+import attacks
 import data
+import diffusion
+import eaq
 import fidelity
 
 
@@ -37,22 +42,22 @@ def damage_episode(backend="smax"):
 
 def test_attack_damage_counts_by_hand():
     ep = damage_episode()
-    assert fidelity.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
-    counts = fidelity.damage_counts(ep, 0.1)
+    assert attacks.damage_threshold(ep) == pytest.approx(0.1)                  # half the smallest drop, 0.2
+    counts = attacks.damage_counts(ep, 0.1)
     assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1,
                       "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0,     # enemy 2 is never seen
                       "some_seen": 2, "reward_short": 2}     # both steps show enemy 0's 0.2 drop, rewards say 0
-    assert fidelity.damage_shares(counts) == pytest.approx(
+    assert attacks.damage_shares(counts) == pytest.approx(
         {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3,
          "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan"),
          "reward_below_damage": 1.0}, nan_ok=True)
     paid = dataclasses.replace(ep, rewards=np.array([[0.0, 10 * 0.2 / 3 - 0.3, 0.0]], np.float32))
-    assert fidelity.damage_counts(paid, 0.1)["reward_short"] == 1     # 2/3 short is past half a shot (1/3); 0.3 not
-    assert fidelity.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
+    assert attacks.damage_counts(paid, 0.1)["reward_short"] == 1     # 2/3 short is past half a shot (1/3); 0.3 not
+    assert attacks.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
     smac = damage_episode("smac")                                           # no SMAX layout: no numbers
-    assert fidelity.enemy_health(smac) is None and np.isnan(fidelity.damage_threshold(smac))
-    assert set(fidelity.damage_counts(smac, 0.1).values()) == {0}
-    assert all(np.isnan(v) for v in fidelity.damage_shares(fidelity.damage_counts(smac, 0.1)).values())
+    assert attacks.enemy_health(smac) is None and np.isnan(attacks.damage_threshold(smac))
+    assert set(attacks.damage_counts(smac, 0.1).values()) == {0}
+    assert all(np.isnan(v) for v in attacks.damage_shares(attacks.damage_counts(smac, 0.1)).values())
 
 
 def test_reward_against_the_damage_the_observations_show_by_hand():
@@ -67,37 +72,38 @@ def test_reward_against_the_damage_the_observations_show_by_hand():
     rewards = np.array([[10 * 0.2 / 3, 2.0, 15.0]], np.float32)
     ep = data.Episodes(obs, np.ones((1, 4, 3, 8), bool), np.full((1, 3, 3), 4), rewards,
                        np.array([[False, False, True]]), np.array([3], np.int32), attrs={"backend": "smax"})
-    counts = fidelity.damage_counts(ep, 0.1)
+    counts = attacks.damage_counts(ep, 0.1)
     assert (counts["all_seen"], counts["reward_agrees"]) == (2, 1)   # 2.0 - 4/3 is past half a shot's 1/3
     assert (counts["some_seen"], counts["reward_short"]) == (2, 0)   # overpaid is not short
     assert counts["reward_excess"] == pytest.approx(2.0 - 10 * 0.4 / 3, abs=1e-5)
-    shares = fidelity.damage_shares(counts)
+    shares = attacks.damage_shares(counts)
     assert shares["reward_matches_damage"] == 0.5
     assert shares["reward_minus_damage"] == pytest.approx((2.0 - 10 * 0.4 / 3) / 2, abs=1e-5)
 
 
 def test_in_real_data_every_health_drop_follows_an_attack_on_that_enemy(tiny_3m):
     real = data.load_dataset(tiny_3m[0])
-    threshold = fidelity.damage_threshold(real)
+    threshold = attacks.damage_threshold(real)
     assert threshold == pytest.approx(0.1)                  # a marine's shot: 9 of a marine's 45 health, halved
-    shares = fidelity.damage_shares(fidelity.damage_counts(real, threshold))
+    shares = attacks.damage_shares(attacks.damage_counts(real, threshold))
     assert shares["damage_with_shooter"] == 1.0 and shares["health_gain_share"] == 0.0
     assert 0.6 < shares["attacks_that_damage"] < 1.0       # the misses: weapons cooling down
     assert shares["reward_matches_damage"] == 1.0 and abs(shares["reward_minus_damage"]) < 1e-5
     assert shares["reward_below_damage"] == 0.0
-    counts = fidelity.damage_counts(real, threshold)
+    counts = attacks.damage_counts(real, threshold)
     assert counts["some_seen"] > counts["all_seen"] > 0       # partly seen steps are judged too
     late_rewards = np.roll(real.rewards, 1, axis=1)         # every reward a step late
-    late_shares = fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, rewards=late_rewards), threshold))
+    late_shares = attacks.damage_shares(attacks.damage_counts(dataclasses.replace(real, rewards=late_rewards),
+                                                              threshold))
     assert late_shares["reward_matches_damage"] < 0.8 and late_shares["reward_below_damage"] > 0.1
     retargeted = real.actions.copy()                        # every attack moved to the next enemy
     attack = retargeted >= 5
     retargeted[attack] = 5 + (retargeted[attack] - 4) % 3
-    moved = fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, actions=retargeted), threshold))
+    moved = attacks.damage_shares(attacks.damage_counts(dataclasses.replace(real, actions=retargeted), threshold))
     assert moved["damage_with_shooter"] < 0.5
     late = real.actions.copy()                              # every action a step late
     late[:, 1:], late[:, 0] = real.actions[:, :-1], 4
-    assert fidelity.damage_shares(fidelity.damage_counts(dataclasses.replace(real, actions=late), threshold))[
+    assert attacks.damage_shares(attacks.damage_counts(dataclasses.replace(real, actions=late), threshold))[
         "damage_with_shooter"] < 0.9
 
 
@@ -111,9 +117,9 @@ def real_matrix(path):
 
 def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
-    threshold = fidelity.damage_threshold(real)
-    whole, parts = fidelity.MatrixStats(layout, reward_range, "smax", threshold), fidelity.MatrixStats(layout, reward_range,
-                                                                                         "smax", threshold)
+    threshold = attacks.damage_threshold(real)
+    whole, parts = (fidelity.MatrixStats(layout, reward_range, "smax", threshold),
+                    fidelity.MatrixStats(layout, reward_range, "smax", threshold))
     whole.add(matrix)
     for chunk in np.array_split(matrix, 3):
         parts.add(chunk)
@@ -132,7 +138,7 @@ def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     assert a["reward_matches_damage"] == 1.0 and abs(a["reward_minus_damage"]) < 1e-4
     assert a["reward_below_damage"] == 0.0
     assert a["attacks_that_damage"] == pytest.approx(
-        fidelity.damage_shares(fidelity.damage_counts(real, threshold))["attacks_that_damage"])
+        attacks.damage_shares(attacks.damage_counts(real, threshold))["attacks_that_damage"])
 
 
 def test_wins_are_counted_from_the_reward_row_and_from_q_tot_at_step_0_apart(tiny_3m):
@@ -153,7 +159,7 @@ def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
     real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
 
     def report_of(syn_matrix):
-        threshold = fidelity.damage_threshold(real)
+        threshold = attacks.damage_threshold(real)
         real_stats, syn_stats = (fidelity.MatrixStats(layout, reward_range, "smax", threshold),
                                  fidelity.MatrixStats(layout, reward_range, "smax", threshold))
         real_stats.add(matrix), syn_stats.add(syn_matrix)
@@ -187,7 +193,7 @@ def test_the_fidelity_verdict_sees_a_synthetic_set_without_attacks(tiny_3m):
 
 def test_the_report_prints_the_damage_check_and_the_lambda_in_the_papers_units(tiny_3m):
     real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
-    stats = fidelity.MatrixStats(layout, reward_range, "smax", fidelity.damage_threshold(real))
+    stats = fidelity.MatrixStats(layout, reward_range, "smax", attacks.damage_threshold(real))
     stats.add(matrix)
     report = {"real": stats.summary(), "synthetic": stats.summary(), "action_tv_distance": 0.0, "lam": 0.1,
               "lam_units": {"sum_over_matrix": 2760.0, "q_in_data_units": 0.01}, "hinge_active_share": 0.5}
@@ -198,3 +204,106 @@ def test_the_report_prints_the_damage_check_and_the_lambda_in_the_papers_units(t
     assert f"{'reward_below_damage':22s}{'0.000':>10s}{'0.000':>10s}" in printed
     assert "hinge active on 50.0% of training steps; as Eq. 5 summed over F x T: λ_sum = 2760" in printed
     assert printed.endswith("D_syn meets the fidelity bar")
+
+
+class Unscale(torch.nn.Module):
+    """A 'network' that undoes the signal's scaling of tau_k: tau_k / sqrt(abar_k), tau0 up to the noise."""
+
+    def __init__(self, abar):
+        super().__init__()
+        self.register_buffer("abar", abar)
+
+    def forward(self, tau_k, k):
+        return tau_k / self.abar[k - 1].sqrt()[:, None, None]
+
+
+class Zero(torch.nn.Module):
+    def forward(self, tau_k, k):
+        return torch.zeros_like(tau_k)
+
+
+def test_the_copy_test_by_hand(tiny_3m):
+    real = data.load_dataset(tiny_3m[0])
+    layout, matrix = data.layout_of(real), data.episodes_to_matrix(real)
+    normalizer = data.Normalizer.fit(matrix)
+    horizons = diffusion.episode_horizons(real.lengths, 8, matrix.shape[-1])
+    schedule = diffusion.Diffusion(Zero(), K=1000)
+    copier = diffusion.Diffusion(Unscale(schedule.abar), K=1000)
+    copied = fidelity.copy_test(copier, normalizer, real, horizons, ks=(1, 1000))
+    assert copied["1"] == {"action_accuracy": 1.0, "legal_accuracy": 1.0}
+    assert copied["1000"]["action_accuracy"] < 0.9                       # pure noise, blown up: no copy
+    # the zero network answers every row's midpoint: the lowest action an agent ever took, rows at 0.5 illegal
+    blank = fidelity.copy_test(schedule, normalizer, real, horizons, ks=(1,))["1"]
+    valid = data.valid_steps(real.lengths, matrix.shape[-1])
+    lowest = np.array([real.actions[..., n][valid].min() for n in range(layout.n_agents)])
+    assert blank["action_accuracy"] == pytest.approx(float((real.actions[valid] == lowest).mean()))
+    mid = normalizer.unnormalize(np.zeros_like(matrix[:1]))[0, :, 0]         # (F,) each row's answer
+    legal_rows = np.concatenate([np.arange(layout.avail(n).start, layout.avail(n).stop)
+                                 for n in range(layout.n_agents)])
+    truth = real.avail[:, :matrix.shape[-1]][valid]                          # (n, N, A)
+    assert blank["legal_accuracy"] == pytest.approx(
+        float(((mid[legal_rows] > 0.5).reshape(layout.n_agents, -1)[None] == truth).mean()))
+
+
+def test_the_bar_holds_health_gains_wins_and_the_copy_test(tiny_3m):
+    real, layout, matrix, reward_range = real_matrix(tiny_3m[0])
+    real_stats, syn_stats = fidelity.stats_pair(real, matrix, reward_range)
+    syn_stats.add(matrix)
+    report = fidelity.synthetic_report(real_stats, syn_stats)
+    assert report["fidelity_misses"] == [] and report["real"]["win_share"] > 0
+
+    def misses(**synthetic):
+        changed = {**report, "synthetic": {**report["synthetic"], **synthetic}}
+        return fidelity.fidelity_misses(changed)
+    assert misses(health_gain_share=0.02) == ["health gained 0.020 > 0.01"]
+    assert misses(health_gain_share=0.01) == []
+    low = 0.69 * report["real"]["win_share"]
+    assert [m for m in misses(win_share=low) if m.startswith("win share")] and misses(
+        win_share=0.71 * report["real"]["win_share"]) == []
+    copied = {**report, "copy": {"1": {"action_accuracy": 0.985, "legal_accuracy": 1.0}}}
+    assert fidelity.fidelity_misses(copied) == ["copy test at k = 1 0.985 < 0.99"]
+    copied["copy"]["1"]["action_accuracy"] = 0.995
+    assert fidelity.fidelity_misses(copied) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_3m, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fidelity-model")
+    config = eaq.DiffusionConfig(steps=30, batch_size=8, K=50, dim=16, dim_mults=(1, 2), scale=1,
+                                 network="agents")
+    return out, eaq.fit_and_sample(config, tiny_3m[0], str(out), progress=False)
+
+
+def test_the_command_reads_a_synthetic_file_as_eaq_reported_it(tiny_3m, tiny_model, tmp_path, capsys):
+    out, streamed = tiny_model
+    assert set(streamed["copy"]) == {"1", "50"}
+    assert any(m.startswith("copy test at k = 1") for m in streamed["fidelity_misses"])   # 30 steps cannot copy
+    fidelity.main(["--real", tiny_3m[0], "--synthetic", str(out / "synthetic.h5"), "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out
+    assert "D_syn MISSES the fidelity bar" in printed and "copy test" not in printed
+    read = json.load(open(tmp_path / "r.json"))
+    for key in ("attack_share", "damage_with_shooter", "length_mean", "legal_before_repair", "ended_share",
+                "win_share", "focus_fire_share"):
+        assert read["synthetic"][key] == pytest.approx(streamed["synthetic"][key], nan_ok=True), key
+    assert read["action_tv_distance"] == pytest.approx(streamed["action_tv_distance"])
+
+
+def test_the_command_samples_a_checkpoint_and_runs_its_copy_test(tiny_3m, tiny_model, tmp_path, capsys):
+    out, streamed = tiny_model
+    fidelity.main(["--real", tiny_3m[0], "--checkpoint", str(out / "model.pt"), "--episodes", "10",
+                   "--k", "1", "7", "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out
+    read = json.load(open(tmp_path / "r.json"))
+    assert read["synthetic"]["episodes"] == 10 and set(read["copy"]) == {"1", "7"}
+    assert f"copy test, D_real noised to k = 1: actions {read['copy']['1']['action_accuracy']:.3f}" in printed
+    assert read["copy"]["1"] == pytest.approx(streamed["copy"]["1"])        # the same network, noise and episodes
+
+
+def test_the_command_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
+    for argv, message in ((["--real", tiny_3m[0]], "give --synthetic S.h5, --checkpoint model.pt, or both"),
+                          (["--real", tiny_3m[0], "--synthetic", str(tmp_path / "none.h5")], "none.h5"),
+                          (["--real", tiny_3m[0], "--checkpoint", str(tmp_path / "none.pt")], "none.pt")):
+        with pytest.raises(SystemExit):
+            fidelity.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert message in err.splitlines()[-1] and "Traceback" not in err, err

@@ -1,0 +1,152 @@
+"""The fidelity–cost frontier: how faithful a generator is after 10, 30, 90 CPU-minutes of training (docs/fidelity.md).
+
+    python experiments/frontier.py --dataset runs/datasets/3m-poor-...-s0.h5 --network agents --dim 64 \
+        --budgets 10 30 90 --out runs/frontier
+
+trains one setting of the diffusion model (eaq.py's flags) on one thread,
+a chunk of steps at a time, and whenever its training CPU time passes the
+next budget, copies its checkpoint aside and judges it with the fidelity
+suite (`fidelity.checkpoint_report`: 1 000 episodes sampled with DDIM-20,
+and the copy test at k = 1 and k = 50). Judging is not counted in the
+budget. Each judgement is appended to a record,
+experiments/records-frontier/<dataset>-<setting>.json, as it comes, and the
+run resumes from its last checkpoint (`--resume`). `--table` writes the
+table and plot of every record (docs/fidelity-frontier.md, docs/figures/).
+
+Training is Eq. 5 as eaq.py runs it: chunking changes nothing, because a
+minibatch, its k and its noise depend only on (seed, step).
+"""
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import artifacts  # noqa: E402
+import data  # noqa: E402
+import diffusion  # noqa: E402
+import eaq  # noqa: E402
+import fidelity  # noqa: E402
+
+RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records-frontier")
+CHUNK = 100           # training steps between two looks at the CPU clock
+# the numbers of a judgement the table shows, with the bar each is held to (fidelity.FIDELITY_BAR)
+COLUMNS = (("copy k=1", lambda r: r["copy"]["1"]["action_accuracy"]),
+           ("copy k=50", lambda r: r["copy"]["50"]["action_accuracy"]),
+           ("legal rows k=1", lambda r: r["copy"]["1"]["legal_accuracy"]),
+           ("damage w/ shooter", lambda r: r["synthetic"]["damage_with_shooter"]),
+           ("health gained", lambda r: r["synthetic"]["health_gain_share"]),
+           ("legal", lambda r: r["synthetic"]["legal_before_repair"]),
+           ("attack share", lambda r: r["synthetic"]["attack_share"]),
+           ("action TV", lambda r: r["action_tv_distance"]),
+           ("dones", lambda r: r["synthetic"]["ended_share"]),
+           ("wins", lambda r: r["synthetic"]["win_share"]))
+
+
+def setting_name(config):
+    """A run's label: its network, width and (agent-factored) mixing."""
+    mixing = f"-{config.mixing}" if config.network == "agents" else ""
+    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}-s{config.seed}"
+
+
+def record_path(dataset, config):
+    return os.path.join(RECORDS, f"{os.path.basename(dataset).split('-pol')[0]}-{setting_name(config)}.json")
+
+
+def run(config, dataset, out, budgets, episodes, resume):
+    """Train `config` on `dataset` up to each CPU-minute budget in turn, judging the model at each."""
+    real = data.load_dataset(dataset)
+    artifacts.prepare_output_dir(out)
+    eaq.use_diffusion_threads()
+    ckpt = os.path.join(out, "model.pt")
+    model = eaq.prepare_model(config, real, dataset, ckpt, resume)
+    tau0, valid, model.normalizer, _ = diffusion.prepare(real, model.normalizer)
+    model.config["horizon"] = int(tau0.shape[-1])
+    horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])
+    q_row = data.layout_of(real).q_tot
+    path = record_path(dataset, config)
+    record = (json.load(open(path)) if resume and os.path.exists(path)
+              else {"dataset": os.path.basename(dataset), "setting": setting_name(config),
+                    "config": dataclasses.asdict(config), "judgements": []})
+    done = {j["budget_minutes"] for j in record["judgements"]}
+    for budget in budgets:
+        if budget in done:
+            continue
+        while model.train_cpu_seconds < 60 * budget:
+            step_config = dataclasses.replace(config, steps=model.step + CHUNK)
+            eaq.fit(model, step_config, tau0, valid, horizons, q_row, ckpt, checkpoint_every=CHUNK, progress=False)
+        judged = os.path.join(out, f"model-{budget}min.pt")
+        shutil.copyfile(ckpt, judged)
+        clock = artifacts.Clock()
+        report = fidelity.checkpoint_report(judged, real, n_episodes=episodes, progress=False)
+        report.update(budget_minutes=budget, judge_cpu_seconds=clock.cpu(),
+                      parameters=sum(p.numel() for p in model.diffusion.parameters()))
+        record["judgements"].append(report)
+        artifacts.write_json(path, record)
+        print(f"{setting_name(config)} at {budget} CPU-min ({model.step} steps): "
+              + ", ".join(f"{name} {get(report):.3f}" for name, get in COLUMNS), flush=True)
+    return record
+
+
+def table(records):
+    """The markdown table of every judgement of `records` (one row each)."""
+    lines = ["| dataset | setting | CPU-min | steps | parameters | " + " | ".join(n for n, _ in COLUMNS)
+             + " | misses |",
+             "|---" * (len(COLUMNS) + 6) + "|"]
+    for record in records:
+        for j in record["judgements"]:
+            cells = [f"{get(j):.3f}" for _, get in COLUMNS]
+            lines.append(f"| {record['dataset'].split('-pol')[0]} | {record['setting']} | {j['budget_minutes']} | "
+                         f"{j['model_steps']} | {j['parameters']:,} | " + " | ".join(cells)
+                         + f" | {len(j['fidelity_misses'])} |")
+    return "\n".join(lines)
+
+
+def plot(records, path):
+    """Copy accuracy at k = 1 and damage with a shooter against training CPU-minutes, one line per setting."""
+    plt = artifacts.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for record in records:
+        minutes = [j["train_cpu_seconds"] / 60 for j in record["judgements"]]
+        label = f"{record['dataset'].split('-pol')[0]} {record['setting']}"
+        for ax, (name, get) in zip(axes, (COLUMNS[0], COLUMNS[3])):
+            ax.plot(minutes, [get(j) for j in record["judgements"]], marker="o", label=label)
+            ax.set(xlabel="training CPU-minutes (one thread)", ylabel=name, xscale="log")
+    for ax, bar in zip(axes, (fidelity.FIDELITY_BAR["copy_k1"], fidelity.FIDELITY_BAR["damage_with_shooter"])):
+        ax.axhline(bar, color="k", linestyle=":", linewidth=1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = eaq.build_parser()
+    p.description = __doc__.splitlines()[0]
+    for action in p._actions:                 # eaq.py's flags; --dataset and --out are only needed to train
+        if action.dest in ("dataset", "out"):
+            action.required = False
+    p.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 90], help="training CPU-minutes to judge at")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes sampled at each judgement")
+    p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
+    args = p.parse_args(argv)
+    if args.table:
+        records = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(RECORDS, "*.json")))]
+        print(table(records))
+        plot(records, os.path.join("docs", "figures", "fidelity-frontier.png"))
+        return
+    config = artifacts.config_from_args(eaq.DiffusionConfig, args)
+    with artifacts.parser_errors(p):
+        eaq.check_config(config)
+        if not (args.dataset and args.out):
+            raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
+    with artifacts.one_line_errors():
+        run(config, args.dataset, os.path.join(args.out, setting_name(config)), sorted(args.budgets),
+            args.episodes, args.resume)
+
+
+if __name__ == "__main__":
+    main()
