@@ -10,18 +10,26 @@ suite (`fidelity.checkpoint_report`: 1 000 episodes sampled with DDIM-20,
 and the copy test at k = 1 and k = 50). Judging is not counted in the
 budget. Each judgement is appended to a record,
 experiments/records-frontier/<dataset>-<setting>.json, as it comes, and the
-run resumes from its last checkpoint (`--resume`). `--table` writes the
-table and plot of every record (docs/fidelity-frontier.md, docs/figures/).
+run resumes from its last checkpoint (`--resume`). `--table` prints the
+table of every record (docs/fidelity.md) and draws the plot beside them
+(copy test and damage with a shooter against training CPU-minutes).
 
 Training is Eq. 5 as eaq.py runs it: chunking changes nothing, because a
-minibatch, its k and its noise depend only on (seed, step).
+minibatch, its k and its noise depend only on (seed, step). One lever of
+the optimiser is tried here and not in eaq.py (its default is Adam at a
+constant rate, no clipping): `--decay-steps S` lowers the learning rate
+along a cosine from `--lr` at step `--warmup` to 0 at step S (linearly up
+from 0 before `--warmup`), and `--clip C` clips the gradient's norm at C.
 """
 import dataclasses
 import glob
 import json
 import os
 import shutil
+import math
 import sys
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
@@ -45,31 +53,73 @@ COLUMNS = (("copy k=1", lambda r: r["copy"]["1"]["action_accuracy"]),
            ("wins", lambda r: r["synthetic"]["win_share"]))
 
 
-def setting_name(config):
-    """A run's label: its network, width and (agent-factored) mixing."""
+class ScheduledAdam(torch.optim.Adam):
+    """Adam whose learning rate follows a warm-up and a cosine decay by its own step count, with the gradient's
+    norm clipped at `clip` (0: none) before each step."""
+
+    def __init__(self, params, lr, warmup=0, decay_steps=0, clip=0.0):
+        super().__init__(params, lr=lr)
+        self.peak, self.warmup, self.decay_steps, self.clip = lr, warmup, decay_steps, clip
+
+    def rate(self, step):
+        """The learning rate of training step `step` (0-based)."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if not self.decay_steps:
+            return self.peak
+        progress = min(1.0, (step - self.warmup) / max(1, self.decay_steps - self.warmup))
+        return 0.5 * self.peak * (1.0 + math.cos(math.pi * progress))
+
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        done = int(self.state[params[0]]["step"]) if self.state.get(params[0]) else 0
+        for group in self.param_groups:
+            group["lr"] = self.rate(done)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        return super().step(closure)
+
+
+def setting_name(config, schedule=(0, 0, 0.0)):
+    """A run's label: its network, width, (agent-factored) mixing, learning rate and its schedule."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
-    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}-s{config.seed}"
+    warmup, decay_steps, clip = schedule
+    extra = "".join(f"-{name}{value:g}" for name, value in (("warm", warmup), ("cos", decay_steps), ("clip", clip))
+                    if value)
+    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}"
 
 
-def record_path(dataset, config):
-    return os.path.join(RECORDS, f"{os.path.basename(dataset).split('-pol')[0]}-{setting_name(config)}.json")
+def dataset_label(dataset):
+    """A dataset file's map and quality: runs/datasets/3m-poor-polc453ae-...-s0.h5 -> 3m-poor."""
+    return os.path.splitext(os.path.basename(dataset))[0].split("-pol")[0]
 
 
-def run(config, dataset, out, budgets, episodes, resume):
-    """Train `config` on `dataset` up to each CPU-minute budget in turn, judging the model at each."""
+def record_path(records, dataset, name):
+    os.makedirs(records, exist_ok=True)
+    return os.path.join(records, f"{dataset_label(dataset)}-{name}.json")
+
+
+def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS):
+    """Train `config` on `dataset` up to each CPU-minute budget in turn, judging the model at each;
+    `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam."""
     real = data.load_dataset(dataset)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
     model = eaq.prepare_model(config, real, dataset, ckpt, resume)
+    if any(schedule):
+        state = model.optimizer.state_dict()
+        model.optimizer = ScheduledAdam(model.diffusion.parameters(), config.lr, *schedule)
+        model.optimizer.load_state_dict(state)
     tau0, valid, model.normalizer, _ = diffusion.prepare(real, model.normalizer)
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])
     q_row = data.layout_of(real).q_tot
-    path = record_path(dataset, config)
+    name = setting_name(config, schedule)
+    path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
-              else {"dataset": os.path.basename(dataset), "setting": setting_name(config),
-                    "config": dataclasses.asdict(config), "judgements": []})
+              else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
+                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
         if budget in done:
@@ -85,7 +135,7 @@ def run(config, dataset, out, budgets, episodes, resume):
                       parameters=sum(p.numel() for p in model.diffusion.parameters()))
         record["judgements"].append(report)
         artifacts.write_json(path, record)
-        print(f"{setting_name(config)} at {budget} CPU-min ({model.step} steps): "
+        print(f"{name} at {budget} CPU-min ({model.step} steps): "
               + ", ".join(f"{name} {get(report):.3f}" for name, get in COLUMNS), flush=True)
     return record
 
@@ -98,7 +148,7 @@ def table(records):
     for record in records:
         for j in record["judgements"]:
             cells = [f"{get(j):.3f}" for _, get in COLUMNS]
-            lines.append(f"| {record['dataset'].split('-pol')[0]} | {record['setting']} | {j['budget_minutes']} | "
+            lines.append(f"| {dataset_label(record['dataset'])} | {record['setting']} | {j['budget_minutes']} | "
                          f"{j['model_steps']} | {j['parameters']:,} | " + " | ".join(cells)
                          + f" | {len(j['fidelity_misses'])} |")
     return "\n".join(lines)
@@ -110,7 +160,7 @@ def plot(records, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for record in records:
         minutes = [j["train_cpu_seconds"] / 60 for j in record["judgements"]]
-        label = f"{record['dataset'].split('-pol')[0]} {record['setting']}"
+        label = f"{dataset_label(record['dataset'])} {record['setting']}"
         for ax, (name, get) in zip(axes, (COLUMNS[0], COLUMNS[3])):
             ax.plot(minutes, [get(j) for j in record["judgements"]], marker="o", label=label)
             ax.set(xlabel="training CPU-minutes (one thread)", ylabel=name, xscale="log")
@@ -131,12 +181,16 @@ def main(argv=None):
             action.required = False
     p.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 90], help="training CPU-minutes to judge at")
     p.add_argument("--episodes", type=int, default=1000, help="episodes sampled at each judgement")
+    p.add_argument("--warmup", type=int, default=0, help="learning-rate warm-up steps (0: none, as eaq.py)")
+    p.add_argument("--decay-steps", type=int, default=0, help="cosine decay of the rate to 0 at this step (0: none)")
+    p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm at this (0: none, as eaq.py)")
+    p.add_argument("--records", default=RECORDS, help="the folder of the records")
     p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
     args = p.parse_args(argv)
     if args.table:
-        records = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(RECORDS, "*.json")))]
+        records = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.records, "*.json")))]
         print(table(records))
-        plot(records, os.path.join("docs", "figures", "fidelity-frontier.png"))
+        plot(records, os.path.join(args.records, "frontier.png"))
         return
     config = artifacts.config_from_args(eaq.DiffusionConfig, args)
     with artifacts.parser_errors(p):
@@ -144,8 +198,9 @@ def main(argv=None):
         if not (args.dataset and args.out):
             raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
     with artifacts.one_line_errors():
-        run(config, args.dataset, os.path.join(args.out, setting_name(config)), sorted(args.budgets),
-            args.episodes, args.resume)
+        schedule = (args.warmup, args.decay_steps, args.clip)
+        run(config, args.dataset, os.path.join(args.out, setting_name(config, schedule)), sorted(args.budgets),
+            args.episodes, args.resume, schedule, args.records)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,42 @@ def test_legal_rows_read_off_the_observation_leave_real_data_as_it_is(tiny_3m, t
     assert reports["from_observation"]["synthetic"]["length_mean"] == reports["generated"]["synthetic"]["length_mean"]
     assert printed.splitlines()[0].split() == ["D_real", "generated", "from", "obs"]
     assert "generated: D_syn" in printed and "from_observation: D_syn" in printed
+
+
+def test_the_scheduled_optimiser_warms_up_decays_and_clips():
+    frontier = bench("frontier")
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = frontier.ScheduledAdam([w], 1e-3, warmup=4, decay_steps=14, clip=0.5)
+    assert [opt.rate(s) for s in (0, 3, 4, 9, 14, 20)] == pytest.approx([2.5e-4, 1e-3, 1e-3, 5e-4, 0.0, 0.0])
+    rates = []
+    for _ in range(6):
+        opt.zero_grad()
+        (w * torch.tensor([30.0, 40.0])).sum().backward()             # gradient norm 50
+        opt.step()
+        rates.append(opt.param_groups[0]["lr"])
+        assert w.grad.norm().item() == pytest.approx(0.5)              # clipped before the step
+    assert rates == pytest.approx([opt.rate(s) for s in range(6)])
+    assert frontier.setting_name(eaq.DiffusionConfig(network="agents", dim=64), (0, 8600, 1.0)) == \
+        "agents64-attention-lr0.001-cos8600-clip1-s0"
+
+
+def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp_path, capsys):
+    frontier = bench("frontier")
+    flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+             "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01", "0.02",
+             "--episodes", "4"]
+    frontier.main(flags)
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))
+    assert [j["budget_minutes"] for j in record["judgements"]] == [0.01, 0.02]
+    first, second = record["judgements"]
+    assert first["train_cpu_seconds"] >= 0.6 and second["train_cpu_seconds"] >= 1.2       # each budget reached
+    assert first["model_steps"] % 100 == 0 and first["model_steps"] <= second["model_steps"]
+    assert first["synthetic"]["episodes"] == 4 and set(first["copy"]) == {"1", "50"}
+    frontier.main(flags + ["--resume"])                                 # both budgets judged: nothing to do
+    assert len(json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))["judgements"]) == 2
+    capsys.readouterr()
+    frontier.main(["--table", "--records", str(tmp_path / "records")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| dataset | setting | CPU-min | steps |") and len(lines) == 4
+    assert "| flat16-lr0.001-s0 | 0.01 |" in lines[2]
+    assert os.path.exists(tmp_path / "records" / "frontier.png")

@@ -1,5 +1,4 @@
 """ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training."""
-import json
 import os
 import time
 
@@ -14,6 +13,7 @@ import eaq
 import fidelity
 import learner
 import ogmarl
+from experiments.peer_ogmarl import export
 
 N, O, A, S = 3, 30, 9, 48                      # SMAC's 3m: 3 agents, 30 features, 9 actions, state 48
 LENGTHS = (4, 2, 5)                             # three finished episodes
@@ -40,27 +40,8 @@ def vault_rows(rng):
 
 
 def write_vault(path, rows):
-    """A flashbax vault in OG-MARL's layout: metadata.json, zarr arrays in one OCDBT store, vault_index."""
-    import tensorstore as ts
-    os.makedirs(path)
-    base = f"file://{os.path.abspath(path)}"
-    leaves = {"observations.": rows["observations"], "actions.": rows["actions"], "rewards.": rows["rewards"],
-              "terminals.": rows["terminals"], "truncations.": rows["truncations"],
-              "infos.legals.": rows["legals"], "infos.state.": rows["state"]}
-    shapes, dtypes = {}, {}
-    for key, array in leaves.items():
-        store = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": key},
-                         "metadata": {"compressor": {"id": "gzip", "level": 5}}},
-                        shape=(1, int(10e12)) + array.shape[1:], dtype=array.dtype, create=True).result()
-        store[:, :len(array)].write(array[None]).result()
-        name = key.rstrip(".").split(".")
-        (shapes.setdefault("infos", {}) if name[0] == "infos" else shapes)[name[-1]] = str((1, 5000) + array.shape[1:])
-        (dtypes.setdefault("infos", {}) if name[0] == "infos" else dtypes)[name[-1]] = array.dtype.name
-    index = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": "vault_index"},
-                     "metadata": {}}, shape=(1,), dtype=np.int32, create=True).result()
-    index.write(np.array([len(rows["actions"])], np.int32)).result()
-    with open(os.path.join(path, "metadata.json"), "w") as f:
-        json.dump({"version": 1.2, "structure_shape": shapes, "structure_dtype": dtypes}, f)
+    """A flashbax vault in OG-MARL's layout (experiments/peer_ogmarl/export.py writes it)."""
+    export.write_vault(path, [rows])
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +178,26 @@ def test_a_vault_index_past_what_the_arrays_store_is_refused_at_once(tmp_path):
                                                     r"stores fewer; a damaged vault"):
         ogmarl.convert(path, str(tmp_path / "z.h5"), progress=False)
     assert time.time() - start < 10 and not (tmp_path / "z.h5").exists()
+
+
+def test_our_datasets_exported_to_a_vault_read_back_as_the_same_episodes(tiny_3m, tmp_path, capsys):
+    real = data.load_dataset(tiny_3m[0])
+    path = str(tmp_path / "3m.vlt" / "Medium")
+    export.main([tiny_3m[0], tiny_3m[0], "--out", path])                  # D_real twice: files follow each other
+    assert f"{2 * real.n_episodes} episodes, {2 * real.lengths.sum()} rows" in capsys.readouterr().out
+    vault = ogmarl.Vault(path)
+    bounds, unfinished = ogmarl.episode_bounds(vault)
+    assert unfinished == 0 and [b - a for a, b in bounds] == 2 * real.lengths.tolist()
+    T = real.rewards.shape[1]
+    back = ogmarl.episodes_of_rows(vault, (0, vault.rows), bounds, T, path)
+    for name in ("actions", "rewards", "dones", "lengths"):
+        np.testing.assert_array_equal(getattr(back, name), np.concatenate([getattr(real, name)] * 2), err_msg=name)
+    valid = data.valid_steps(real.lengths, T)
+    for name in ("obs", "avail"):
+        np.testing.assert_array_equal(getattr(back, name)[:, :T], np.concatenate([getattr(real, name)[:, :T] * (
+            valid[..., None, None])] * 2), err_msg=name)           # the observation after the last step is not kept
+    state = np.asarray(vault._open("infos.state.")[0, :vault.rows].read().result())
+    np.testing.assert_array_equal(state, vault.read("observations", 0, vault.rows).reshape(vault.rows, -1))
+    with pytest.raises(SystemExit):
+        export.main([tiny_3m[0], "--out", path])
+    assert "exists; pass --overwrite" in capsys.readouterr().err
