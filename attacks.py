@@ -23,9 +23,10 @@ import env as envlib
 SEEN_BIT = 0.5   # a unit's block counts as seen when its largest unit-type bit exceeds this (D_real's are 0 or 1)
 
 
-def enemy_health(episodes):
-    """(E, T+1, K): each enemy's health fraction as the agents see it (the largest over the agents
-    that see it), NaN where none does; None unless the data has SMAX's observation layout."""
+def enemy_health_views(episodes):
+    """(E, T+1, N, K): each agent's reading of each enemy's health fraction, NaN where the agent does not
+    see it; None unless the data has SMAX's observation layout. In D_real every agent that sees an enemy
+    reads the same health."""
     if episodes.attrs.get("backend", "smax") != "smax":
         return None
     n_enemies = episodes.n_actions - envlib.FIRST_ATTACK_ACTION["smax"]
@@ -35,8 +36,14 @@ def enemy_health(episodes):
     starts, width = blocks
     obs = episodes.obs                                                              # (E, T+1, N, O)
     bits = np.stack([obs[..., s + envlib.SMAX_UNIT_FEATURES:s + width].max(axis=-1) for s in starts], axis=-1)
-    health = np.where(bits > SEEN_BIT, obs[..., starts], -np.inf).max(axis=2)      # (E, T+1, K)
-    return np.where(np.isinf(health), np.nan, health)
+    return np.where(bits > SEEN_BIT, obs[..., starts], np.nan)                     # (E, T+1, N, K)
+
+
+def enemy_health(episodes):
+    """(E, T+1, K): each enemy's health fraction as the agents see it (the largest over the agents
+    that see it), NaN where none does; None unless the data has SMAX's observation layout."""
+    views = enemy_health_views(episodes)
+    return None if views is None else np.fmax.reduce(views, axis=2)
 
 
 def enemy_health_drops(episodes):
@@ -62,7 +69,8 @@ def damage_threshold(episodes):
 
 
 DAMAGE_COUNT_KEYS = ("seen", "attacked", "attacked_hit", "unattacked_hit", "gains",
-                     "all_seen", "reward_agrees", "reward_excess", "some_seen", "reward_short")
+                     "all_seen", "reward_agrees", "reward_excess", "some_seen", "reward_short",
+                     "seen_twice", "disagree")
 
 
 def damage_reward(health_lost, n_enemies):
@@ -87,8 +95,9 @@ def damage_counts(episodes, threshold):
     shot's reward, `damage_reward(threshold, K)`, of the damage the observations show), "reward_excess"
     (the sum over them of r_t minus that damage)}; and over the steps on which at least one enemy is seen at
     t and t+1, where the enemies nobody sees may have lost more: {"some_seen" (such steps), "reward_short" (r_t
-    below the reward for the damage shown by more than half a shot)}. All zero without a SMAX layout or
-    threshold."""
+    below the reward for the damage shown by more than half a shot)}; and over the valid steps t and enemies
+    k that two agents or more see: {"seen_twice", "disagree" (their readings of k's health differ by more
+    than `threshold`)}. All zero without a SMAX layout or threshold."""
     drops = enemy_health_drops(episodes)
     if drops is None or not np.isfinite(threshold):
         return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
@@ -105,7 +114,18 @@ def damage_counts(episodes, threshold):
             "gains": int((seen & (drop < -threshold)).sum()),
             "all_seen": int(all_seen.size), "reward_agrees": int((np.abs(all_seen) < per_shot).sum()),
             "reward_excess": float(all_seen.sum()),
-            "some_seen": int(some_seen.size), "reward_short": int((some_seen < -per_shot).sum())}
+            "some_seen": int(some_seen.size), "reward_short": int((some_seen < -per_shot).sum()),
+            **health_agreement(episodes, threshold)}
+
+
+def health_agreement(episodes, threshold):
+    """{"seen_twice": valid (step, enemy) pairs two agents or more see, "disagree": those whose readings of the
+    enemy's health differ by more than `threshold`} (`enemy_health_views`; SMAX layouts only)."""
+    views = enemy_health_views(episodes)[:, :-1]                                     # (E, T, N, K)
+    valid = data.valid_steps(episodes.lengths, views.shape[1])[..., None]            # (E, T, 1)
+    twice = valid & ((~np.isnan(views)).sum(axis=2) >= 2)                           # (E, T, K)
+    spread = np.fmax.reduce(views, axis=2) - np.fmin.reduce(views, axis=2)
+    return {"seen_twice": int(twice.sum()), "disagree": int((twice & (spread > threshold)).sum())}
 
 
 def damage_shares(counts):
@@ -114,9 +134,10 @@ def damage_shares(counts):
     damage_with_shooter = P(some agent attacked k | k loses health), health_gain_share = P(k gains health),
     reward_matches_damage = P(r_t within half a shot's reward of the damage shown | every enemy seen),
     reward_minus_damage = the mean of r_t minus that damage, reward_below_damage = P(r_t short of the damage
-    the seen enemies show by more than half a shot | some enemy seen); NaN where a share has no cases.
-    D_real: damage_with_shooter and reward_matches_damage 1, the other three after them 0; its attacks that
-    do not damage are weapon cooldowns."""
+    the seen enemies show by more than half a shot | some enemy seen), health_disagreement = P(the agents that
+    see an enemy read its health differently | two or more see it); NaN where a share has no cases.
+    D_real: damage_with_shooter and reward_matches_damage 1, health_gain_share, reward_minus_damage,
+    reward_below_damage and health_disagreement 0; its attacks that do not damage are weapon cooldowns."""
     def share(a, b):
         return a / b if b else float("nan")
     hits = counts["attacked_hit"] + counts["unattacked_hit"]
@@ -125,4 +146,5 @@ def damage_shares(counts):
             "health_gain_share": share(counts["gains"], counts["seen"]),
             "reward_matches_damage": share(counts["reward_agrees"], counts["all_seen"]),
             "reward_minus_damage": share(counts["reward_excess"], counts["all_seen"]),
-            "reward_below_damage": share(counts["reward_short"], counts["some_seen"])}
+            "reward_below_damage": share(counts["reward_short"], counts["some_seen"]),
+            "health_disagreement": share(counts["disagree"], counts["seen_twice"])}

@@ -17,7 +17,9 @@ with a linear beta schedule from 1e-4 to 0.02 ("the established DDPM
 hyper-parameters", §4.4), tau_k = sqrt(abar_k) tau0 + sqrt(1 - abar_k) eps.
 Sampling is ancestral DDPM from N(0, I), or DDIM (eta = 0) on a subsequence
 of the K steps. Algorithm 1's two halves are `train` and `sample_batches`;
-`eaq.py` runs them on a dataset file (checkpoints, D_syn, its report).
+`build` makes the model a checkpoint's config names (`unet.py`'s flat or
+agent-factored U-Net) and `save_checkpoint` / `load_checkpoint` keep it;
+`eaq.py` runs them on a dataset file (D_syn, its report).
 
 Units of lam: the squared error is a *mean* over the B x F x T entries (as in
 diffuser) and Qbar is read on the normalised matrix; read literally, Eq. 5's

@@ -7,8 +7,8 @@ diffusion model on it with Eq. 5 (`diffusion.train`, checkpointing
 OUT/model.pt so that `--resume` goes on exactly), samples S = `--scale`
 times as many episodes (`diffusion.sample_batches`), decodes them and
 writes them to OUT/synthetic.h5 as they come, with OUT/report.json: D_real
-and D_syn side by side (`fidelity.py`), lam in the paper's other units, and
-the time spent. `train.py` runs this stage with the same configuration
+and D_syn side by side and the model's copy test (`fidelity.py`), lam in the
+paper's other units, and the time spent. `train.py` runs this stage with the same configuration
 object (`DiffusionConfig`) and caches it under runs/eaq/.
 """
 import argparse
@@ -33,16 +33,18 @@ class DiffusionConfig:
 
     lam: float = option(0.1, "λ of Eq. 5 in our units (docs/diffusion.md; the paper tunes among 0.5, 0.1, 0.01; "
                              "0 = EAQ^{-Q})")
-    steps: int = option(9000, "training steps (paper: silent; docs/fidelity-default-budget.md)")
+    steps: int = option(4000, "training steps (paper: silent; the agent-factored width-32 U-Net's 10 CPU-minutes, "
+                              "docs/fidelity.md)")
     batch_size: int = option(32, "episodes per minibatch (paper: silent)")
     lr: float = option(1e-3, "Adam learning rate (paper: silent; docs/fidelity-default-budget.md)")
     K: int = option(1000, "diffusion steps (DDPM's 1000, §4.4)")
-    network: str = option("flat", "the U-Net: flat (the F rows are its channels) or agents (one trunk shared by "
-                                  "the agents, on each agent's rows; unet.py)", choices=("flat", "agents"))
+    network: str = option("agents", "the U-Net: agents (one trunk shared by the agents, on each agent's rows; "
+                                    "docs/fidelity.md) or flat (the paper's: the F rows are its channels; unet.py)",
+                          choices=("agents", "flat"))
     mixing: str = option("attention", "how the agent-factored U-Net's agents exchange information at each level",
                          choices=unet.MIXINGS)
-    dim: int = option(40, "U-Net base width (per agent with --network agents), a multiple of 8 (paper: silent; "
-                          "docs/diffusion.md)")
+    dim: int = option(32, "U-Net base width (per agent with --network agents), a multiple of 8 (paper: silent; "
+                          "docs/fidelity.md)")
     dim_mults: tuple = option((1, 2, 4), "width multiplier per U-Net level (each extra level halves T)")
     bucket_width: int = option(8, "length-aware windows: each episode's length rounded up to a multiple of this "
                                   "(of 2^(levels-1)); 0 = the paper's fixed window, the longest episode")

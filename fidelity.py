@@ -262,7 +262,8 @@ def format_report(report):
             ("q_consistency", "{:.3f}"), ("attack_share", "{:.3f}"),
             ("focus_fire_share", "{:.3f}"), ("all_attack_steps", "{:d}"), ("attacks_that_damage", "{:.3f}"),
             ("damage_with_shooter", "{:.3f}"), ("health_gain_share", "{:.3f}"), ("reward_matches_damage", "{:.3f}"),
-            ("reward_minus_damage", "{:+.3f}"), ("reward_below_damage", "{:.3f}")]
+            ("reward_minus_damage", "{:+.3f}"), ("reward_below_damage", "{:.3f}"),
+            ("health_disagreement", "{:.3f}")]
     lines = [f"{'':22s}{'D_real':>10s}{'D_syn':>10s}"]
     for key, fmt in rows:
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
@@ -284,7 +285,8 @@ def fidelity_line(report):
     """One line: whether D_syn meets the fidelity bar, and how it misses it."""
     misses = report["fidelity_misses"]
     return ("D_syn meets the fidelity bar" if not misses
-            else "D_syn MISSES the fidelity bar: " + "; ".join(misses))
+            else "D_syn MISSES the fidelity bar: " + "; ".join(misses) + " (the generator settings that come "
+                 "closer, and their cost: docs/fidelity.md)")
 
 
 # ---------------------------------------------------------------------------

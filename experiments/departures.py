@@ -49,7 +49,12 @@ option = artifacts.option
 
 @dataclasses.dataclass(frozen=True)
 class DepartureConfig(eaq.DiffusionConfig):
-    """eaq.DiffusionConfig and the three departures (module docstring); their defaults are the paper's model."""
+    """eaq.DiffusionConfig and the three departures (module docstring); their defaults are the paper's model,
+    on the flat U-Net they change (its width and steps as when they were tried)."""
+
+    network: str = option("flat", "the departures change the flat U-Net (unet.TemporalUNet)", choices=("flat",))
+    dim: int = option(40, "U-Net base width, a multiple of 8")
+    steps: int = option(9000, "training steps")
 
     global_row_weight: float = option(1.0, "weight of the reward, Q_tot and done rows' squared error against the "
                                            "agents' rows (1 = Eq. 5 as written)")

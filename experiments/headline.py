@@ -7,7 +7,8 @@ Runs train.py in a fresh temporary --out (nothing cached) under
 `/usr/bin/time -v`, then prints the total wall time, the peak resident
 memory of the whole run, each stage's seconds (results.json), D_syn against
 D_real (attack share, action-histogram distance, confident dones, legal
-before repair, mean length) with the fidelity verdict, and the final return.
+before repair, mean length, wins, damage with a shooter, health gained, the
+copy test) with the fidelity verdict, and the final return.
 """
 import argparse
 import json
@@ -51,11 +52,12 @@ def main():
     if report:
         real, syn = report["real"], report["synthetic"]
         for key in ("attack_share", "ended_share", "legal_before_repair", "length_mean", "return_mean",
-                    "focus_fire_share"):
+                    "focus_fire_share", "win_share", "damage_with_shooter", "health_gain_share"):
             print(f"  {key:22s} D_real {real[key]:8.3f}   D_syn {syn[key]:8.3f}")
         print(f"  action-histogram TV distance {report['action_tv_distance']:.3f}; "
               f"{report['model_steps']} diffusion steps, {report['sampler']}, mean window "
-              f"{report['mean_window']:.1f} of T = {report['horizon']}")
+              f"{report['mean_window']:.1f} of T = {report['horizon']}; copy test at k = 1: "
+              f"{report['copy']['1']['action_accuracy']:.3f}")
         print("  " + ("meets the fidelity bar" if not report["fidelity_misses"]
                       else "MISSES the fidelity bar: " + "; ".join(report["fidelity_misses"])))
     final = results["final"]

@@ -76,8 +76,8 @@ def test_the_head_width_reaches_the_model_and_its_checkpoint_loads_back(tiny_3m,
     assert weights["model.out.1.weight"].shape[1] == 32                  # the 1x1 convolution reads 32 channels
     model = D.load_checkpoint(str(tmp_path / "wide" / "model.pt"), departures.any_build)
     assert model.ema.model.out[1].weight.shape[1] == 32
-    eaq.fit_and_sample(eaq.DiffusionConfig(steps=5, batch_size=8, K=50, dim=16, dim_mults=(1, 2), scale=1),
-                       tiny_3m[0], str(tmp_path / "plain"), progress=False)
+    eaq.fit_and_sample(eaq.DiffusionConfig(steps=5, batch_size=8, K=50, dim=16, dim_mults=(1, 2), scale=1,
+                                           network="flat"), tiny_3m[0], str(tmp_path / "plain"), progress=False)
     plain = D.load_checkpoint(str(tmp_path / "plain" / "model.pt"), departures.any_build)   # the paper's model
     assert type(plain.ema) is D.Diffusion and plain.ema.model.out[1].weight.shape[1] == 16
 

@@ -84,7 +84,7 @@ def tiny_models(tiny_3m, tmp_path_factory):
         out = tmp_path_factory.mktemp(name)
         config = departures.DepartureConfig(steps=5, K=50, dim=16, dim_mults=(1, 2), scale=1, x0_skip=True)
         if run is eaq:                                             # the paper's model
-            config = eaq.DiffusionConfig(steps=5, K=50, dim=16, dim_mults=(1, 2), scale=1)
+            config = eaq.DiffusionConfig(steps=5, K=50, dim=16, dim_mults=(1, 2), scale=1, network="flat")
         run.fit_and_sample(config, tiny_3m[0], str(out), progress=False)
         paths[name] = str(out / "model.pt")
     return paths
@@ -273,7 +273,7 @@ def test_the_scheduled_optimiser_warms_up_decays_and_clips():
 def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp_path, capsys):
     frontier = bench("frontier")
     flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
-             "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01", "0.02",
+             "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01", "0.02",
              "--episodes", "4"]
     frontier.main(flags)
     record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))

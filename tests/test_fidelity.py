@@ -46,11 +46,19 @@ def test_attack_damage_counts_by_hand():
     counts = attacks.damage_counts(ep, 0.1)
     assert counts == {"seen": 3, "attacked": 1, "attacked_hit": 1, "unattacked_hit": 1, "gains": 1,
                       "all_seen": 0, "reward_agrees": 0, "reward_excess": 0.0,     # enemy 2 is never seen
-                      "some_seen": 2, "reward_short": 2}     # both steps show enemy 0's 0.2 drop, rewards say 0
+                      "some_seen": 2, "reward_short": 2,     # both steps show enemy 0's 0.2 drop, rewards say 0
+                      "seen_twice": 0, "disagree": 0}        # no enemy is seen by two agents
     assert attacks.damage_shares(counts) == pytest.approx(
         {"attacks_that_damage": 1.0, "damage_with_shooter": 0.5, "health_gain_share": 1 / 3,
          "reward_matches_damage": float("nan"), "reward_minus_damage": float("nan"),
-         "reward_below_damage": 1.0}, nan_ok=True)
+         "reward_below_damage": 1.0, "health_disagreement": float("nan")}, nan_ok=True)
+    obs = ep.obs.copy()
+    obs[0, 1, 2, 26], obs[0, 1, 2, 33] = 0.8, 1.0          # agent 2 reads enemy 0 as agent 0 does at step 1
+    obs[0, 2, 2, 26], obs[0, 2, 2, 33] = 0.3, 1.0          # and 0.3 against agent 0's 0.6 at step 2
+    obs[0, 3, 2, 26], obs[0, 3, 2, 33] = 0.9, 1.0          # after the episode's end: not judged
+    two = attacks.damage_counts(dataclasses.replace(ep, obs=obs), 0.1)
+    assert (two["seen_twice"], two["disagree"]) == (2, 1) and two["seen"] == counts["seen"]
+    assert attacks.damage_shares(two)["health_disagreement"] == 0.5
     paid = dataclasses.replace(ep, rewards=np.array([[0.0, 10 * 0.2 / 3 - 0.3, 0.0]], np.float32))
     assert attacks.damage_counts(paid, 0.1)["reward_short"] == 1     # 2/3 short is past half a shot (1/3); 0.3 not
     assert attacks.damage_counts(ep, 0.25)["attacked_hit"] == 0                # a 0.2 drop is below 0.25
@@ -136,7 +144,7 @@ def test_statistics_fed_batch_by_batch_equal_the_whole(tiny_3m):
     assert a["q0_std"] == pytest.approx(a["return_std"], rel=1e-4)
     assert (a["damage_with_shooter"], a["health_gain_share"]) == (1.0, 0.0)   # decoded from Eq. 4 as recorded
     assert a["reward_matches_damage"] == 1.0 and abs(a["reward_minus_damage"]) < 1e-4
-    assert a["reward_below_damage"] == 0.0
+    assert a["reward_below_damage"] == 0.0 and a["health_disagreement"] == 0.0   # every viewer reads the same
     assert a["attacks_that_damage"] == pytest.approx(
         attacks.damage_shares(attacks.damage_counts(real, threshold))["attacks_that_damage"])
 

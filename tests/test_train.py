@@ -85,7 +85,7 @@ def test_every_flag_that_changes_a_result_changes_its_cache_key(tmp_path, flag, 
 def test_a_stage_is_named_by_a_hash_of_its_whole_configuration(tmp_path, monkeypatch):
     args = train.parse_args(TINY + ["--out", str(tmp_path)])
     name, result = train.eaq_dir(args), train.result_dir(args)
-    assert "/3m-poor-" in name and "-lam0.1-k10-dim8-b8-ddim2-S2-s0-" in name
+    assert "/3m-poor-" in name and "-lam0.1-k10-agents-dim8-b8-ddim2-S2-s0-" in name
     config, learner_config = train.diffusion_config(args), train.learner_config(args)
     monkeypatch.setattr(train, "diffusion_config", lambda a: dataclasses.replace(config, ema_decay=0.9))  # no flag
     assert train.eaq_dir(args) != name and train.result_dir(args) != result      # the EAQ run's data changed too
