@@ -39,17 +39,19 @@ def enemy_health_views(episodes):
     return np.where(bits > SEEN_BIT, obs[..., starts], np.nan)                     # (E, T+1, N, K)
 
 
-def enemy_health(episodes):
+def enemy_health(episodes, views=None):
     """(E, T+1, K): each enemy's health fraction as the agents see it (the largest over the agents
-    that see it), NaN where none does; None unless the data has SMAX's observation layout."""
-    views = enemy_health_views(episodes)
+    that see it), NaN where none does; None unless the data has SMAX's observation layout. `views`:
+    `enemy_health_views(episodes)`, when the caller has it already."""
+    views = enemy_health_views(episodes) if views is None else views
     return None if views is None else np.fmax.reduce(views, axis=2)
 
 
-def enemy_health_drops(episodes):
+def enemy_health_drops(episodes, views=None):
     """(drop (E, T, K): each enemy's health at t minus at t+1, seen (E, T, K): t+1 lies inside the
-    episode and some agent sees the enemy at t and at t+1), or None without SMAX's layout."""
-    health = enemy_health(episodes)                                                  # (E, T+1, K)
+    episode and some agent sees the enemy at t and at t+1), or None without SMAX's layout; `views` as in
+    `enemy_health`."""
+    health = enemy_health(episodes, views)                                           # (E, T+1, K)
     if health is None:
         return None
     drop = health[:, :-1] - health[:, 1:]                                            # (E, T, K)
@@ -98,9 +100,10 @@ def damage_counts(episodes, threshold):
     below the reward for the damage shown by more than half a shot)}; and over the valid steps t and enemies
     k that two agents or more see: {"seen_twice", "disagree" (their readings of k's health differ by more
     than `threshold`)}. All zero without a SMAX layout or threshold."""
-    drops = enemy_health_drops(episodes)
-    if drops is None or not np.isfinite(threshold):
+    views = enemy_health_views(episodes)                                             # (E, T+1, N, K)
+    if views is None or not np.isfinite(threshold):
         return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
+    drops = enemy_health_drops(episodes, views)
     drop, seen = drops
     first = envlib.FIRST_ATTACK_ACTION["smax"]
     attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
@@ -115,14 +118,14 @@ def damage_counts(episodes, threshold):
             "all_seen": int(all_seen.size), "reward_agrees": int((np.abs(all_seen) < per_shot).sum()),
             "reward_excess": float(all_seen.sum()),
             "some_seen": int(some_seen.size), "reward_short": int((some_seen < -per_shot).sum()),
-            **health_agreement(episodes, threshold)}
+            **health_agreement(views, episodes.lengths, threshold)}
 
 
-def health_agreement(episodes, threshold):
+def health_agreement(views, lengths, threshold):
     """{"seen_twice": valid (step, enemy) pairs two agents or more see, "disagree": those whose readings of the
-    enemy's health differ by more than `threshold`} (`enemy_health_views`; SMAX layouts only)."""
-    views = enemy_health_views(episodes)[:, :-1]                                     # (E, T, N, K)
-    valid = data.valid_steps(episodes.lengths, views.shape[1])[..., None]            # (E, T, 1)
+    enemy's health differ by more than `threshold`}, from `enemy_health_views` (E, T+1, N, K) and lengths (E,)."""
+    views = views[:, :-1]                                                            # (E, T, N, K)
+    valid = data.valid_steps(lengths, views.shape[1])[..., None]                     # (E, T, 1)
     twice = valid & ((~np.isnan(views)).sum(axis=2) >= 2)                           # (E, T, K)
     spread = np.fmax.reduce(views, axis=2) - np.fmin.reduce(views, axis=2)
     return {"seen_twice": int(twice.sum()), "disagree": int((twice & (spread > threshold)).sum())}
