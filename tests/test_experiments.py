@@ -290,3 +290,26 @@ def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp
     assert lines[0].startswith("| dataset | setting | CPU-min | steps |") and len(lines) == 4
     assert "| flat16-lr0.001-s0 | 0.01 |" in lines[2]
     assert os.path.exists(tmp_path / "records" / "frontier.png")
+
+
+def test_the_value_test_trains_one_learner_on_d_syn_alone_and_on_d_real_alone(tmp_path, monkeypatch):
+    value_test = bench("value_test")
+    monkeypatch.setattr(value_test, "RECORDS", str(tmp_path / "records"))
+    flags = ["--scenario", "3m", "--quality", "poor", "--fraction", "0.0005", "--iters", "4", "--diffusion-steps", "4",
+             "--dim", "8", "--ddim-steps", "2", "--scale", "2", "--eval-every", "2", "--eval-episodes", "4",
+             "--out", str(tmp_path / "runs")]
+    value_test.main(flags)
+    (path,) = [os.path.join(tmp_path / "records", f) for f in os.listdir(tmp_path / "records")]
+    record = json.load(open(path))
+    n_real = data.load_dataset(str(tmp_path / "runs" / "datasets" / record["dataset"])).n_episodes
+    assert record["real_alone"]["episodes"] == n_real and record["syn_alone"]["episodes"] == 2 * n_real
+    real, syn = record["real_alone"]["return_mean"], record["syn_alone"]["return_mean"]
+    assert record["ratio"] == (syn / real if real > 0 else None)
+    assert record["verdict"] == value_test.verdict(record["ratio"])
+
+
+def test_the_value_test_verdict_holds_d_syn_to_nine_tenths_of_d_real():
+    value_test = bench("value_test")
+    assert value_test.value_ratio(9.0, 10.0) == 0.9 and value_test.verdict(0.9) == "meets"
+    assert value_test.verdict(value_test.value_ratio(8.9, 10.0)).startswith("misses")
+    assert value_test.value_ratio(3.0, 0.0) is None and value_test.verdict(None).startswith("undefined")

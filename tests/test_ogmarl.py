@@ -1,7 +1,10 @@
-"""ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training."""
+"""ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training; the
+OG-MARL peer's export (our datasets as a vault) and its driver (experiments/peer_ogmarl/run.py, with a fake system)."""
 import os
+import shutil
 import time
 
+import h5py
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ import fidelity
 import learner
 import ogmarl
 from experiments.peer_ogmarl import export
+from experiments.peer_ogmarl import run as peer_run
 
 N, O, A, S = 3, 30, 9, 48                      # SMAC's 3m: 3 agents, 30 features, 9 actions, state 48
 LENGTHS = (4, 2, 5)                             # three finished episodes
@@ -201,3 +205,109 @@ def test_our_datasets_exported_to_a_vault_read_back_as_the_same_episodes(tiny_3m
     with pytest.raises(SystemExit):
         export.main([tiny_3m[0], "--out", path])
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+class FakeSystem:
+    """Their system's interface as run.py uses it: agents, reset(), rnn_states, select_actions, train_step.
+    Its action for an agent is (steps this game has seen + the first observation entry) mod its legal count."""
+
+    def __init__(self, n_agents):
+        self.agents = [f"agent_{i}" for i in range(n_agents)]
+        self.training_step_ctr, self.trained = 0, []
+
+    def reset(self):
+        self.rnn_states = {a: 0 for a in self.agents}
+
+    def select_actions(self, observations, legal_actions):
+        actions = {}
+        for a in self.agents:
+            legal = np.flatnonzero(legal_actions[a])
+            actions[a] = legal[(self.rnn_states[a] + int(observations[a][0])) % len(legal)]
+            self.rnn_states[a] += 1
+        return actions
+
+    def train_step(self, experience):
+        self.trained.append((self.training_step_ctr, experience))
+        return {"loss": 0.5}
+
+
+def test_their_select_actions_plays_each_game_with_its_own_hidden_state():
+    system, B, N, A = FakeSystem(2), 3, 2, 5
+    policy = peer_run.TheirPolicy(system)
+    policy.reset(B)
+    obs = np.zeros((B, N, 4), np.float32)
+    obs[:, :, 0] = np.arange(B)[:, None]                          # game b's observations start with b
+    avail = np.ones((B, N, A), np.float32)
+    avail[2, 1] = np.eye(A)[3]                                    # game 2's agent 1 may only take action 3
+    first = policy(obs, avail)
+    np.testing.assert_array_equal(first, [[0, 0], [1, 1], [2, 3]])
+    second = policy(obs, avail)                                   # every game's state advanced once, not B times
+    np.testing.assert_array_equal(second, [[1, 1], [2, 2], [3, 3]])
+    policy.reset(B)
+    np.testing.assert_array_equal(policy(obs, avail), first)      # a new batch of games starts afresh
+
+
+class CountingEnv:
+    """Our evaluation's simulator interface: every game ends after 2 steps with reward 1 per step."""
+    n_envs, episode_limit = 2, 5
+
+    def __init__(self):
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+        self.t = 0
+        return np.zeros((2, 2, 4), np.float32), np.ones((2, 2, 3), np.float32)
+
+    def step(self, actions):
+        self.t += 1
+        done = np.full(2, self.t >= 2)
+        return (np.zeros((2, 2, 4), np.float32), np.ones((2, 2, 3), np.float32), np.ones(2), done, np.zeros(2))
+
+
+def test_their_training_loop_counts_steps_and_is_evaluated_as_ours():
+    system, envs = FakeSystem(2), {"reported": CountingEnv(), "heldout": CountingEnv()}
+    samples = iter(range(100))
+    buffer = type("Buffer", (), {"sample": lambda self: next(samples)})()
+    rows, heldout, seconds = peer_run.train_and_evaluate(system, buffer, 7, 3, envs, artifacts.Clock())
+    assert [ctr for ctr, _ in system.trained] == list(range(7))                # their counter, from 0, one per step
+    assert [x for _, x in system.trained] == list(range(7))                    # a new sample every step
+    assert [r["iteration"] for r in rows] == [3, 6, 7] and envs["reported"].resets == 3
+    assert rows[-1]["return_mean"] == 2.0 and rows[-1]["loss"] == 0.5
+    assert heldout["return_mean"] == 2.0 and envs["heldout"].resets == 1 and seconds >= 0
+
+
+def test_the_peer_refuses_a_folder_that_is_not_their_checkout(tmp_path):
+    with pytest.raises(artifacts.InputError, match="not a checkout of instadeepai/og-marl"):
+        peer_run.import_system(str(tmp_path), "cql")
+
+
+def test_a_peer_run_is_named_by_its_data_and_says_what_augmented_it(tiny_3m, tmp_path):
+    assert peer_run.augmentation_of(None) == ("none", 0.0)
+    syn = tmp_path / "synthetic.h5"
+    shutil.copyfile(tiny_3m[0], syn)
+    with h5py.File(syn, "a") as f:
+        f.attrs["lam"] = 0.1
+    assert peer_run.augmentation_of(str(syn)) == ("eaq", 0.1)
+    assert peer_run.run_name(tiny_3m[0], "bcq", None, 15000, 2) == "3m-medium-ogmarl-bcq-none-it15000-s2"
+    assert peer_run.run_name(tiny_3m[0], "cql", str(syn), 10, 0).startswith("3m-medium-ogmarl-cql-syn-")
+
+
+def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
+    def results(learner, aug, ret):
+        config = {"scenario": "3m", "quality": "poor", "algo": "cql", "aug": aug, "lam": 0.1 if aug == "eaq" else 0.0,
+                  "seed": 0, **({"learner": learner} if learner else {})}
+        return {"config": config, "aug": "none" if aug == "none" else "eaq (λ=0.1)", "dataset": {"return_mean": 4.0},
+                "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.25}, "heldout": {"return_mean": 2.5},
+                **({"iterations_per_cpu_second": 20.0} if learner else {})}
+    for name, r in {"theirs": results("og-marl", "none", 2.0), "ours": results(None, "none", 6.0),
+                    "theirs-eaq": results("og-marl", "eaq", 3.0)}.items():
+        (tmp_path / name).mkdir()
+        artifacts.write_json(str(tmp_path / name / "results.json"), r)
+    (tmp_path / "unfinished").mkdir()
+    peer_run.main(["--table", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert lines[2] == "| 3m-poor | ours | cql | none | 0 | 6.00 ± 1.00 | 0.25 | 4.00 | 1.50 | 2.50 |  |"
+    assert lines[3] == "| 3m-poor | OG-MARL | cql | none | 0 | 2.00 ± 1.00 | 0.25 | 4.00 | 0.50 | 2.50 | 20.0 |"
+    assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1) |")
