@@ -13,6 +13,7 @@ import bcq
 import cql
 import data
 import eaq
+import evaluate
 import fidelity
 import learner
 import ogmarl
@@ -298,7 +299,8 @@ def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
         config = {"scenario": "3m", "quality": "poor", "algo": "cql", "aug": aug, "lam": 0.1 if aug == "eaq" else 0.0,
                   "seed": 0, **({"learner": learner} if learner else {})}
         return {"config": config, "aug": "none" if aug == "none" else "eaq (λ=0.1)", "dataset": {"return_mean": 4.0},
-                "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.25}, "heldout": {"return_mean": 2.5},
+                "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.25, "normalised_return": ret / 20},
+                "heldout": {"return_mean": 2.5},
                 **({"iterations_per_cpu_second": 20.0} if learner else {})}
     for name, r in {"theirs": results("og-marl", "none", 2.0), "ours": results(None, "none", 6.0),
                     "theirs-eaq": results("og-marl", "eaq", 3.0)}.items():
@@ -311,3 +313,6 @@ def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
     assert lines[2] == "| 3m-poor | ours | cql | none | 0 | 6.00 ± 1.00 | 0.25 | 4.00 | 1.50 | 2.50 |  |"
     assert lines[3] == "| 3m-poor | OG-MARL | cql | none | 0 | 2.00 ± 1.00 | 0.25 | 4.00 | 0.50 | 2.50 | 20.0 |"
     assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1) |")
+    row = evaluate.table1_row({**results("og-marl", "eaq", 3.0), "config": {**results("og-marl", "eaq", 3.0)["config"],
+                                                                              "eval_episodes": 32}}, "theirs-eaq")
+    assert (row["method"], row["lam"], row["return_mean"], row["heldout_return"]) == ("EAQ", 0.1, 3.0, 2.5)

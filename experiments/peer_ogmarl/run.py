@@ -29,6 +29,7 @@ one folder per run holding its results.json: theirs, and ours from train.py
 on the same files), the page docs/ogmarl-peer.md shows.
 """
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -39,13 +40,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, HERE)
 import artifacts  # noqa: E402
 import data  # noqa: E402
 import datasets  # noqa: E402
-import export  # noqa: E402
 import learner as ourlearner  # noqa: E402
 import qmix  # noqa: E402
+from experiments.peer_ogmarl import export  # noqa: E402
 
 RECORDS = os.path.join(HERE, "records")          # finished runs, theirs and ours, as results.json (+ metrics.csv)
 SYSTEMS = {"cql": ("qmix_cql", "QMIXCQLSystem"), "bcq": ("qmix_bcq", "QMIXBCQSystem")}
@@ -92,8 +92,7 @@ def import_system(og_marl, algo):
         raise artifacts.InputError(f"--og-marl {og_marl}: not a checkout of instadeepai/og-marl "
                                    "(no og_marl/baselines/tf2_systems); clone it and pass its folder")
     sys.path.insert(0, og_marl)
-    import importlib
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf                 # their venv's (hydra's) config reader
     module_name, class_name = SYSTEMS[algo]
     module = importlib.import_module(f"og_marl.baselines.tf2_systems.offline.{module_name}")
     config = OmegaConf.load(os.path.join(og_marl, "og_marl", "baselines", "tf2_systems", "offline", "configs",
@@ -110,7 +109,7 @@ def checkout_commit(og_marl):
         return "unknown"
 
 
-class Rows:
+class NullLogger:
     """Their logger interface (`write`), keeping nothing: our loop records what it reports."""
 
     def write(self, logs, force=False):
@@ -174,7 +173,7 @@ def run(args):
                                   sample_period=config["replay"]["sample_period"], seed=args.seed)
     buffer.populate_from_vault(VAULT_SOURCE, VAULT_ENV, args.scenario, uid, rel_dir=os.path.join(args.out, "vaults"))
     tf.random.set_seed(args.seed)
-    system = system_cls(Shape(attrs["n_agents"], attrs["n_actions"]), Rows(), **config["system"])
+    system = system_cls(Shape(attrs["n_agents"], attrs["n_actions"]), NullLogger(), **config["system"])
     envs = qmix.make_eval_envs(attrs["scenario"], "smax", args.eval_episodes, args.seed)
     artifacts.prepare_output_dir(out)
     rows, heldout, train_seconds = train_and_evaluate(system, buffer, args.iters, args.eval_every, envs, clock)
@@ -204,7 +203,8 @@ def table(records):
 
     def key(item):
         c = item[1]["config"]
-        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", float(c.get("lam") or 0), c["seed"],
+        lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0          # train.py keeps --lam's value for every run
+        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], lam, c["seed"],
                 c.get("learner") == "og-marl", item[0])
     for name, r in sorted(records.items(), key=key):
         c, final, mean = r["config"], r["final"], r["dataset"]["return_mean"]
