@@ -229,7 +229,7 @@ class FakeSystem:
 
     def train_step(self, experience):
         self.trained.append((self.training_step_ctr, experience))
-        return {"loss": 0.5}
+        return {"td_loss": 0.5, "bc_loss": 0.25, "mean_q_values": 1.0}      # their QMIX+BCQ's logs: no "loss"
 
 
 def test_their_select_actions_plays_each_game_with_its_own_hidden_state():
@@ -274,7 +274,7 @@ def test_their_training_loop_counts_steps_and_is_evaluated_as_ours():
     assert [ctr for ctr, _ in system.trained] == list(range(7))                # their counter, from 0, one per step
     assert [x for _, x in system.trained] == list(range(7))                    # a new sample every step
     assert [r["iteration"] for r in rows] == [3, 6, 7] and envs["reported"].resets == 3
-    assert rows[-1]["return_mean"] == 2.0 and rows[-1]["loss"] == 0.5
+    assert rows[-1]["return_mean"] == 2.0 and (rows[-1]["td_loss"], rows[-1]["bc_loss"]) == (0.5, 0.25)
     assert heldout["return_mean"] == 2.0 and envs["heldout"].resets == 1 and seconds >= 0
 
 
@@ -313,6 +313,8 @@ def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
     assert lines[2] == "| 3m-poor | ours | cql | none | 0 | 6.00 ± 1.00 | 0.25 | 4.00 | 1.50 | 2.50 |  |"
     assert lines[3] == "| 3m-poor | OG-MARL | cql | none | 0 | 2.00 ± 1.00 | 0.25 | 4.00 | 0.50 | 2.50 | 20.0 |"
     assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1) |")
+    assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "greedy"}) == "ours (greedy execution)"
+    assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "filtered"}) == "ours"
     row = evaluate.table1_row({**results("og-marl", "eaq", 3.0), "config": {**results("og-marl", "eaq", 3.0)["config"],
                                                                               "eval_episodes": 32}}, "theirs-eaq")
     assert (row["method"], row["lam"], row["return_mean"], row["heldout_return"]) == ("EAQ", 0.1, 3.0, 2.5)

@@ -144,7 +144,8 @@ def train_and_evaluate(system, buffer, iters, eval_every, envs, clock):
             row = {"iteration": it, **{k: float(v) for k, v in logs.items()},
                    **qmix.evaluate_policy(policy, envs["reported"])}
             rows.append(row)
-            print(f"it {it}: return {row['return_mean']:.2f}, win rate {row['win_rate']:.2f}, loss {row['loss']:.3f}, "
+            losses = ", ".join(f"{k} {float(v):.3f}" for k, v in logs.items() if "loss" in k)   # each system's own
+            print(f"it {it}: return {row['return_mean']:.2f}, win rate {row['win_rate']:.2f}, {losses}, "
                   f"{it / train_seconds:.1f} it/s (training CPU), {clock.wall():.0f}s", flush=True)
     return rows, qmix.evaluate_policy(policy, envs["heldout"]), train_seconds
 
@@ -196,6 +197,13 @@ def run(args):
     return results
 
 
+def learner_label(config):
+    """Whose learner a run's config names: OG-MARL's, or ours (with BCQ's execution when it is not our default)."""
+    if config.get("learner") == "og-marl":
+        return "OG-MARL"
+    return "ours (greedy execution)" if config["algo"] == "bcq" and config.get("bcq_execution") == "greedy" else "ours"
+
+
 def table(records):
     """The markdown table of finished runs, {name: results.json dict}, ours (train.py) and theirs side by side."""
     lines = ["| data | learner | algo | augmentation | seed | return ± std | win rate | D_real mean | "
@@ -205,11 +213,11 @@ def table(records):
         c = item[1]["config"]
         lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0          # train.py keeps --lam's value for every run
         return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], lam, c["seed"],
-                c.get("learner") == "og-marl", item[0])
+                c.get("learner") == "og-marl", learner_label(c), item[0])
     for name, r in sorted(records.items(), key=key):
         c, final, mean = r["config"], r["final"], r["dataset"]["return_mean"]
         speed = r.get("iterations_per_cpu_second")
-        lines.append(f"| {c['scenario']}-{c['quality']} | {'OG-MARL' if c.get('learner') == 'og-marl' else 'ours'} | "
+        lines.append(f"| {c['scenario']}-{c['quality']} | {learner_label(c)} | "
                      f"{c['algo']} | {r['aug']} | {c['seed']} | {final['return_mean']:.2f} ± {final['return_std']:.2f} "
                      f"| {final['win_rate']:.2f} | {mean:.2f} | {final['return_mean'] / mean:.2f} | "
                      f"{r['heldout']['return_mean']:.2f} | {'' if speed is None else f'{speed:.1f}'} |")
