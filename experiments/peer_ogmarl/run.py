@@ -151,8 +151,8 @@ def train_and_evaluate(system, buffer, iters, eval_every, envs, clock):
 
 
 def run(args):
-    real_path = args.dataset or datasets.ensure_dataset(args.scenario, args.quality, args.fraction, 0,
-                                                        root=os.path.join(args.out, "datasets"))
+    real_path = args.dataset or datasets.ensure_dataset(args.scenario, args.quality, args.fraction, 0,  # train.py's
+                                                        root=os.path.join(args.out, "datasets"))      # data seed
     attrs = data.read_attrs(real_path)
     out = os.path.join(args.out, "ogmarl", run_name(real_path, args.algo, args.synthetic, args.iters, args.seed))
     results_path = os.path.join(out, "results.json")
@@ -161,7 +161,7 @@ def run(args):
         with open(results_path) as f:
             return json.load(f)
     system_cls, config = import_system(args.og_marl, args.algo)
-    import tensorflow as tf
+    import tensorflow as tf                         # only in the peer's venv: imported here, after the checks
     from og_marl.replay_buffers import FlashbaxReplayBuffer
     tf.config.threading.set_intra_op_parallelism_threads(artifacts.torch_threads())    # one thread, as ours
     tf.config.threading.set_inter_op_parallelism_threads(artifacts.torch_threads())
