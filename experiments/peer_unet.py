@@ -51,21 +51,20 @@ def load_unet1d():
     return module.Unet1D
 
 
-def our_network(config, layout):
-    """The denoising network eaq.py would train for `config` on this layout."""
-    model_config = {**dataclasses.asdict(config), "n_features": layout.n_features,
-                    "layout": dataclasses.asdict(layout)}
-    return diffusion.build(model_config)[0].model
+def our_network(config, layout, dataset):
+    """The denoising network eaq.py would train for `config` on this dataset."""
+    return diffusion.build(eaq.model_config(config, layout, dataset))[0].model
 
 
-def contestants(layout, horizon):
+def contestants(layout, horizon, dataset):
     """{name: (network, T it is fed)}: our default, our flat width 40, Unet1D at 64 and 32."""
     Unet1D = load_unet1d()
     levels = len(eaq.DiffusionConfig().dim_mults)
     T_peer = horizon + (-horizon) % 2 ** (levels - 1)
     default = eaq.DiffusionConfig()
-    return {f"ours default ({default.network} {default.dim})": (our_network(default, layout), horizon),
-            "ours flat 40": (our_network(dataclasses.replace(default, network="flat", dim=40), layout), horizon),
+    return {f"ours default ({default.network} {default.dim})": (our_network(default, layout, dataset), horizon),
+            "ours flat 40": (our_network(dataclasses.replace(default, network="flat", dim=40), layout, dataset),
+                             horizon),
             "Unet1D dim 64 (its default)": (Unet1D(dim=64, dim_mults=default.dim_mults, channels=layout.n_features),
                                             T_peer),
             "Unet1D dim 32": (Unet1D(dim=32, dim_mults=default.dim_mults, channels=layout.n_features), T_peer)}
@@ -89,7 +88,7 @@ def main(argv=None):
     layout, horizon = data.layout_of(real), int(real.lengths.max())
     config = eaq.DiffusionConfig()
     B, F, BS = config.batch_size, layout.n_features, config.sample_batch
-    models = contestants(layout, horizon)
+    models = contestants(layout, horizon, args.dataset)
     optimizers = {n: torch.optim.Adam(m.parameters(), config.lr) for n, (m, _) in models.items()}
 
     def train_step(name):
