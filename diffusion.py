@@ -245,6 +245,19 @@ def sample_batches(ema, normalizer, horizons, T, n_features, ddim_steps=None, ba
                 bar.update(b)
 
 
+def check_device(name):
+    """Raise a one-line InputError unless `name` is a torch device this machine has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise artifacts.InputError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise artifacts.InputError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                                   f"use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise artifacts.InputError(f"--device {name}: only cpu and cuda are supported")
+
+
 # ---------------------------------------------------------------------------
 # The model and its checkpoint
 # ---------------------------------------------------------------------------

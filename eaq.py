@@ -64,7 +64,7 @@ def check_config(config, flags=None):
     `flags` renames fields in the messages (train.py's --diffusion-steps for `steps`).
     """
     flag = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config)} | (flags or {})
-    check_device(config.device)
+    diffusion.check_device(config.device)
     artifacts.require_flags(finite={flag[n]: getattr(config, n) for n in ("lam", "lr", "ema_decay")},
                             at_least_one={flag[n]: getattr(config, n) for n in ("steps", "batch_size", "K", "dim",
                                                                                 "scale", "sample_batch")},
@@ -90,19 +90,6 @@ def check_config(config, flags=None):
         raise artifacts.InputError(f"{flag['bucket_width']} must be 0 or a positive multiple of {multiple} "
                                    f"(2^(levels-1) for --dim-mults {' '.join(map(str, config.dim_mults))}), "
                                    f"got {config.bucket_width}")
-
-
-def check_device(name):
-    """Raise a one-line InputError unless `name` is a torch device this machine has."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise artifacts.InputError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise artifacts.InputError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
-                                   f"use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise artifacts.InputError(f"--device {name}: only cpu and cuda are supported")
 
 
 # ---------------------------------------------------------------------------

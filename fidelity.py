@@ -365,10 +365,12 @@ def file_report(real, synthetic_path):
 
 
 def checkpoint_report(path, real, synthetic=None, n_episodes=1000, ddim_steps=20, ks=(1, 50), seed=0,
-                      progress=True):
-    """The model in checkpoint `path` (trained on D_real, Episodes) judged: its D_syn file `synthetic`, or else
-    `n_episodes` sampled from it with D_real's windows, beside D_real, and its copy test at steps `ks`."""
+                      progress=True, device="cpu"):
+    """The model in checkpoint `path` (trained on D_real, Episodes) judged on torch `device`: its D_syn file
+    `synthetic`, or else `n_episodes` sampled from it with D_real's windows, beside D_real, and its copy test at
+    steps `ks`."""
     model = diffusion.load_checkpoint(path)
+    model.ema.to(device)
     if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
         raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")
     horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real.rewards.shape[1])
@@ -394,6 +396,7 @@ def main(argv=None):
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps of that sampling; 0 = DDPM, all K")
     p.add_argument("--k", type=int, nargs="+", default=[1, 50], help="the copy test's diffusion steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the copy test's noise")
+    p.add_argument("--device", default="cpu", help="torch device that samples and reads back: cpu, cuda")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     with artifacts.parser_errors(p):
@@ -401,10 +404,11 @@ def main(argv=None):
             raise artifacts.InputError("give --synthetic S.h5, --checkpoint model.pt, or both")
         artifacts.require_flags(at_least_one={"--episodes": args.episodes, "--k": min(args.k)},
                                 seeds={"--seed": args.seed})
+        diffusion.check_device(args.device)
     with artifacts.one_line_errors():
         real = data.load_dataset(args.real)
         report = (checkpoint_report(args.checkpoint, real, args.synthetic, args.episodes, args.ddim_steps,
-                                    tuple(args.k), args.seed) if args.checkpoint
+                                    tuple(args.k), args.seed, device=args.device) if args.checkpoint
                   else file_report(real, args.synthetic))
         if args.json:
             artifacts.write_json(args.json, report)

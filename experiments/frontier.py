@@ -14,6 +14,10 @@ run resumes from its last checkpoint (`--resume`). `--table` prints the
 table of every record (docs/fidelity.md) and draws the plot beside them
 (copy test and damage with a shooter against training CPU-minutes).
 
+On a GPU (`--device cuda --clock wall`, docs/gpu.md) the budgets are
+wall-clock minutes of training and the model is judged on the GPU; the
+setting's name then ends in the device, and its record says which clock.
+
 Training is Eq. 5 as eaq.py runs it: chunking changes nothing, because a
 minibatch, its k and its noise depend only on (seed, step). One lever of
 the optimiser is tried here and not in eaq.py (its default is Adam at a
@@ -81,12 +85,14 @@ class ScheduledAdam(torch.optim.Adam):
 
 
 def setting_name(config, schedule=(0, 0, 0.0)):
-    """A run's label: its network, width, (agent-factored) mixing, learning rate and its schedule."""
+    """A run's label: its network, width, (agent-factored) mixing, learning rate, its schedule, and its device
+    unless the CPU."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
     warmup, decay_steps, clip = schedule
     extra = "".join(f"-{name}{value:g}" for name, value in (("warm", warmup), ("cos", decay_steps), ("clip", clip))
                     if value)
-    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}"
+    device = "" if config.device == "cpu" else "-" + config.device.replace(":", "")
+    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}{device}"
 
 
 def dataset_label(dataset):
@@ -99,9 +105,15 @@ def record_path(records, dataset, name):
     return os.path.join(records, f"{dataset_label(dataset)}-{name}.json")
 
 
-def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS):
-    """Train `config` on `dataset` up to each CPU-minute budget in turn, judging the model at each;
-    `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam."""
+def trained_seconds(model, clock):
+    """The model's training time so far by `clock`: "cpu" (CPU-seconds) or "wall" (wall-clock seconds)."""
+    return model.train_cpu_seconds if clock == "cpu" else model.train_seconds
+
+
+def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS, clock="cpu",
+        chunk=CHUNK):
+    """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
+    at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam."""
     real = data.load_dataset(dataset)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
@@ -119,36 +131,39 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
-                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "judgements": []})
+                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "clock": clock,
+                    "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
         if budget in done:
             continue
-        while model.train_cpu_seconds < 60 * budget:
-            step_config = dataclasses.replace(config, steps=model.step + CHUNK)
-            eaq.fit(model, step_config, tau0, valid, horizons, q_row, ckpt, checkpoint_every=CHUNK, progress=False)
+        while trained_seconds(model, clock) < 60 * budget:
+            step_config = dataclasses.replace(config, steps=model.step + chunk)
+            eaq.fit(model, step_config, tau0, valid, horizons, q_row, ckpt, checkpoint_every=chunk, progress=False)
         judged = os.path.join(out, f"model-{budget}min.pt")
         shutil.copyfile(ckpt, judged)
-        clock = artifacts.Clock()
-        report = fidelity.checkpoint_report(judged, real, n_episodes=episodes, progress=False)
-        report.update(budget_minutes=budget, judge_cpu_seconds=clock.cpu(),
+        timer = artifacts.Clock()
+        report = fidelity.checkpoint_report(judged, real, n_episodes=episodes, progress=False, device=config.device)
+        report.update(budget_minutes=budget, judge_cpu_seconds=timer.cpu(), judge_seconds=timer.wall(),
+                      train_seconds=model.train_seconds,
                       parameters=sum(p.numel() for p in model.diffusion.parameters()))
         record["judgements"].append(report)
         artifacts.write_json(path, record)
-        print(f"{name} at {budget} CPU-min ({model.step} steps): "
+        print(f"{name} at {budget} {clock} minutes ({model.step} steps): "
               + ", ".join(f"{name} {get(report):.3f}" for name, get in COLUMNS), flush=True)
     return record
 
 
 def table(records):
     """The markdown table of every judgement of `records` (one row each)."""
-    lines = ["| dataset | setting | CPU-min | steps | parameters | " + " | ".join(n for n, _ in COLUMNS)
+    lines = ["| dataset | setting | minutes | steps | parameters | " + " | ".join(n for n, _ in COLUMNS)
              + " | misses |",
              "|---" * (len(COLUMNS) + 6) + "|"]
     for record in records:
         for j in record["judgements"]:
             cells = [f"{get(j):.3f}" for _, get in COLUMNS]
-            lines.append(f"| {dataset_label(record['dataset'])} | {record['setting']} | {j['budget_minutes']} | "
+            minutes = f"{j['budget_minutes']:g}" + (" wall" if record.get("clock") == "wall" else "")
+            lines.append(f"| {dataset_label(record['dataset'])} | {record['setting']} | {minutes} | "
                          f"{j['model_steps']} | {j['parameters']:,} | " + " | ".join(cells)
                          + f" | {len(j['fidelity_misses'])} |")
     return "\n".join(lines)
@@ -179,7 +194,12 @@ def main(argv=None):
     for action in p._actions:                 # eaq.py's flags; --dataset and --out are only needed to train
         if action.dest in ("dataset", "out"):
             action.required = False
-    p.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 90], help="training CPU-minutes to judge at")
+    p.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 90],
+                   help="minutes of training (by --clock) to judge at")
+    p.add_argument("--clock", default="cpu", choices=("cpu", "wall"),
+                   help="budgets in training CPU-minutes (one CPU thread) or wall-clock minutes (a GPU)")
+    p.add_argument("--chunk", type=int, default=CHUNK,
+                   help="training steps between two looks at the clock (and two checkpoints)")
     p.add_argument("--episodes", type=int, default=1000, help="episodes sampled at each judgement")
     p.add_argument("--warmup", type=int, default=0, help="learning-rate warm-up steps (0: none, as eaq.py)")
     p.add_argument("--decay-steps", type=int, default=0, help="cosine decay of the rate to 0 at this step (0: none)")
@@ -197,10 +217,11 @@ def main(argv=None):
         eaq.check_config(config)
         if not (args.dataset and args.out):
             raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
+        artifacts.require_flags(at_least_one={"--chunk": args.chunk, "--episodes": args.episodes})
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
         run(config, args.dataset, os.path.join(args.out, setting_name(config, schedule)), sorted(args.budgets),
-            args.episodes, args.resume, schedule, args.records)
+            args.episodes, args.resume, schedule, args.records, args.clock, args.chunk)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -268,13 +269,15 @@ def test_the_scheduled_optimiser_warms_up_decays_and_clips():
     assert rates == pytest.approx([opt.rate(s) for s in range(6)])
     assert frontier.setting_name(eaq.DiffusionConfig(network="agents", dim=64), (0, 8600, 1.0)) == \
         "agents64-attention-lr0.001-cos8600-clip1-s0"
+    assert frontier.setting_name(eaq.DiffusionConfig(network="flat", dim=80, device="cuda:1")) == \
+        "flat80-lr0.001-s0-cuda1"
 
 
 def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp_path, capsys):
     frontier = bench("frontier")
     flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
-             "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01", "0.02",
-             "--episodes", "4"]
+             "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
+             "--budgets", "0.01", "0.02", "--episodes", "4"]
     frontier.main(flags)
     record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))
     assert [j["budget_minutes"] for j in record["judgements"]] == [0.01, 0.02]
@@ -287,9 +290,24 @@ def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp
     capsys.readouterr()
     frontier.main(["--table", "--records", str(tmp_path / "records")])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| dataset | setting | CPU-min | steps |") and len(lines) == 4
+    assert lines[0].startswith("| dataset | setting | minutes | steps |") and len(lines) == 4
     assert "| flat16-lr0.001-s0 | 0.01 |" in lines[2]
     assert os.path.exists(tmp_path / "records" / "frontier.png")
+
+
+def test_the_frontier_on_the_wall_clock_judges_by_training_wall_time(tiny_3m, tmp_path, capsys):
+    frontier = bench("frontier")
+    frontier.main(["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+                   "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
+                   "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "7"])
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))
+    judged = record["judgements"][0]
+    assert record["clock"] == "wall" and judged["train_seconds"] >= 0.6 and judged["model_steps"] % 7 == 0
+    model = types.SimpleNamespace(train_seconds=5.0, train_cpu_seconds=3.0)
+    assert (frontier.trained_seconds(model, "wall"), frontier.trained_seconds(model, "cpu")) == (5.0, 3.0)
+    capsys.readouterr()
+    frontier.main(["--table", "--records", str(tmp_path / "records")])
+    assert "| flat16-lr0.001-s0 | 0.01 wall |" in capsys.readouterr().out
 
 
 def test_the_value_test_trains_one_learner_on_d_syn_alone_and_on_d_real_alone(tmp_path, monkeypatch):
@@ -313,3 +331,21 @@ def test_the_value_test_verdict_holds_d_syn_to_nine_tenths_of_d_real():
     assert value_test.value_ratio(9.0, 10.0) == 0.9 and value_test.verdict(0.9) == "meets"
     assert value_test.verdict(value_test.value_ratio(8.9, 10.0)).startswith("misses")
     assert value_test.value_ratio(3.0, 0.0) is None and value_test.verdict(None).startswith("undefined")
+
+
+def test_the_speed_script_builds_the_model_eaq_would_and_profiles_a_step(tiny_3m, capsys):
+    speed = bench("diffusion_speed")
+    flags = ["--dataset", tiny_3m[0], "--K", "20", "--dim", "8", "--dim-mults", "1", "2", "--batch-size", "4",
+             "--train-steps", "2", "--sample-batch", "4", "--ddim-steps", "2"]
+    speed.main(flags + ["--network", "flat"])
+    flat = capsys.readouterr().out
+    speed.main(flags + ["--no-sampling", "--profile", "1"])
+    agents = capsys.readouterr().out
+    layout = data.layout_of(data.load_dataset(tiny_3m[0]))
+    sizes = {network: sum(p.numel() for p in diffusion.build(eaq.model_config(
+        eaq.DiffusionConfig(network=network, dim=8, dim_mults=(1, 2), K=20), layout, tiny_3m[0]))[0].parameters())
+        for network in ("flat", "agents")}
+    assert f"flat dim 8 on cpu, F={layout.n_features}" in flat and f"{sizes['flat']:,} parameters" in flat
+    assert "DDIM-2" in flat and "episodes/s" in flat
+    assert "agents dim 8 on cpu" in agents and f"{sizes['agents']:,} parameters" in agents
+    assert "Self CPU time total" in agents and "sampling" not in agents        # the profile, no sampling

@@ -310,7 +310,9 @@ def test_the_command_samples_a_checkpoint_and_runs_its_copy_test(tiny_3m, tiny_m
 def test_the_command_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
     for argv, message in ((["--real", tiny_3m[0]], "give --synthetic S.h5, --checkpoint model.pt, or both"),
                           (["--real", tiny_3m[0], "--synthetic", str(tmp_path / "none.h5")], "none.h5"),
-                          (["--real", tiny_3m[0], "--checkpoint", str(tmp_path / "none.pt")], "none.pt")):
+                          (["--real", tiny_3m[0], "--checkpoint", str(tmp_path / "none.pt")], "none.pt"),
+                          (["--real", tiny_3m[0], "--checkpoint", str(tmp_path / "none.pt"), "--device", "tpu9"],
+                           "--device 'tpu9' is not a torch device")):
         with pytest.raises(SystemExit):
             fidelity.main(argv)
         err = capsys.readouterr().err.strip()
