@@ -236,13 +236,14 @@ def train(args, progress=True):
     trainer = ippo.Trainer(args.scenario, args.n_envs, args.n_steps, args.epochs, args.minibatches, args.lr,
                            args.gamma, args.gae_lambda, args.clip, args.vf_coef, args.ent_coef,
                            args.max_grad_norm, args.hidden, updates_per_interval, intervals, args.eval_episodes,
-                           EPSILON)
+                           EPSILON, args.critic)
     states = [trainer.init(s) for s in args.seeds]
     state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states)               # seed axis first
     eval_key = jax.random.PRNGKey(10_000 + args.seeds[0])
     log = {"scenario": args.scenario, "config": vars(args), "command": training_command(args), "checkpoints": []}
     start = time.time()
-    bar = tqdm(total=intervals * args.checkpoint_every, desc=f"IPPO {args.scenario} x{len(args.seeds)} seeds",
+    learner = "MAPPO" if args.critic == "central" else "IPPO"
+    bar = tqdm(total=intervals * args.checkpoint_every, desc=f"{learner} {args.scenario} x{len(args.seeds)} seeds",
                unit="step", unit_scale=True, disable=not progress)
     for interval in range(intervals + 1):
         env_steps = interval * updates_per_interval * steps_per_update
@@ -297,7 +298,8 @@ def plot_training(log, path):
             ax.axhline(target[0], ls="--", lw=0.8, color="gray")
             ax.text(0, target[0], f" {quality}", va="bottom", fontsize=7, color="gray")
     ax.set(xlabel="environment steps", ylabel=f"return (ε = {EPSILON})",
-           title=f"IPPO behaviour policies, {log['scenario']}")
+           title=f"{'MAPPO' if log['config'].get('critic') == 'central' else 'IPPO'} behaviour policies, "
+                 f"{log['scenario']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     artifacts.save_figure(fig, path)
@@ -326,6 +328,8 @@ def parse_args(argv=None):
     p.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus weight")
     p.add_argument("--max-grad-norm", type=float, default=0.25, help="global gradient-norm clip (JaxMARL: 0.25)")
     p.add_argument("--hidden", type=int, default=64, help="hidden width of actor and critic")
+    p.add_argument("--critic", default="agent", choices=ippo.CRITICS,
+                   help="the critic's input: the agent's observation (IPPO) or every agent's (MAPPO)")
     p.add_argument("--out", default=os.path.join("runs", "behaviour"), help="training runs: OUT/<scenario>/")
     p.add_argument("--policies", default=POLICY_DIR, help="where the picked policies are shipped")
     p.add_argument("--ship-only", action="store_true", help="do not train: pick and ship from OUT/<scenario>/")

@@ -8,7 +8,10 @@ agents (Schulman et al. 2017, de Witt et al. 2020), written here in JAX:
 * Networks (pure functions of a parameter pytree): actor and critic are
   separate MLPs shared by all agents; input = the agent's observation and
   its id one-hot; two tanh layers of 64; the actor gives one logit per
-  action, illegal actions masked out; the critic gives V(o_n).
+  action, illegal actions masked out; the critic gives V(o_n), or with
+  `critic="central"` V(o_1, ..., o_N, n): every agent's observation and
+  the agent's id (MAPPO, Yu et al. 2022; the actor is the same, so the
+  policies it trains are played and shipped as before).
 * Training (`Trainer`): `n_envs` SMAX games in parallel (a finished game
   restarts at once), rollouts of `n_steps` steps, GAE(gamma, lambda) on the
   team reward, clipped PPO for `epochs` x `minibatches`, Adam with a
@@ -16,7 +19,8 @@ agents (Schulman et al. 2017, de Witt et al. 2020), written here in JAX:
   updates) is one jitted program, `jax.vmap`-ed over the training seeds, so
   4 seeds cost little more than one on a CPU.
 
-Shapes: obs (E, N, O), agent inputs (E, N, O + N), logits (E, N, A);
+Shapes: obs (E, N, O), agent inputs (E, N, O + N), central critic inputs
+(E, N, N O + N), logits (E, N, A);
 rollouts carry a leading step axis (S, E, N, ...); a seed axis leads all of
 them inside the vmapped program.
 """
@@ -60,6 +64,18 @@ def agent_inputs(obs):
     return jnp.concatenate([obs, ids], axis=-1)
 
 
+def critic_inputs(obs, critic):
+    """The critic's input: `agent_inputs` ("agent"), or every agent's observation and the agent's id one-hot
+    ("central"): (..., N, O) -> (..., N, N O + N)."""
+    import jax.numpy as jnp
+    if critic == "agent":
+        return agent_inputs(obs)
+    N = obs.shape[-2]
+    team = obs.reshape(obs.shape[:-2] + (1, N * obs.shape[-1]))                    # (..., 1, N O)
+    ids = jnp.broadcast_to(jnp.eye(N, dtype=obs.dtype), obs.shape[:-1] + (N,))    # (..., N, N)
+    return jnp.concatenate([jnp.broadcast_to(team, obs.shape[:-1] + team.shape[-1:]), ids], axis=-1)
+
+
 def masked_logits(actor, inputs, avail):
     """Actor logits with illegal actions at ILLEGAL: (..., I), (..., A) -> (..., A)."""
     import jax.numpy as jnp
@@ -77,12 +93,12 @@ def epsilon_greedy(key, logits, avail, epsilon):
     return jnp.where(explore, random, greedy)
 
 
-def init_params(key, obs_dim, n_agents, n_actions, hidden):
+def init_params(key, obs_dim, n_agents, n_actions, hidden, critic="agent"):
     import jax
     k_actor, k_critic = jax.random.split(key)
-    sizes = [obs_dim + n_agents, hidden, hidden]
-    return {"actor": init_mlp(k_actor, sizes + [n_actions], 0.01),
-            "critic": init_mlp(k_critic, sizes + [1], 1.0)}
+    critic_in = obs_dim + n_agents if critic == "agent" else n_agents * obs_dim + n_agents
+    return {"actor": init_mlp(k_actor, [obs_dim + n_agents, hidden, hidden, n_actions], 0.01),
+            "critic": init_mlp(k_critic, [critic_in, hidden, hidden, 1], 1.0)}
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +137,7 @@ def ppo_loss(params, batch, clip, vf_coef, ent_coef):
     ratio = jnp.exp(logp - batch["logp"])
     adv = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
     policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv).mean()
-    value = mlp(params["critic"], batch["inputs"])[:, 0]
+    value = mlp(params["critic"], batch["critic_inputs"])[:, 0]
     value_clipped = batch["value"] + jnp.clip(value - batch["value"], -clip, clip)
     value_loss = 0.5 * jnp.maximum((value - batch["target"]) ** 2,
                                    (value_clipped - batch["target"]) ** 2).mean()
@@ -136,19 +152,23 @@ def tree_where(cond, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond.reshape(cond.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
+CRITICS = ("agent", "central")
+
+
 class Trainer:
-    """Shared-parameter IPPO on one SMAX map; `run_interval` and `evaluate` are jitted and vmapped over seeds."""
+    """Shared-parameter IPPO (or MAPPO, `critic="central"`) on one SMAX map; `run_interval` and `evaluate` are
+    jitted and vmapped over seeds."""
 
     def __init__(self, scenario, n_envs=64, n_steps=128, epochs=4, minibatches=4, lr=1e-3, gamma=0.99,
                  gae_lambda=0.95, clip=0.2, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, hidden=64,
-                 updates_per_interval=8, intervals=100, eval_episodes=128, eval_epsilon=0.05):
+                 updates_per_interval=8, intervals=100, eval_episodes=128, eval_epsilon=0.05, critic="agent"):
         import jax
         import optax
         self.sim = envlib.make_env(scenario, "smax", n_envs=1, seed=0)
         self.n_agents, self.obs_dim, self.n_actions = self.sim.n_agents, self.sim.obs_dim, self.sim.n_actions
         self.n_envs, self.n_steps, self.epochs, self.minibatches = n_envs, n_steps, epochs, minibatches
         self.gamma, self.gae_lambda, self.clip = gamma, gae_lambda, clip
-        self.vf_coef, self.ent_coef, self.hidden = vf_coef, ent_coef, hidden
+        self.vf_coef, self.ent_coef, self.hidden, self.critic = vf_coef, ent_coef, hidden, critic
         self.eval_episodes, self.eval_epsilon = eval_episodes, eval_epsilon
         self.updates_per_interval = updates_per_interval
         schedule = optax.linear_schedule(lr, 0.0, intervals * updates_per_interval * epochs * minibatches)
@@ -166,7 +186,7 @@ class Trainer:
         import jax
         key = jax.random.PRNGKey(seed)
         key, k_params, k_reset = jax.random.split(key, 3)
-        params = init_params(k_params, self.obs_dim, self.n_agents, self.n_actions, self.hidden)
+        params = init_params(k_params, self.obs_dim, self.n_agents, self.n_actions, self.hidden, self.critic)
         env_state, obs, avail = jax.vmap(self.sim.reset_one)(jax.random.split(k_reset, self.n_envs))
         return {"params": params, "opt": self.optimizer.init(params), "env": env_state,
                 "obs": obs, "avail": avail, "key": key}
@@ -181,7 +201,8 @@ class Trainer:
         logits = masked_logits(params["actor"], inputs, avail)                 # (E, N, A)
         action = jax.random.categorical(k_act, logits)                         # (E, N)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
-        value = mlp(params["critic"], inputs)[..., 0]                          # (E, N)
+        values_in = critic_inputs(obs, self.critic)                            # (E, N, O+N) or (E, N, NO+N)
+        value = mlp(params["critic"], values_in)[..., 0]                       # (E, N)
         E = obs.shape[0]
         env_state, next_obs, next_avail, reward, done, _ = jax.vmap(self.sim.step_one)(
             jax.random.split(k_step, E), env_state, jnp.zeros(E, dtype=bool), action)
@@ -189,7 +210,8 @@ class Trainer:
         env_state = tree_where(done, fresh_state, env_state)
         next_obs = jnp.where(done[:, None, None], fresh_obs, next_obs)
         next_avail = jnp.where(done[:, None, None], fresh_avail, next_avail)
-        transition = {"inputs": inputs, "avail": avail, "action": action, "logp": logp, "value": value,
+        transition = {"inputs": inputs, "critic_inputs": values_in, "avail": avail, "action": action,
+                      "logp": logp, "value": value,
                       "reward": reward / envlib.REWARD_SCALE, "done": done}
         return (params, env_state, next_obs, next_avail, key), transition
 
@@ -199,10 +221,10 @@ class Trainer:
         import optax
         carry = (state["params"], state["env"], state["obs"], state["avail"], state["key"])
         (params, env_state, obs, avail, key), traj = jax.lax.scan(self._env_step, carry, None, self.n_steps)
-        last_value = mlp(params["critic"], agent_inputs(obs))[..., 0]           # (E, N)
+        last_value = mlp(params["critic"], critic_inputs(obs, self.critic))[..., 0]     # (E, N)
         advantage, target = gae(traj["value"], traj["reward"], traj["done"], last_value,
                                 self.gamma, self.gae_lambda)
-        batch = {k: traj[k] for k in ("inputs", "avail", "action", "logp", "value")}
+        batch = {k: traj[k] for k in ("inputs", "critic_inputs", "avail", "action", "logp", "value")}
         batch.update(advantage=advantage, target=target)
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), batch)   # (S*E*N, ...)
         M = flat["action"].shape[0]

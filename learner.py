@@ -103,13 +103,17 @@ class EpisodeBuffer:
             setattr(self, name, torch.from_numpy(np.concatenate(rows.pop(name))))
 
     def sample(self, batch_size, generator):
-        """A random minibatch, cut to its longest episode: dict of tensors (see module shapes)."""
+        """A random minibatch of whole episodes, cut to its longest: dict of tensors (see module shapes)."""
         index = torch.randint(self.n_episodes, (batch_size,), generator=generator)
-        lengths = self.lengths[index]                                               # (B,)
+        return self.minibatch(self.offsets[index], self.lengths[index])
+
+    def minibatch(self, first_rows, lengths):
+        """The minibatch of the (B,) stretches of steps that start at flat rows `first_rows` and last `lengths`
+        steps (each within one episode; the observation after the last step is the row after it)."""
         T = int(lengths.max())
         steps = torch.arange(T + 1)
         inside = steps[None, :] <= lengths[:, None]                                 # (B, T+1)
-        rows = (self.offsets[index, None] + steps[None, :]).clamp(max=len(self.obs) - 1)   # (B, T+1)
+        rows = (first_rows[:, None] + steps[None, :]).clamp(max=len(self.obs) - 1)   # (B, T+1)
 
         def gather(flat, n_steps):
             x = flat[rows[:, :n_steps]]                                             # (B, n_steps, ...)
@@ -308,8 +312,9 @@ def check_simulator(path, attrs, backend):
                                    f"dataset is evaluated with --backend {attrs['backend']}")
 
 
-def seeded_learner(learner_cls, dataset_paths, config, aug="none", extra=None):
+def seeded_learner(learner_cls, dataset_paths, config, aug="none", extra=None, make_buffer=load_buffer):
     """A run's starting point, a function of config.seed: (datasets' attrs, episode store, learner, evaluation envs).
+    `make_buffer(paths) -> (attrs, store)` reads the datasets (experiments/ pass other stores).
 
     The networks are initialised right after torch.manual_seed(seed) and
     both evaluation streams come from their own seeded simulators, so
@@ -317,7 +322,7 @@ def seeded_learner(learner_cls, dataset_paths, config, aug="none", extra=None):
     follows the same run (experiments/bcq_filter.py relies on it).
     """
     use_learner_threads()
-    a, buffer = load_buffer(dataset_paths)
+    a, buffer = make_buffer(dataset_paths)
     torch.manual_seed(config.seed)
     learner = learner_cls(a["n_agents"], a["obs_dim"], a["n_actions"], gamma=config.gamma, aug=aug,
                           seed=config.seed, last_action=config.last_action, **(extra or {}))
@@ -326,7 +331,7 @@ def seeded_learner(learner_cls, dataset_paths, config, aug="none", extra=None):
 
 
 def run_learner(learner_cls, dataset_paths, config, out, aug="none", extra=None, progress=True, resume=False,
-                data_label=None):
+                data_label=None, make_buffer=load_buffer):
     """Train `learner_cls` on the datasets, evaluate periodically, write CSV + PNG into `out`.
 
     `config` is a LearnerConfig. The run is a
@@ -338,10 +343,11 @@ def run_learner(learner_cls, dataset_paths, config, out, aug="none", extra=None,
     the last metrics row ('final'), the held-out evaluation, the number of
     training episodes, the iteration it resumed from (0 if none) and the
     wall and CPU seconds the run took over all its sessions. `data_label`
-    names the training data in the curve's title (default: `aug`).
+    names the training data in the curve's title (default: `aug`); `make_buffer`: see `seeded_learner`.
     """
     clock = artifacts.Clock()
-    a, buffer, learner, envs = seeded_learner(learner_cls, dataset_paths, config, aug, extra)   # refused before OUT
+    a, buffer, learner, envs = seeded_learner(learner_cls, dataset_paths, config, aug, extra,   # refused before OUT
+                                              make_buffer)
     artifacts.prepare_output_dir(out)
     env = envs["reported"]
     run = {"learner": learner_cls.__name__, "aug": aug, **(extra or {}), **dataclasses.asdict(config),

@@ -219,9 +219,11 @@ def summary_lines(results):
     return lines
 
 
-def run(args):
-    """All stages for one configuration; returns the results dict (cached in results.json)."""
-    out = result_dir(args)
+def run(args, out=None, make_buffer=learner.load_buffer, note=None):
+    """All stages for one configuration; returns the results dict (cached in results.json). A variant in
+    experiments/ gives its own results folder `out`, episode store (`make_buffer`, see learner.seeded_learner)
+    and a `note` (dict) for the results' config."""
+    out = out or result_dir(args)
     results_path = os.path.join(out, "results.json")
     cached = read_json(results_path)
     if cached is not None:
@@ -249,11 +251,12 @@ def run(args):
     learner_cls, _, learner_kwargs = LEARNERS[args.algo]
     result = learner.run_learner(learner_cls, paths, learner_config(args), out,
                                  args.aug if args.aug in rad.AUGMENTATIONS else "none",
-                                 learner_kwargs(own_config(args)), resume="auto", data_label=label)
+                                 learner_kwargs(own_config(args)), resume="auto", data_label=label,
+                                 make_buffer=make_buffer)
     seconds["learner"] = result.pop("seconds")          # over every session, if the learner resumed
     cpu_seconds["learner"] = result.pop("cpu_seconds")
     config = {**vars(args), **dataclasses.asdict(learner_config(args)), **dataclasses.asdict(own_config(args)),
-              "diffusion": dataclasses.asdict(diffusion_config(args)) if args.aug == "eaq" else None}
+              "diffusion": dataclasses.asdict(diffusion_config(args)) if args.aug == "eaq" else None, **(note or {})}
     results = {"config": config, "algo": args.algo,
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
                "dataset": {"path": real_path, "episodes": n_real,

@@ -40,11 +40,23 @@ def test_gae_by_hand():
     np.testing.assert_allclose(np.asarray(target)[:, 0, 0], [a0 + 1.0, a1 + 2.0], rtol=1e-6)
 
 
-def test_a_short_ippo_run_beats_its_untrained_policy():
-    """A few PPO updates on 3m: the evaluated (ε-greedy) return rises above the initial policy's."""
+def test_the_central_critic_sees_every_agents_observation_and_its_own_id():
+    obs = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)            # (E=2, N=3, O=2)
+    central = np.asarray(ippo.critic_inputs(obs, "central"))                 # (2, 3, 3*2 + 3)
+    assert central.shape == (2, 3, 9)
+    for e in range(2):
+        for n in range(3):
+            np.testing.assert_array_equal(central[e, n], np.concatenate([obs[e].ravel(), np.eye(3)[n]]))
+    np.testing.assert_array_equal(np.asarray(ippo.critic_inputs(obs, "agent")), np.asarray(ippo.agent_inputs(obs)))
+
+
+@pytest.mark.parametrize("critic", ippo.CRITICS)
+def test_a_short_ppo_run_beats_its_untrained_policy(critic):
+    """A few PPO updates on 3m, IPPO's critic or MAPPO's: the evaluated (ε-greedy) return rises above the
+    initial policy's."""
     import jax
     trainer = ippo.Trainer("3m", n_envs=32, n_steps=64, lr=4e-3, clip=0.05, max_grad_norm=0.25,
-                                updates_per_interval=12, intervals=1, eval_episodes=64)
+                           updates_per_interval=12, intervals=1, eval_episodes=64, critic=critic)
     state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[trainer.init(s) for s in (0, 1)])
     keys = jax.random.split(jax.random.PRNGKey(5), 2)
     before, _ = trainer.evaluate(state["params"]["actor"], keys)

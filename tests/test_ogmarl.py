@@ -1,12 +1,15 @@
 """ogmarl.py: an OG-MARL vault, written here in OG-MARL's exact layout, converted and used for training; the
 OG-MARL peer's export (our datasets as a vault) and its driver (experiments/peer_ogmarl/run.py, with a fake system)."""
+import json
 import os
 import shutil
 import time
+import types
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import artifacts
 import bcq
@@ -17,6 +20,7 @@ import evaluate
 import fidelity
 import learner
 import ogmarl
+import train
 from experiments.peer_ogmarl import export
 from experiments.peer_ogmarl import run as peer_run
 
@@ -314,7 +318,56 @@ def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
     assert lines[3] == "| 3m-poor | OG-MARL | cql | none | 0 | 2.00 ± 1.00 | 0.25 | 4.00 | 0.50 | 2.50 | 20.0 |"
     assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1) |")
     assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "greedy"}) == "ours (greedy execution)"
-    assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "filtered"}) == "ours"
+    assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "filtered", "last_action": True,
+                                   "grad_clip": 10.0}) == "ours"
+    assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "greedy", "window": 20, "last_action": False,
+                                   "grad_clip": 0.0}) == \
+        "ours (greedy execution, 20-step windows, no last action, no gradient clipping)"
+    assert peer_run.learner_label({"algo": "cql", "bcq_execution": "greedy", "last_action": False}) == \
+        "ours (no last action)"
     row = evaluate.table1_row({**results("og-marl", "eaq", 3.0), "config": {**results("og-marl", "eaq", 3.0)["config"],
                                                                               "eval_episodes": 32}}, "theirs-eaq")
     assert (row["method"], row["lam"], row["return_mean"], row["heldout_return"]) == ("EAQ", 0.1, 3.0, 2.5)
+
+
+def test_window_minibatches_are_stretches_of_one_episode_drawn_by_step():
+    """experiments/windows.py by hand: two episodes of 20 and 2 steps whose observations carry (episode, step);
+    each window is at most 5 steps of one episode, with a done only where the episode ends, and starts at a step
+    drawn uniformly from all 22 (so 20 / 22 of the windows come from the long episode, not half)."""
+    from experiments import windows
+    E, T, n, o = 2, 20, 3, 4
+    lengths = np.array([20, 2])
+    obs = np.zeros((E, T + 1, n, o), np.float32)
+    obs[..., 0] = 100 * np.arange(E)[:, None, None] + np.arange(T + 1)[None, :, None]   # 100 e + t
+    dones = np.zeros((E, T), np.float32)
+    dones[np.arange(E), lengths - 1] = 1.0
+    episodes = types.SimpleNamespace(obs=obs, avail=np.ones((E, T + 1, n, 5), bool), lengths=lengths,
+                                     actions=np.zeros((E, T, n), np.int64), rewards=np.ones((E, T), np.float32),
+                                     dones=dones)
+    batch = windows.WindowBuffer([episodes], window=5).sample(4000, torch.Generator().manual_seed(0))
+    steps = batch["valid"].sum(1).long()                                                 # (B,)
+    first = batch["obs"][:, 0, 0, 0].long()                                              # 100 e + start
+    e, start = first // 100, first % 100
+    assert torch.equal(steps, torch.clamp(torch.from_numpy(lengths)[e] - start, max=5))   # to the end at most
+    for b in range(200):
+        k = int(steps[b])
+        assert torch.equal(batch["obs"][b, :k + 1, 0, 0].long(), first[b] + torch.arange(k + 1))  # the next obs too
+        assert batch["dones"][b, :k].tolist() == [0.0] * (k - 1) + [float(start[b] + k == lengths[e[b]])]
+        assert batch["rewards"][b, :k].tolist() == [1.0] * k and not batch["valid"][b, k:].any()
+    assert abs(float((e == 0).float().mean()) - 20 / 22) < 0.02
+
+
+def test_the_window_script_is_train_py_with_windows(tmp_path, capsys):
+    from experiments import windows
+    flags = ["--scenario", "3m", "--quality", "poor", "--fraction", "0.0005", "--iters", "4", "--aug", "none",
+             "--eval-every", "2", "--eval-episodes", "4", "--out", str(tmp_path)]
+    windows.main(["--window", "3"] + flags)
+    printed = capsys.readouterr().out
+    out = windows.window_dir(train.parse_args(flags), 3)
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert out.startswith(os.path.join(str(tmp_path), "windows")) and out.endswith("-window3")
+    assert results["config"]["window"] == 3 and results["final"]["iteration"] == 4
+    assert f"results in {out}" in printed
+    with pytest.raises(SystemExit):
+        windows.main(["--window", "0"] + flags)
+    assert "--window must be at least 1, got 0" in capsys.readouterr().err

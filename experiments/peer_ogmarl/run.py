@@ -198,10 +198,16 @@ def run(args):
 
 
 def learner_label(config):
-    """Whose learner a run's config names: OG-MARL's, or ours (with BCQ's execution when it is not our default)."""
+    """Whose learner a run's config names: OG-MARL's, or ours with whichever of OG-MARL's ways it was run with
+    (greedy BCQ execution, experiments/windows.py's windows, no last action, no gradient clipping)."""
     if config.get("learner") == "og-marl":
         return "OG-MARL"
-    return "ours (greedy execution)" if config["algo"] == "bcq" and config.get("bcq_execution") == "greedy" else "ours"
+    ways = [name for name, used in (("greedy execution", config["algo"] == "bcq"
+                                     and config.get("bcq_execution") == "greedy"),
+                                    (f"{config.get('window')}-step windows", bool(config.get("window"))),
+                                    ("no last action", config.get("last_action") is False),
+                                    ("no gradient clipping", config.get("grad_clip") == 0)) if used]
+    return "ours" + (f" ({', '.join(ways)})" if ways else "")
 
 
 def table(records):
