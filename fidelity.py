@@ -269,7 +269,9 @@ def format_report(report):
         lines.append(f"{key:22s}{fmt.format(report['real'][key]):>10s}"
                      f"{fmt.format(report['synthetic'][key]):>10s}")
     lines.append(f"action-histogram TV distance (D_real vs D_syn): {report['action_tv_distance']:.3f}")
-    if "lam" in report:
+    if report.get("lam") == 0:
+        lines.append("λ = 0: no Q-hinge in the loss (EAQ^{-Q})")
+    elif "lam" in report:
         lam = report["lam_units"]
         lines.append(f"λ = {report['lam']:g}: hinge active on {report['hinge_active_share']:.1%} of training steps; "
                      f"as Eq. 5 summed over F x T: λ_sum = {lam['sum_over_matrix']:g}; "

@@ -24,6 +24,10 @@ the optimiser is tried here and not in eaq.py (its default is Adam at a
 constant rate, no clipping): `--decay-steps S` lowers the learning rate
 along a cosine from `--lr` at step `--warmup` to 0 at step S (linearly up
 from 0 before `--warmup`), and `--clip C` clips the gradient's norm at C.
+One lever of the loss is tried here and never in eaq.py, whose Eq. 5 is
+the paper's: `--min-snr G` weights each episode's x0 term by min(SNR_k, G),
+SNR_k = abar_k / (1 - abar_k) (min-SNR-γ, Hang et al. 2023; the Q-hinge
+is unchanged).
 """
 import dataclasses
 import glob
@@ -57,6 +61,30 @@ COLUMNS = (("copy k=1", lambda r: r["copy"]["1"]["action_accuracy"]),
            ("wins", lambda r: r["synthetic"]["win_share"]))
 
 
+class MinSNRDiffusion(diffusion.Diffusion):
+    """Eq. 5 with the x0 term of each episode weighted by min(SNR_k, gamma) (the hinge term as the paper's)."""
+
+    def __init__(self, model, K, gamma):
+        super().__init__(model, K)
+        self.gamma = gamma
+
+    def loss(self, tau0, valid, q_row, lam, k, noise):
+        tau0_pred = self.f_theta(self.q_sample(tau0, k, noise), k)                      # (B, F, T)
+        _, _, q_term = diffusion.eaq_loss(tau0_pred, tau0, q_row, valid, lam)
+        snr = self.abar[k - 1] / (1.0 - self.abar[k - 1])                              # (B,)
+        per_episode = ((tau0_pred - tau0) ** 2).mean(dim=(1, 2))                        # (B,)
+        diffusion_term = (snr.clamp(max=self.gamma) * per_episode).mean()
+        return diffusion_term + lam * q_term, diffusion_term, q_term
+
+
+def min_snr_build(gamma):
+    """diffusion.build, with the trained network's loss weighted by min-SNR-gamma (the EMA copy only samples)."""
+    def build(model_config):
+        net, ema = diffusion.build(model_config)
+        return MinSNRDiffusion(net.model, model_config["K"], gamma), ema
+    return build
+
+
 class ScheduledAdam(torch.optim.Adam):
     """Adam whose learning rate follows a warm-up and a cosine decay by its own step count, with the gradient's
     norm clipped at `clip` (0: none) before each step."""
@@ -84,13 +112,13 @@ class ScheduledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def setting_name(config, schedule=(0, 0, 0.0)):
-    """A run's label: its network, width, (agent-factored) mixing, learning rate, its schedule, and its device
-    unless the CPU."""
+def setting_name(config, schedule=(0, 0, 0.0), min_snr=0.0):
+    """A run's label: its network, width, (agent-factored) mixing, learning rate, its schedule and loss weighting,
+    and its device unless the CPU."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
     warmup, decay_steps, clip = schedule
-    extra = "".join(f"-{name}{value:g}" for name, value in (("warm", warmup), ("cos", decay_steps), ("clip", clip))
-                    if value)
+    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr))
+    extra = "".join(f"-{name}{value:g}" for name, value in levers if value)
     device = "" if config.device == "cpu" else "-" + config.device.replace(":", "")
     return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}{device}"
 
@@ -111,14 +139,16 @@ def trained_seconds(model, clock):
 
 
 def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS, clock="cpu",
-        chunk=CHUNK):
+        chunk=CHUNK, min_snr=0.0):
     """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
-    at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam."""
+    at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam;
+    `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it)."""
     real = data.load_dataset(dataset)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
-    model = eaq.prepare_model(config, real, dataset, ckpt, resume)
+    model = eaq.prepare_model(config, real, dataset, ckpt, resume, min_snr_build(min_snr) if min_snr
+                              else diffusion.build)
     if any(schedule):
         state = model.optimizer.state_dict()
         model.optimizer = ScheduledAdam(model.diffusion.parameters(), config.lr, *schedule)
@@ -127,11 +157,12 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])
     q_row = data.layout_of(real).q_tot
-    name = setting_name(config, schedule)
+    name = setting_name(config, schedule, min_snr)
     path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
-                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "clock": clock,
+                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "min_snr": min_snr,
+                    "clock": clock,
                     "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
@@ -204,6 +235,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=0, help="learning-rate warm-up steps (0: none, as eaq.py)")
     p.add_argument("--decay-steps", type=int, default=0, help="cosine decay of the rate to 0 at this step (0: none)")
     p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm at this (0: none, as eaq.py)")
+    p.add_argument("--min-snr", type=float, default=0.0,
+                   help="weight the x0 term by min(SNR_k, this) (min-SNR-γ; 0: Eq. 5 as written)")
     p.add_argument("--records", default=RECORDS, help="the folder of the records")
     p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
     args = p.parse_args(argv)
@@ -217,11 +250,15 @@ def main(argv=None):
         eaq.check_config(config)
         if not (args.dataset and args.out):
             raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
-        artifacts.require_flags(at_least_one={"--chunk": args.chunk, "--episodes": args.episodes})
+        artifacts.require_flags(at_least_one={"--chunk": args.chunk, "--episodes": args.episodes},
+                                finite={"--min-snr": args.min_snr})
+        if args.min_snr < 0:
+            raise artifacts.InputError(f"--min-snr must be >= 0 (0: none), got {args.min_snr}")
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
-        run(config, args.dataset, os.path.join(args.out, setting_name(config, schedule)), sorted(args.budgets),
-            args.episodes, args.resume, schedule, args.records, args.clock, args.chunk)
+        name = setting_name(config, schedule, args.min_snr)
+        run(config, args.dataset, os.path.join(args.out, name), sorted(args.budgets), args.episodes, args.resume,
+            schedule, args.records, args.clock, args.chunk, args.min_snr)
 
 
 if __name__ == "__main__":

@@ -295,19 +295,20 @@ def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp
     assert os.path.exists(tmp_path / "records" / "frontier.png")
 
 
-def test_the_frontier_on_the_wall_clock_judges_by_training_wall_time(tiny_3m, tmp_path, capsys):
+def test_the_frontier_on_the_wall_clock_judges_by_training_wall_time_with_min_snr(tiny_3m, tmp_path, capsys):
     frontier = bench("frontier")
     frontier.main(["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
                    "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
-                   "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "7"])
-    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))
+                   "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "7", "--min-snr", "5"])
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-minsnr5-s0.json"))
     judged = record["judgements"][0]
     assert record["clock"] == "wall" and judged["train_seconds"] >= 0.6 and judged["model_steps"] % 7 == 0
+    assert record["min_snr"] == 5.0
     model = types.SimpleNamespace(train_seconds=5.0, train_cpu_seconds=3.0)
     assert (frontier.trained_seconds(model, "wall"), frontier.trained_seconds(model, "cpu")) == (5.0, 3.0)
     capsys.readouterr()
     frontier.main(["--table", "--records", str(tmp_path / "records")])
-    assert "| flat16-lr0.001-s0 | 0.01 wall |" in capsys.readouterr().out
+    assert "| flat16-lr0.001-minsnr5-s0 | 0.01 wall |" in capsys.readouterr().out
 
 
 def test_the_value_test_trains_one_learner_on_d_syn_alone_and_on_d_real_alone(tmp_path, monkeypatch):
@@ -349,3 +350,25 @@ def test_the_speed_script_builds_the_model_eaq_would_and_profiles_a_step(tiny_3m
     assert "DDIM-2" in flat and "episodes/s" in flat
     assert "agents dim 8 on cpu" in agents and f"{sizes['agents']:,} parameters" in agents
     assert "Self CPU time total" in agents and "sampling" not in agents        # the profile, no sampling
+
+
+def test_min_snr_weights_each_episodes_x0_term_by_its_capped_snr():
+    """experiments/frontier.py's min-SNR-γ lever by hand: a network that answers zeros, two episodes of ones at a
+    low-noise step (SNR above γ: weight γ) and a high-noise one (SNR below: weight SNR); the hinge is Eq. 5's."""
+    frontier = bench("frontier")
+
+    class Zeros(torch.nn.Module):
+        def forward(self, tau_k, k):
+            return torch.zeros_like(tau_k)
+    model = frontier.MinSNRDiffusion(Zeros(), K=1000, gamma=5.0)
+    tau0, valid = torch.ones(2, 3, 4), torch.ones(2, 4)
+    k = torch.tensor([1, 900])
+    snr = model.abar[k - 1] / (1.0 - model.abar[k - 1])
+    assert snr[0] > 5.0 > snr[1]
+    total, diffusion_term, q_term = model.loss(tau0, valid, 0, 0.1, k, torch.zeros_like(tau0))
+    assert float(diffusion_term) == pytest.approx((5.0 + float(snr[1])) / 2)          # each episode's error is 1
+    plain = diffusion.Diffusion(Zeros(), K=1000).loss(tau0, valid, 0, 0.1, k, torch.zeros_like(tau0))
+    assert float(plain[1]) == pytest.approx(1.0) and float(q_term) == pytest.approx(float(plain[2])) == 1.0
+    assert float(total) == pytest.approx(float(diffusion_term) + 0.1 * float(q_term))
+    config = eaq.DiffusionConfig(network="agents", dim=32)
+    assert frontier.setting_name(config, min_snr=5.0) == "agents32-attention-lr0.001-minsnr5-s0"

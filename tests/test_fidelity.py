@@ -212,6 +212,8 @@ def test_the_report_prints_the_damage_check_and_the_lambda_in_the_papers_units(t
     assert f"{'reward_below_damage':22s}{'0.000':>10s}{'0.000':>10s}" in printed
     assert "hinge active on 50.0% of training steps; as Eq. 5 summed over F x T: λ_sum = 2760" in printed
     assert printed.endswith("D_syn meets the fidelity bar")
+    without_q = fidelity.format_report({**report, "lam": 0.0, "hinge_active_share": 1.0})   # the hinge is computed
+    assert "λ = 0: no Q-hinge in the loss (EAQ^{-Q})" in without_q and "hinge active" not in without_q
 
 
 class Unscale(torch.nn.Module):
