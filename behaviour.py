@@ -242,8 +242,8 @@ def train(args, progress=True):
     eval_key = jax.random.PRNGKey(10_000 + args.seeds[0])
     log = {"scenario": args.scenario, "config": vars(args), "command": training_command(args), "checkpoints": []}
     start = time.time()
-    learner = "MAPPO" if args.critic == "central" else "IPPO"
-    bar = tqdm(total=intervals * args.checkpoint_every, desc=f"{learner} {args.scenario} x{len(args.seeds)} seeds",
+    bar = tqdm(total=intervals * args.checkpoint_every,
+               desc=f"{learner_name(args.critic)} {args.scenario} x{len(args.seeds)} seeds",
                unit="step", unit_scale=True, disable=not progress)
     for interval in range(intervals + 1):
         env_steps = interval * updates_per_interval * steps_per_update
@@ -273,6 +273,11 @@ def train(args, progress=True):
     return log
 
 
+def learner_name(critic):
+    """IPPO with each agent's own critic, MAPPO with the central one (ippo.CRITICS)."""
+    return "MAPPO" if critic == "central" else "IPPO"
+
+
 def training_command(args):
     """The behaviour.py command line that reproduces a training run (every flag that differs from its default)."""
     defaults = vars(parse_args(["--scenario", args.scenario]))
@@ -298,8 +303,7 @@ def plot_training(log, path):
             ax.axhline(target[0], ls="--", lw=0.8, color="gray")
             ax.text(0, target[0], f" {quality}", va="bottom", fontsize=7, color="gray")
     ax.set(xlabel="environment steps", ylabel=f"return (ε = {EPSILON})",
-           title=f"{'MAPPO' if log['config'].get('critic') == 'central' else 'IPPO'} behaviour policies, "
-                 f"{log['scenario']}")
+           title=f"{learner_name(log['config'].get('critic', 'agent'))} behaviour policies, {log['scenario']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     artifacts.save_figure(fig, path)

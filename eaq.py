@@ -243,12 +243,13 @@ def fit_and_sample(config, dataset, out, resume=False, checkpoint_every=1000, pr
     return report
 
 
-def build_parser(config_cls=DiffusionConfig):
+def build_parser(config_cls=DiffusionConfig, required=("dataset", "out")):
+    """eaq.py's flags; `required` names which of --dataset and --out must be given (experiments/ relax them)."""
     p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train the EAQ diffusion model on a dataset and sample "
                                             "S times as many synthetic episodes (paper §3.2, Alg. 1).")
-    p.add_argument("--dataset", required=True, help="HDF5 dataset (D_real), e.g. made by datasets.py")
-    p.add_argument("--out", required=True, help="output folder: model.pt, synthetic.h5, report.json")
+    p.add_argument("--dataset", required="dataset" in required, help="HDF5 dataset (D_real), e.g. made by datasets.py")
+    p.add_argument("--out", required="out" in required, help="output folder: model.pt, synthetic.h5, report.json")
     artifacts.add_config_flags(p, config_cls)
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")

@@ -41,12 +41,8 @@ def print_profile(work, device, rows=20):
 
 
 def main(argv=None):
-    p = eaq.build_parser()
+    p = eaq.build_parser(required=("dataset",))             # eaq.py's flags; nothing is written
     p.description = __doc__.splitlines()[0]
-    p.set_defaults(out="")
-    for action in p._actions:               # eaq.py's flags; nothing is written
-        if action.dest == "out":
-            action.required = False
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps (after 3 untimed)")
     p.add_argument("--no-sampling", action="store_true", help="time training only")
     p.add_argument("--profile", type=int, default=0, help="profile this many more training steps (0: none)")

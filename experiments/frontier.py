@@ -220,11 +220,8 @@ def plot(records, path):
 
 
 def main(argv=None):
-    p = eaq.build_parser()
+    p = eaq.build_parser(required=())        # eaq.py's flags; --dataset and --out are only needed to train
     p.description = __doc__.splitlines()[0]
-    for action in p._actions:                 # eaq.py's flags; --dataset and --out are only needed to train
-        if action.dest in ("dataset", "out"):
-            action.required = False
     p.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 90],
                    help="minutes of training (by --clock) to judge at")
     p.add_argument("--clock", default="cpu", choices=("cpu", "wall"),
