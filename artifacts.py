@@ -254,7 +254,7 @@ def refusal_reason(err):
 def torch_threads():
     """Torch threads per process: 1, unless the environment variable EAQ_TORCH_THREADS sets another count.
 
-    Measured on a 2-core machine (docs/performance.md): with two threads a
+    Measured on a 2-core machine (docs/reliability.md): with two threads a
     learner runs 1.6x and the diffusion model 1.5x faster alone, but two such
     processes side by side fall 5x (barrier-synchronised threads wait for
     each other's descheduled partner); with one thread each, a second process

@@ -71,12 +71,9 @@ OG_MARL = {
 # Checkpoints (safetensors: tensors and string metadata only, no code on load)
 # ---------------------------------------------------------------------------
 def actor_tensors(actor):
-    """Actor layers -> flat {'actor.<i>.w': array, 'actor.<i>.b': array} of float32 numpy arrays."""
-    tensors = {}
-    for i, layer in enumerate(actor):
-        tensors[f"actor.{i}.w"] = np.asarray(layer["w"], dtype=np.float32)
-        tensors[f"actor.{i}.b"] = np.asarray(layer["b"], dtype=np.float32)
-    return tensors
+    """Actor layers -> flat {'actor.<i>.<name>': array} (w, b; a GRU cell's u too) of float32 numpy arrays."""
+    return {f"actor.{i}.{name}": np.asarray(value, dtype=np.float32)
+            for i, layer in enumerate(actor) for name, value in layer.items()}
 
 
 def save_policy(path, actor, metadata):
@@ -92,7 +89,7 @@ def rebuild_hint(path):
             f"`python behaviour.py --scenario {scenario}`")
 
 
-POLICY_KEYS = ("scenario", "n_agents", "obs_dim", "n_actions", "seed", "env_steps")
+POLICY_KEYS = ("scenario", "n_agents", "obs_dim", "n_actions", "seed", "env_steps")   # and "actor" (default mlp)
 
 
 def load_policy(path):
@@ -108,14 +105,15 @@ def load_policy(path):
         raise artifacts.InputError(f"{path}: not a readable behaviour-policy file ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); {rebuild_hint(path)}") from None
     missing = [k for k in POLICY_KEYS if k not in metadata]
-    n_layers = len(tensors) // 2
-    layers = [{"w": tensors.get(f"actor.{i}.w"), "b": tensors.get(f"actor.{i}.b")} for i in range(n_layers)]
-    if missing or not layers or any(v is None for layer in layers for v in layer.values()):
+    kind = metadata.get("actor", "mlp")
+    if missing or "actor.0.b" not in tensors or kind not in ippo.ACTORS:
         raise artifacts.InputError(f"{path}: not a behaviour-policy file (missing {', '.join(missing) or 'actor layers'}); "
-                         f"{rebuild_hint(path)}")
-    widths = [metadata["obs_dim"] + metadata["n_agents"]] + [layer["b"].shape[0] for layer in layers]
-    if widths[-1] != metadata["n_actions"] or any(
-            layer["w"].shape != (a, b) for layer, a, b in zip(layers, widths[:-1], widths[1:])):
+                                   f"{rebuild_hint(path)}")
+    wanted = ippo.actor_shapes(kind, metadata["obs_dim"] + metadata["n_agents"], tensors["actor.0.b"].shape[0],
+                               metadata["n_actions"])
+    layers = [{name: tensors.get(f"actor.{i}.{name}") for name in shapes} for i, shapes in enumerate(wanted)]
+    found = [{name: getattr(value, "shape", None) for name, value in layer.items()} for layer in layers]
+    if len(tensors) != sum(map(len, wanted)) or found != wanted:
         raise artifacts.InputError(f"{path}: actor shapes do not fit its metadata; {rebuild_hint(path)}")
     if not all(np.isfinite(v).all() for layer in layers for v in layer.values()):
         raise artifacts.InputError(f"{path}: actor holds NaN or inf; {rebuild_hint(path)}")
@@ -144,16 +142,26 @@ class TrainedPolicy:
                              f"not for {wanted[0]} (N, O, A = {wanted[1:]})")
         self.epsilon, self.path = float(epsilon), path
         self._key = jax.random.PRNGKey(seed)
-        self._act = jax.jit(lambda actor, key, obs, avail, eps: ippo.epsilon_greedy(
-            key, ippo.masked_logits(actor, ippo.agent_inputs(obs), avail), avail, eps))
+        self._act = jax.jit(act)
+        self._memory = None
 
     def reset(self):
-        """Nothing to reset: the policy is memoryless."""
+        """New games: the actor's memory empties (a GRU's; the MLP's has width 0)."""
+        self._memory = None
 
     def __call__(self, obs, avail):
         import jax
+        if self._memory is None:
+            self._memory = np.zeros(obs.shape[:-1] + (ippo.memory_size(self.actor),), np.float32)   # (B, N, H)
         self._key, key = jax.random.split(self._key)
-        return np.asarray(self._act(self.actor, key, obs, avail, self.epsilon), dtype=np.int64)
+        self._memory, actions = self._act(self.actor, key, self._memory, obs, avail, self.epsilon)
+        return np.asarray(actions, dtype=np.int64)
+
+
+def act(actor, key, memory, obs, avail, epsilon):
+    """One ε-greedy step of every agent: (memory (B, N, H), obs (B, N, O), avail (B, N, A)) -> (memory', actions)."""
+    memory, logits = ippo.actor_step(actor, memory, ippo.agent_inputs(obs), avail)
+    return memory, ippo.epsilon_greedy(key, logits, avail, epsilon)
 
 
 # ---------------------------------------------------------------------------
@@ -197,14 +205,17 @@ def shipped_policies(scenario, quality, policy_dir=POLICY_DIR):
     return entries
 
 
-def ship(scenario, run_dir, policy_dir=POLICY_DIR):
-    """Pick each quality's checkpoints from a training run and copy them into policy_dir with the manifest."""
+def ship(scenario, run_dir, policy_dir=POLICY_DIR, qualities=QUALITIES):
+    """Pick the qualities' checkpoints from a training run and copy them into policy_dir with the manifest.
+
+    Qualities not named keep the policies (and manifest entries) they have.
+    """
     with open(os.path.join(run_dir, "log.json")) as f:
         log = json.load(f)
     os.makedirs(os.path.join(policy_dir, scenario), exist_ok=True)
     manifest = read_manifest(policy_dir)
-    manifest[scenario] = {}
-    for quality in QUALITIES:
+    manifest.setdefault(scenario, {})
+    for quality in qualities:
         target = OG_MARL[(scenario, quality)][0]
         entries = []
         for seed, pick in pick_checkpoints(log["checkpoints"], target).items():
@@ -217,8 +228,9 @@ def ship(scenario, run_dir, policy_dir=POLICY_DIR):
                             "win_rate": pick["win_rate"], "target_return": target, "reached": pick["reached"],
                             "sha256": file_sha256(path), "epsilon": EPSILON, "command": log["command"]})
         manifest[scenario][quality] = entries
+    manifest[scenario] = {q: manifest[scenario][q] for q in QUALITIES if q in manifest[scenario]}
     artifacts.write_json(os.path.join(policy_dir, MANIFEST), dict(sorted(manifest.items())))
-    return manifest[scenario]
+    return {q: manifest[scenario][q] for q in qualities}
 
 
 # ---------------------------------------------------------------------------
@@ -236,14 +248,14 @@ def train(args, progress=True):
     trainer = ippo.Trainer(args.scenario, args.n_envs, args.n_steps, args.epochs, args.minibatches, args.lr,
                            args.gamma, args.gae_lambda, args.clip, args.vf_coef, args.ent_coef,
                            args.max_grad_norm, args.hidden, updates_per_interval, intervals, args.eval_episodes,
-                           EPSILON, args.critic)
+                           EPSILON, args.critic, args.actor)
     states = [trainer.init(s) for s in args.seeds]
     state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states)               # seed axis first
     eval_key = jax.random.PRNGKey(10_000 + args.seeds[0])
     log = {"scenario": args.scenario, "config": vars(args), "command": training_command(args), "checkpoints": []}
     start = time.time()
     bar = tqdm(total=intervals * args.checkpoint_every,
-               desc=f"{learner_name(args.critic)} {args.scenario} x{len(args.seeds)} seeds",
+               desc=f"{learner_name(args.critic, args.actor)} {args.scenario} x{len(args.seeds)} seeds",
                unit="step", unit_scale=True, disable=not progress)
     for interval in range(intervals + 1):
         env_steps = interval * updates_per_interval * steps_per_update
@@ -262,7 +274,7 @@ def train(args, progress=True):
                         {"scenario": args.scenario, "n_agents": trainer.n_agents, "obs_dim": trainer.obs_dim,
                          "n_actions": trainer.n_actions, "seed": seed, "env_steps": env_steps,
                          "return_mean": record["return_mean"], "return_std": record["return_std"],
-                         "win_rate": record["win_rate"], "epsilon": EPSILON})
+                         "win_rate": record["win_rate"], "epsilon": EPSILON, "actor": args.actor})
             log["checkpoints"].append(record)
         artifacts.write_json(os.path.join(run_dir, "log.json"), log)
         bar.set_postfix(ret=" ".join(f"{r.mean():.1f}" for r in returns))
@@ -273,9 +285,9 @@ def train(args, progress=True):
     return log
 
 
-def learner_name(critic):
-    """IPPO with each agent's own critic, MAPPO with the central one (ippo.CRITICS)."""
-    return "MAPPO" if critic == "central" else "IPPO"
+def learner_name(critic, actor="mlp"):
+    """IPPO with each agent's own critic, MAPPO with the central one (ippo.CRITICS); "(GRU)" for a GRU actor."""
+    return ("MAPPO" if critic == "central" else "IPPO") + (" (GRU)" if actor == "gru" else "")
 
 
 def training_command(args):
@@ -283,7 +295,7 @@ def training_command(args):
     defaults = vars(parse_args(["--scenario", args.scenario]))
     flags = []
     for key, value in vars(args).items():
-        if key in ("out", "policies", "ship_only", "scenario") or value == defaults[key]:
+        if key in ("out", "policies", "ship_only", "qualities", "scenario") or value == defaults[key]:
             continue
         flag = "--" + key.replace("_", "-")
         flags += [flag] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
@@ -303,7 +315,7 @@ def plot_training(log, path):
             ax.axhline(target[0], ls="--", lw=0.8, color="gray")
             ax.text(0, target[0], f" {quality}", va="bottom", fontsize=7, color="gray")
     ax.set(xlabel="environment steps", ylabel=f"return (ε = {EPSILON})",
-           title=f"{learner_name(log['config'].get('critic', 'agent'))} behaviour policies, {log['scenario']}")
+           title=f"{learner_name(log['config'].get('critic', 'agent'), log['config'].get('actor', 'mlp'))} behaviour policies, {log['scenario']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     artifacts.save_figure(fig, path)
@@ -334,9 +346,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64, help="hidden width of actor and critic")
     p.add_argument("--critic", default="agent", choices=ippo.CRITICS,
                    help="the critic's input: the agent's observation (IPPO) or every agent's (MAPPO)")
+    p.add_argument("--actor", default="mlp", choices=ippo.ACTORS,
+                   help="the actor: an MLP, or with a GRU cell that remembers the game (JaxMARL's SMAX actor)")
     p.add_argument("--out", default=os.path.join("runs", "behaviour"), help="training runs: OUT/<scenario>/")
     p.add_argument("--policies", default=POLICY_DIR, help="where the picked policies are shipped")
     p.add_argument("--ship-only", action="store_true", help="do not train: pick and ship from OUT/<scenario>/")
+    p.add_argument("--qualities", nargs="+", default=list(QUALITIES), choices=QUALITIES,
+                   help="the qualities to pick and ship; the others keep their shipped policies")
     args = p.parse_args(argv)
     envlib.require_scenario(p, args.scenario)
     for name in ("checkpoint_every", "eval_episodes", "n_envs", "n_steps", "epochs",
@@ -352,6 +368,8 @@ def parse_args(argv=None):
         p.error(f"--env-steps must be at least 1, got {args.env_steps}")
     if (args.n_envs * args.n_steps) % args.minibatches:
         p.error(f"--minibatches must divide n-envs x n-steps = {args.n_envs * args.n_steps}")
+    if args.actor == "gru" and args.n_envs % args.minibatches:
+        p.error(f"--minibatches must divide --n-envs ({args.n_envs}) with --actor gru (its minibatches are games)")
     for name in ("lr", "gamma", "gae_lambda", "clip", "vf_coef", "ent_coef", "max_grad_norm"):
         value = getattr(args, name)
         if not np.isfinite(value) or value < 0 or (name in ("lr", "clip", "max_grad_norm") and value == 0):
@@ -373,7 +391,7 @@ def main(argv=None):
         print(f"{args.scenario} has no OG-MARL targets: nothing to ship")
         return
     with artifacts.one_line_errors():
-        shipped = ship(args.scenario, run_dir, args.policies)
+        shipped = ship(args.scenario, run_dir, args.policies, args.qualities)
     for quality, entries in shipped.items():
         picks = ", ".join(f"seed {e['seed']}: {e['return_mean']:.2f} @ {e['env_steps']:,}"
                           + ("" if e["reached"] else " (target not reached)") for e in entries)

@@ -78,8 +78,11 @@ def smax_enemy_blocks(n_agents, n_enemies, obs_dim):
 @contextlib.contextmanager
 def _quiet_stdout():
     """Silence file descriptor 1: jaxmarl prints a banner on import and resets
-    `sys.stdout` while doing so, which `contextlib.redirect_stdout` cannot catch."""
+    `sys.stdout` while doing so, which `contextlib.redirect_stdout` cannot catch.
+    Its import also sets `sys.stdout` and `sys.stderr` back to the process's own
+    streams, so whatever the caller had put there (pytest's capture) is restored."""
     sys.stdout.flush()
+    streams = sys.stdout, sys.stderr
     saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     try:
@@ -88,6 +91,7 @@ def _quiet_stdout():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+        sys.stdout, sys.stderr = streams
 
 
 def _import_smax():

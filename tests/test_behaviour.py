@@ -50,13 +50,46 @@ def test_the_central_critic_sees_every_agents_observation_and_its_own_id():
     np.testing.assert_array_equal(np.asarray(ippo.critic_inputs(obs, "agent")), np.asarray(ippo.agent_inputs(obs)))
 
 
-@pytest.mark.parametrize("critic", ippo.CRITICS)
-def test_a_short_ppo_run_beats_its_untrained_policy(critic):
-    """A few PPO updates on 3m, IPPO's critic or MAPPO's: the evaluated (ε-greedy) return rises above the
-    initial policy's."""
+def gru_actor(seed=0, in_dim=5, hidden=3, n_actions=4):
+    import jax
+    return ippo.init_actor(jax.random.PRNGKey(seed), in_dim, hidden, n_actions, "gru")
+
+
+def test_the_gru_actor_remembers_within_a_game_and_forgets_at_its_start():
+    """Replaying a rollout (minibatch_logits) gives the logits of stepping it, memory emptied where a game starts:
+    an input changed before a start changes nothing after it, and without a start it changes what follows."""
+    import jax.numpy as jnp
+    actor, rng = gru_actor(), np.random.default_rng(0)
+    S, B, N = 6, 2, 3
+    inputs = jnp.asarray(rng.normal(size=(S, B, N, 5)), jnp.float32)
+    avail = jnp.asarray(rng.random((S, B, N, 4)) < 0.8).at[..., 0].set(True)
+    first = jnp.zeros((S, B), bool).at[0].set(True).at[3, 0].set(True)       # game 0 restarts at step 3
+    h0 = jnp.asarray(rng.normal(size=(B, N, 3)), jnp.float32)
+
+    def stepped(inputs):
+        h, out = h0, []
+        for t in range(S):
+            h, logits = ippo.actor_step(actor, ippo.forget_at_start(h, first[t]), inputs[t], avail[t])
+            out.append(logits)
+        return np.stack(out)
+
+    batch = {"inputs": inputs, "avail": avail, "first": first, "h0": h0}
+    replayed = np.asarray(ippo.minibatch_logits(actor, batch))
+    np.testing.assert_allclose(replayed, stepped(inputs), rtol=1e-5, atol=1e-5)
+    assert (replayed[~np.asarray(avail)] == ippo.ILLEGAL).all()
+    changed = stepped(inputs.at[1].add(1.0))                                   # step 1 of both games
+    np.testing.assert_allclose(changed[3:, 0], replayed[3:, 0], rtol=1e-5, atol=1e-5)   # game 0 restarted
+    assert np.abs(changed[3:, 1] - replayed[3:, 1]).max() > 1e-3                          # game 1 remembers
+    assert ippo.memory_size(actor) == 3 and ippo.memory_size(tiny_actor()) == 0
+
+
+@pytest.mark.parametrize("critic, actor", [("agent", "mlp"), ("central", "mlp"), ("agent", "gru")])
+def test_a_short_ppo_run_beats_its_untrained_policy(critic, actor):
+    """A few PPO updates on 3m, IPPO's critic or MAPPO's, an MLP actor or a GRU: the evaluated (ε-greedy)
+    return rises above the initial policy's."""
     import jax
     trainer = ippo.Trainer("3m", n_envs=32, n_steps=64, lr=4e-3, clip=0.05, max_grad_norm=0.25,
-                           updates_per_interval=12, intervals=1, eval_episodes=64, critic=critic)
+                           updates_per_interval=12, intervals=1, eval_episodes=64, critic=critic, actor=actor)
     state = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[trainer.init(s) for s in (0, 1)])
     keys = jax.random.split(jax.random.PRNGKey(5), 2)
     before, _ = trainer.evaluate(state["params"]["actor"], keys)
@@ -76,14 +109,37 @@ def tiny_actor(obs_dim=75, n_agents=3, n_actions=8, hidden=4, seed=0):
 META = {"scenario": "3m", "n_agents": 3, "obs_dim": 75, "n_actions": 8, "seed": 0, "env_steps": 0}
 
 
-def test_a_saved_policy_loads_back_exactly(tmp_path):
+@pytest.mark.parametrize("kind", ippo.ACTORS)
+def test_a_saved_policy_loads_back_exactly(tmp_path, kind):
     path = str(tmp_path / "p.safetensors")
-    actor = tiny_actor()
-    behaviour.save_policy(path, actor, {**META, "return_mean": 1.5})
+    actor = tiny_actor() if kind == "mlp" else gru_actor(in_dim=78, hidden=4, n_actions=8)
+    behaviour.save_policy(path, actor, {**META, "return_mean": 1.5, "actor": kind})
     layers, metadata = behaviour.load_policy(path)
     assert metadata["return_mean"] == 1.5 and metadata["scenario"] == "3m"
+    assert [sorted(layer) for layer in layers] == [sorted(layer) for layer in actor]
     for a, b in zip(actor, layers):
-        np.testing.assert_array_equal(a["w"], b["w"])
+        for name in a:
+            np.testing.assert_array_equal(np.asarray(a[name]), b[name])
+    behaviour.save_policy(path, actor, {**META, "actor": "mlp" if kind == "gru" else "gru"})   # the wrong kind
+    with pytest.raises(artifacts.InputError, match="actor shapes do not fit its metadata"):
+        behaviour.load_policy(path)
+
+
+def test_a_gru_policy_plays_from_an_empty_memory_after_each_reset(tmp_path):
+    env = envlib.make_env("3m", "smax", n_envs=4, seed=0)
+    path = str(tmp_path / "gru.safetensors")
+    actor = gru_actor(in_dim=env.obs_dim + env.n_agents, hidden=8, n_actions=env.n_actions)
+    behaviour.save_policy(path, actor, {**META, "actor": "gru"})
+    policy = behaviour.TrainedPolicy(path, env, epsilon=0.0)
+    obs, avail = env.reset()
+    first = policy(obs, avail)
+    after_one = np.array(policy._memory)                                  # (B, N, H)
+    assert after_one.shape == (4, 3, 8) and np.abs(after_one).max() > 0
+    policy(obs, avail)
+    assert np.abs(np.asarray(policy._memory) - after_one).max() > 1e-4    # the memory goes on within a game
+    policy.reset()
+    np.testing.assert_array_equal(policy(obs, avail), first)              # greedy from an empty memory again
+    np.testing.assert_allclose(np.asarray(policy._memory), after_one, rtol=1e-6)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -130,6 +186,41 @@ def test_the_shipped_policies_match_their_manifest(scenario):
             _, metadata = behaviour.load_policy(path)
             assert metadata["env_steps"] == e["env_steps"] and metadata["quality"] == quality
             assert metadata["scenario"] == scenario
+
+
+def test_every_reached_level_is_within_10_percent_of_og_marls_mean():
+    """A dataset mixes its four policies equally, so its level is their picks' mean (over seeds that reached it)."""
+    checked = 0
+    for scenario, qualities in behaviour.read_manifest().items():
+        for quality, entries in qualities.items():
+            reached = [e["return_mean"] for e in entries if e["reached"]]
+            if reached:
+                target = behaviour.OG_MARL[(scenario, quality)][0]
+                assert abs(np.mean(reached) / target - 1) <= 0.1, (scenario, quality, reached, target)
+                checked += 1
+    assert checked >= 13                      # every map's poor, medium and good but 5m_vs_6m's unreached ones
+
+
+def test_shipping_some_qualities_keeps_the_others(tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(behaviour.POLICY_DIR, policies)
+    before = behaviour.read_manifest(str(policies))
+    actor, metadata = behaviour.load_policy(os.path.join(behaviour.POLICY_DIR, before["3m"]["poor"][0]["file"]))
+    run, checkpoints = tmp_path / "run", []
+    (run / "checkpoints").mkdir(parents=True)
+    for seed in (0, 1):
+        for steps, ret in ((0, 1.0), (100, 9.0), (200, 11.0)):             # medium's target: 9.96
+            name = f"checkpoints/seed{seed}-{steps:09d}.safetensors"
+            behaviour.save_policy(str(run / name), actor, {**metadata, "seed": seed, "env_steps": steps})
+            checkpoints.append({"seed": seed, "env_steps": steps, "return_mean": ret + seed, "return_std": 1.0,
+                                "win_rate": 0.0, "file": name})
+    artifacts.write_json(str(run / "log.json"), {"checkpoints": checkpoints, "command": "python behaviour.py"})
+    shipped = behaviour.ship("3m", str(run), str(policies), qualities=["medium"])
+    after = behaviour.read_manifest(str(policies))
+    assert list(shipped) == ["medium"] and after["3m"]["medium"] == shipped["medium"]
+    assert [(e["seed"], e["env_steps"], e["reached"]) for e in shipped["medium"]] == [(0, 100, True), (1, 100, True)]
+    assert after["3m"]["poor"] == before["3m"]["poor"] and after["3m"]["good"] == before["3m"]["good"]
+    assert list(after["3m"]) == list(behaviour.QUALITIES) and after["8m"] == before["8m"]
 
 
 def test_datasets_from_shipped_policies_are_deterministic_mix_all_seeds_and_say_so(tmp_path):

@@ -207,3 +207,18 @@ def test_a_restored_stream_state_replays_the_same_episodes():
     fresh = envlib.make_env("3m", n_envs=4, seed=0)
     fresh.set_stream_state(state)
     np.testing.assert_array_equal(fresh.reset()[0], second)
+
+
+def test_importing_smax_leaves_the_callers_streams_in_place():
+    """jaxmarl's import points sys.stdout and sys.stderr back at the process's own (which breaks pytest's
+    capture and any redirect); env restores what the caller had. A fresh process, so jaxmarl is not yet imported."""
+    code = ("import io, sys, env\n"
+            "out, err = io.StringIO(), io.StringIO()\n"
+            "sys.stdout, sys.stderr = out, err\n"
+            "env.smax_scenarios()\n"
+            "ok = sys.stdout is out and sys.stderr is err\n"
+            "sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__\n"
+            "print('kept' if ok else 'replaced')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.stdout.strip() == "kept", result.stderr[-500:]
