@@ -314,8 +314,9 @@ def plot_training(log, path):
         if target:
             ax.axhline(target[0], ls="--", lw=0.8, color="gray")
             ax.text(0, target[0], f" {quality}", va="bottom", fontsize=7, color="gray")
+    name = learner_name(log["config"].get("critic", "agent"), log["config"].get("actor", "mlp"))
     ax.set(xlabel="environment steps", ylabel=f"return (ε = {EPSILON})",
-           title=f"{learner_name(log['config'].get('critic', 'agent'), log['config'].get('actor', 'mlp'))} behaviour policies, {log['scenario']}")
+           title=f"{name} behaviour policies, {log['scenario']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     artifacts.save_figure(fig, path)
