@@ -208,7 +208,8 @@ def shipped_policies(scenario, quality, policy_dir=POLICY_DIR):
 def ship(scenario, run_dir, policy_dir=POLICY_DIR, qualities=QUALITIES):
     """Pick the qualities' checkpoints from a training run and copy them into policy_dir with the manifest.
 
-    Qualities not named keep the policies (and manifest entries) they have.
+    Qualities not named keep the policies (and manifest entries) they have, and so do the seeds the run did
+    not train: one seed can be retrained alone (`--seeds 3`) and shipped beside the others.
     """
     with open(os.path.join(run_dir, "log.json")) as f:
         log = json.load(f)
@@ -217,8 +218,9 @@ def ship(scenario, run_dir, policy_dir=POLICY_DIR, qualities=QUALITIES):
     manifest.setdefault(scenario, {})
     for quality in qualities:
         target = OG_MARL[(scenario, quality)][0]
-        entries = []
-        for seed, pick in pick_checkpoints(log["checkpoints"], target).items():
+        picks = pick_checkpoints(log["checkpoints"], target)
+        entries = [e for e in manifest[scenario].get(quality, []) if e["seed"] not in picks]
+        for seed, pick in picks.items():
             actor, metadata = load_policy(os.path.join(run_dir, pick["file"]))
             name = f"{quality}-seed{seed}.safetensors"
             path = os.path.join(policy_dir, scenario, name)
@@ -227,7 +229,7 @@ def ship(scenario, run_dir, policy_dir=POLICY_DIR, qualities=QUALITIES):
                             "return_mean": pick["return_mean"], "return_std": pick["return_std"],
                             "win_rate": pick["win_rate"], "target_return": target, "reached": pick["reached"],
                             "sha256": file_sha256(path), "epsilon": EPSILON, "command": log["command"]})
-        manifest[scenario][quality] = entries
+        manifest[scenario][quality] = sorted(entries, key=lambda e: e["seed"])
     manifest[scenario] = {q: manifest[scenario][q] for q in QUALITIES if q in manifest[scenario]}
     artifacts.write_json(os.path.join(policy_dir, MANIFEST), dict(sorted(manifest.items())))
     return {q: manifest[scenario][q] for q in qualities}

@@ -107,11 +107,16 @@ class Diffusion(nn.Module):
     @torch.no_grad()
     def ddim_sample(self, shape, n_steps, generator=None):
         """Deterministic DDIM (eta = 0) on n_steps evenly spaced steps of 1..K."""
+        tau = torch.randn(shape, generator=generator).to(self.abar.device)
+        return self.ddim_from(tau, self.K, n_steps)
+
+    @torch.no_grad()
+    def ddim_from(self, tau, k_start, n_steps):
+        """DDIM (eta = 0) from tau (B, F, T) at step k_start down to tau0, on n_steps evenly spaced steps."""
         device = self.abar.device
-        steps = np.unique(np.linspace(self.K, 1, n_steps).round().astype(int))[::-1]
-        tau = torch.randn(shape, generator=generator).to(device)
+        steps = np.unique(np.linspace(k_start, 1, n_steps).round().astype(int))[::-1]
         for i, k in enumerate(steps):
-            ks = torch.full((shape[0],), int(k), device=device, dtype=torch.long)
+            ks = torch.full((tau.shape[0],), int(k), device=device, dtype=torch.long)
             tau0 = self.predict_tau0(tau, ks)
             abar = self.abar[k - 1]
             eps = (tau - abar.sqrt() * tau0) / (1.0 - abar).sqrt()

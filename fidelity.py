@@ -235,13 +235,17 @@ def fidelity_misses(report):
     return misses
 
 
+def matrix_stats(real, reward_range):
+    """An empty MatrixStats for matrices of D_real's layout (Episodes), reward range (lo, hi) and damage threshold."""
+    return MatrixStats(data.layout_of(real), reward_range, real.attrs.get("backend", "smax"),
+                       attacks.damage_threshold(real))
+
+
 def stats_pair(real, real_matrix, reward_range):
-    """Two MatrixStats for D_real (Episodes; `real_matrix` its Eq. 4 matrix (E, F, T), added) and D_syn (empty),
-    with D_real's reward range (lo, hi) and damage threshold."""
-    args = (data.layout_of(real), reward_range, real.attrs.get("backend", "smax"), attacks.damage_threshold(real))
-    real_stats = MatrixStats(*args)
+    """Two MatrixStats for D_real (Episodes; `real_matrix` its Eq. 4 matrix (E, F, T), added) and D_syn (empty)."""
+    real_stats, syn_stats = matrix_stats(real, reward_range), matrix_stats(real, reward_range)
     real_stats.add(real_matrix)
-    return real_stats, MatrixStats(*args)
+    return real_stats, syn_stats
 
 
 def synthetic_report(real_stats, syn_stats):
@@ -367,11 +371,11 @@ def file_report(real, synthetic_path):
 
 
 def checkpoint_report(path, real, synthetic=None, n_episodes=1000, ddim_steps=20, ks=(1, 50), seed=0,
-                      progress=True, device="cpu"):
-    """The model in checkpoint `path` (trained on D_real, Episodes) judged on torch `device`: its D_syn file
-    `synthetic`, or else `n_episodes` sampled from it with D_real's windows, beside D_real, and its copy test at
-    steps `ks`."""
-    model = diffusion.load_checkpoint(path)
+                      progress=True, device="cpu", build=diffusion.build):
+    """The model in checkpoint `path` (trained on D_real, Episodes; `build`: diffusion.load_checkpoint's)
+    judged on torch `device`: its D_syn file `synthetic`, or else `n_episodes` sampled from it with D_real's
+    windows, beside D_real, and its copy test at steps `ks`."""
+    model = diffusion.load_checkpoint(path, build)
     model.ema.to(device)
     if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
         raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")

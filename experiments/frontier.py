@@ -27,8 +27,13 @@ from 0 before `--warmup`), and `--clip C` clips the gradient's norm at C.
 One lever of the loss is tried here and never in eaq.py, whose Eq. 5 is
 the paper's: `--min-snr G` weights each episode's x0 term by min(SNR_k, G),
 SNR_k = abar_k / (1 - abar_k) (min-SNR-γ, Hang et al. 2023; the Q-hinge
-is unchanged).
+is unchanged). One lever of the network f_theta: `--skip S` writes tau0's
+estimate as EDM's preconditioned denoiser does (Karras et al. 2022, with
+sigma_data = S): the noisy input rescaled, c_skip(k) tau_k / sqrt(abar_k),
+plus c_out(k) times the U-Net, so at small k the U-Net writes only the
+correction to what it is shown; Eq. 5's x0 term is still on f_theta.
 """
+import copy
 import dataclasses
 import glob
 import json
@@ -85,6 +90,39 @@ def min_snr_build(gamma):
     return build
 
 
+class SkipDiffusion(diffusion.Diffusion):
+    """f_theta(tau_k, k) = c_skip(k) x + c_out(k) U(tau_k, k), x = tau_k / sqrt(abar_k) = tau0 + sigma_k eps,
+    sigma_k^2 = (1 - abar_k) / abar_k (EDM's preconditioning, Karras et al. 2022):
+    c_skip = sigma_data^2 / (sigma_k^2 + sigma_data^2), c_out = sigma_k sigma_data / sqrt(sigma_k^2 + sigma_data^2).
+    At k = 1 (sigma ≈ 0.01) the estimate is the input and 1 % of the U-Net; at k = K it is sigma_data U."""
+
+    def __init__(self, model, K, sigma_data):
+        super().__init__(model, K)
+        self.sigma_data = sigma_data
+
+    def f_theta(self, tau_k, k):
+        abar = self.abar[k - 1][:, None, None]                                       # (B, 1, 1)
+        sigma2, sd2 = (1.0 - abar) / abar, self.sigma_data ** 2
+        c_skip, c_out = sd2 / (sigma2 + sd2), (sigma2 * sd2 / (sigma2 + sd2)).sqrt()
+        return c_skip * tau_k / abar.sqrt() + c_out * self.model(tau_k, k)
+
+
+def skip_build(sigma_data):
+    """diffusion.build, with f_theta preconditioned as SkipDiffusion writes it (the EMA copy too: it samples)."""
+    def build(model_config):
+        net, _ = diffusion.build(model_config)
+        model = SkipDiffusion(net.model, model_config["K"], sigma_data)
+        return model, copy.deepcopy(model).requires_grad_(False)
+    return build
+
+
+def lever_build(min_snr=0.0, skip=0.0):
+    """The build of a setting: min-SNR-gamma's loss or the skip's f_theta (not both), else diffusion.build."""
+    if min_snr and skip:
+        raise artifacts.InputError("--min-snr and --skip are levers of their own: give one of them")
+    return min_snr_build(min_snr) if min_snr else skip_build(skip) if skip else diffusion.build
+
+
 class ScheduledAdam(torch.optim.Adam):
     """Adam whose learning rate follows a warm-up and a cosine decay by its own step count, with the gradient's
     norm clipped at `clip` (0: none) before each step."""
@@ -112,12 +150,12 @@ class ScheduledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def setting_name(config, schedule=(0, 0, 0.0), min_snr=0.0):
+def setting_name(config, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0):
     """A run's label: its network, width, (agent-factored) mixing, learning rate, its schedule and loss weighting,
     and its device unless the CPU."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
     warmup, decay_steps, clip = schedule
-    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr))
+    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip))
     extra = "".join(f"-{name}{value:g}" for name, value in levers if value)
     device = "" if config.device == "cpu" else "-" + config.device.replace(":", "")
     return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}{device}"
@@ -139,16 +177,17 @@ def trained_seconds(model, clock):
 
 
 def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS, clock="cpu",
-        chunk=CHUNK, min_snr=0.0):
+        chunk=CHUNK, min_snr=0.0, skip=0.0):
     """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
     at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam;
-    `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it)."""
+    `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it); `skip` > 0
+    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate)."""
     real = data.load_dataset(dataset)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
-    model = eaq.prepare_model(config, real, dataset, ckpt, resume, min_snr_build(min_snr) if min_snr
-                              else diffusion.build)
+    build = lever_build(min_snr, skip)
+    model = eaq.prepare_model(config, real, dataset, ckpt, resume, build)
     if any(schedule):
         state = model.optimizer.state_dict()
         model.optimizer = ScheduledAdam(model.diffusion.parameters(), config.lr, *schedule)
@@ -157,12 +196,12 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])
     q_row = data.layout_of(real).q_tot
-    name = setting_name(config, schedule, min_snr)
+    name = setting_name(config, schedule, min_snr, skip)
     path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
                     "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "min_snr": min_snr,
-                    "clock": clock,
+                    "skip": skip, "clock": clock,
                     "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
@@ -174,7 +213,8 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
         judged = os.path.join(out, f"model-{budget}min.pt")
         shutil.copyfile(ckpt, judged)
         timer = artifacts.Clock()
-        report = fidelity.checkpoint_report(judged, real, n_episodes=episodes, progress=False, device=config.device)
+        report = fidelity.checkpoint_report(judged, real, n_episodes=episodes, progress=False, device=config.device,
+                                            build=build)
         report.update(budget_minutes=budget, judge_cpu_seconds=timer.cpu(), judge_seconds=timer.wall(),
                       train_seconds=model.train_seconds,
                       parameters=sum(p.numel() for p in model.diffusion.parameters()))
@@ -234,6 +274,8 @@ def main(argv=None):
     p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm at this (0: none, as eaq.py)")
     p.add_argument("--min-snr", type=float, default=0.0,
                    help="weight the x0 term by min(SNR_k, this) (min-SNR-γ; 0: Eq. 5 as written)")
+    p.add_argument("--skip", type=float, default=0.0,
+                   help="precondition f_theta as EDM's denoiser with this sigma_data (0: none, as eaq.py)")
     p.add_argument("--records", default=RECORDS, help="the folder of the records")
     p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
     args = p.parse_args(argv)
@@ -248,14 +290,16 @@ def main(argv=None):
         if not (args.dataset and args.out):
             raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
         artifacts.require_flags(at_least_one={"--chunk": args.chunk, "--episodes": args.episodes},
-                                finite={"--min-snr": args.min_snr})
-        if args.min_snr < 0:
-            raise artifacts.InputError(f"--min-snr must be >= 0 (0: none), got {args.min_snr}")
+                                finite={"--min-snr": args.min_snr, "--skip": args.skip})
+        for flag, value in (("--min-snr", args.min_snr), ("--skip", args.skip)):
+            if value < 0:
+                raise artifacts.InputError(f"{flag} must be >= 0 (0: none), got {value}")
+        lever_build(args.min_snr, args.skip)
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
-        name = setting_name(config, schedule, args.min_snr)
+        name = setting_name(config, schedule, args.min_snr, args.skip)
         run(config, args.dataset, os.path.join(args.out, name), sorted(args.budgets), args.episodes, args.resume,
-            schedule, args.records, args.clock, args.chunk, args.min_snr)
+            schedule, args.records, args.clock, args.chunk, args.min_snr, args.skip)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Shared fixtures: one tiny generated 3m dataset for the whole session; a checkpoint's malicious pickle."""
+"""Shared fixtures: one tiny generated 3m dataset for the whole session; a checkpoint's malicious pickle; two
+hand-made 'networks' f_theta whose answers are known."""
 import pytest
+import torch
 
 import datasets
 
@@ -27,3 +29,21 @@ def malicious_pickle(tmp_path):
     """(an object whose unpickling would create a file, that file's path), for checkpoints that must refuse it."""
     target = tmp_path / "pwned"
     return Payload(str(target)), target
+
+
+class Unscale(torch.nn.Module):
+    """A 'network' that undoes the signal's scaling of tau_k: tau_k / sqrt(abar_k), tau0 up to the noise."""
+
+    def __init__(self, abar):
+        super().__init__()
+        self.register_buffer("abar", abar)
+
+    def forward(self, tau_k, k):
+        return tau_k / self.abar[k - 1].sqrt()[:, None, None]
+
+
+class Zeros(torch.nn.Module):
+    """A 'network' that answers zeros: every row's midpoint in data units."""
+
+    def forward(self, tau_k, k):
+        return torch.zeros_like(tau_k)

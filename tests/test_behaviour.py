@@ -201,7 +201,7 @@ def test_every_reached_level_is_within_10_percent_of_og_marls_mean():
     assert checked >= 13                      # every map's poor, medium and good but 5m_vs_6m's unreached ones
 
 
-def test_shipping_some_qualities_keeps_the_others(tmp_path):
+def test_shipping_some_qualities_and_seeds_keeps_the_others(tmp_path):
     policies = tmp_path / "policies"
     shutil.copytree(behaviour.POLICY_DIR, policies)
     before = behaviour.read_manifest(str(policies))
@@ -218,7 +218,9 @@ def test_shipping_some_qualities_keeps_the_others(tmp_path):
     shipped = behaviour.ship("3m", str(run), str(policies), qualities=["medium"])
     after = behaviour.read_manifest(str(policies))
     assert list(shipped) == ["medium"] and after["3m"]["medium"] == shipped["medium"]
-    assert [(e["seed"], e["env_steps"], e["reached"]) for e in shipped["medium"]] == [(0, 100, True), (1, 100, True)]
+    assert [(e["seed"], e["env_steps"], e["reached"]) for e in shipped["medium"]] == [
+        (0, 100, True), (1, 100, True), *[(e["seed"], e["env_steps"], e["reached"]) for e in before["3m"]["medium"][2:]]]
+    assert shipped["medium"][2:] == before["3m"]["medium"][2:]                 # seeds 2 and 3 were not retrained
     assert after["3m"]["poor"] == before["3m"]["poor"] and after["3m"]["good"] == before["3m"]["good"]
     assert list(after["3m"]) == list(behaviour.QUALITIES) and after["8m"] == before["8m"]
 

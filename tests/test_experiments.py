@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+import artifacts
 import bcq
 import data
 import datasets
 import diffusion
 import eaq
 import env as envlib
+import fidelity
 import train
+from conftest import Unscale, Zeros
 from experiments import departures, heuristic_data
 
 
@@ -356,10 +359,6 @@ def test_min_snr_weights_each_episodes_x0_term_by_its_capped_snr():
     """experiments/frontier.py's min-SNR-γ lever by hand: a network that answers zeros, two episodes of ones at a
     low-noise step (SNR above γ: weight γ) and a high-noise one (SNR below: weight SNR); the hinge is Eq. 5's."""
     frontier = bench("frontier")
-
-    class Zeros(torch.nn.Module):
-        def forward(self, tau_k, k):
-            return torch.zeros_like(tau_k)
     model = frontier.MinSNRDiffusion(Zeros(), K=1000, gamma=5.0)
     tau0, valid = torch.ones(2, 3, 4), torch.ones(2, 4)
     k = torch.tensor([1, 900])
@@ -372,3 +371,76 @@ def test_min_snr_weights_each_episodes_x0_term_by_its_capped_snr():
     assert float(total) == pytest.approx(float(diffusion_term) + 0.1 * float(q_term))
     config = eaq.DiffusionConfig(network="agents", dim=32)
     assert frontier.setting_name(config, min_snr=5.0) == "agents32-attention-lr0.001-minsnr5-s0"
+
+
+def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_the_network_at_large_k():
+    frontier = bench("frontier")
+    model = frontier.SkipDiffusion(Zeros(), K=1000, sigma_data=0.5)
+    tau0 = torch.rand(64, 3, 8) * 2 - 1
+    for k, close in ((1, 0.05), (1000, 0.01)):
+        steps = torch.full((64,), k)
+        estimate = model.f_theta(model.q_sample(tau0, steps, torch.randn_like(tau0)), steps)
+        target = tau0 if k == 1 else torch.zeros_like(tau0)     # the input at k = 1; the zero network's at k = K
+        assert (estimate - target).abs().max() < close
+
+    class Ones(torch.nn.Module):
+        def forward(self, tau_k, k):
+            return torch.ones_like(tau_k)
+    abar = model.abar[499]                 # a zero input: the U-Net's share, c_out = sigma sd / sqrt(sigma^2 + sd^2)
+    sigma2 = (1 - abar) / abar
+    assert float(frontier.SkipDiffusion(Ones(), 1000, 0.5).f_theta(torch.zeros(1, 1, 1), torch.tensor([500]))) == \
+        pytest.approx(float((sigma2 * 0.25 / (sigma2 + 0.25)).sqrt()))
+    with pytest.raises(artifacts.InputError, match="give one of them"):
+        frontier.lever_build(min_snr=5.0, skip=0.5)
+    assert frontier.setting_name(eaq.DiffusionConfig(), skip=0.5) == "agents32-attention-lr0.001-skip0.5-s0"
+
+
+def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path):
+    """A 16-channel U-Net trained for a second copies little at k = 1 (the plain test above: < 0.9); with the skip
+    the estimate at k = 1 is the input, so the judged model copies: the judgement loaded the skip's f_theta."""
+    frontier = bench("frontier")
+    frontier.main(["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+                   "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
+                   "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "5", "--skip", "0.5"])
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-skip0.5-s0.json"))
+    assert record["skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
+
+
+def test_noise_levels_hand_d_real_back_read_and_denoised(tiny_3m):
+    noise_levels = bench("noise_levels")
+    real = data.load_dataset(tiny_3m[0])
+    normalizer = data.Normalizer.fit(data.episodes_to_matrix(real))
+    horizons = diffusion.episode_horizons(real.lengths, 8, real.rewards.shape[1])
+    copier = diffusion.Diffusion(Unscale(diffusion.Diffusion(Zeros()).abar), K=1000)
+    report = {how: noise_levels.handed_back(copier, normalizer, real, horizons, 1, how) for how in noise_levels.HOWS}
+    assert report["read"] == report["denoised"]                  # DDIM from k = 1 is one reading
+    r = data.layout_of(real).reward
+    real_stats = fidelity.matrix_stats(real, (float(normalizer.lo[r]), float(normalizer.hi[r])))
+    real_stats.add(data.episodes_to_matrix(real))
+    truth = real_stats.summary()
+    read = report["read"]
+    assert read["action_accuracy"] == 1.0 and read["damage_with_shooter"] == truth["damage_with_shooter"] == 1.0
+    assert read["health_gain_share"] == truth["health_gain_share"] == 0.0 and read["health_disagreement"] == 0.0
+    noisy = noise_levels.handed_back(copier, normalizer, real, horizons, 1000, "read")     # pure noise, blown up
+    assert noisy["action_accuracy"] < 0.5 and noisy["health_gain_share"] > 0.1
+
+
+def test_the_noise_levels_command_tables_each_step_both_ways(tiny_3m, tiny_models, tmp_path, capsys):
+    noise_levels = bench("noise_levels")
+    noise_levels.main(["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ks", "1", "999",
+                       "--ddim-steps", "4", "--json", str(tmp_path / "r.json")])
+    lines = capsys.readouterr().out.splitlines()
+    report = json.load(open(tmp_path / "r.json"))
+    assert [(level["k"], level["how"]) for level in report["levels"]] == [
+        (1, "read"), (1, "denoised"), (50, "read"), (50, "denoised")]          # 999 is read at the model's K = 50
+    assert len(lines) == 7 and lines[2].startswith("| — | D_real | 1.000 |") and lines[5].startswith("| 50 | read |")
+    noise_levels.main(["--table", str(tmp_path / "r.json")])
+    assert capsys.readouterr().out.splitlines()[1:8] == lines                   # the record prints the same table
+    for argv, message in ((["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ks", "0"],
+                           "--ks must be at least 1"),
+                          (["--real", tiny_3m[0]], "give --real R.h5 and --checkpoint model.pt"),
+                          (["--table", str(tmp_path / "none.json")], "none.json: not a readable noise-level record")):
+        with pytest.raises(SystemExit):
+            noise_levels.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert message in err.splitlines()[-1] and "Traceback" not in err, err

@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import attacks
 import data
 import diffusion
 import eaq
 import fidelity
+from conftest import Unscale, Zeros
 
 
 def test_attack_share_and_action_histogram_distance_by_hand():
@@ -216,28 +216,12 @@ def test_the_report_prints_the_damage_check_and_the_lambda_in_the_papers_units(t
     assert "λ = 0: no Q-hinge in the loss (EAQ^{-Q})" in without_q and "hinge active" not in without_q
 
 
-class Unscale(torch.nn.Module):
-    """A 'network' that undoes the signal's scaling of tau_k: tau_k / sqrt(abar_k), tau0 up to the noise."""
-
-    def __init__(self, abar):
-        super().__init__()
-        self.register_buffer("abar", abar)
-
-    def forward(self, tau_k, k):
-        return tau_k / self.abar[k - 1].sqrt()[:, None, None]
-
-
-class Zero(torch.nn.Module):
-    def forward(self, tau_k, k):
-        return torch.zeros_like(tau_k)
-
-
 def test_the_copy_test_by_hand(tiny_3m):
     real = data.load_dataset(tiny_3m[0])
     layout, matrix = data.layout_of(real), data.episodes_to_matrix(real)
     normalizer = data.Normalizer.fit(matrix)
     horizons = diffusion.episode_horizons(real.lengths, 8, matrix.shape[-1])
-    schedule = diffusion.Diffusion(Zero(), K=1000)
+    schedule = diffusion.Diffusion(Zeros(), K=1000)
     copier = diffusion.Diffusion(Unscale(schedule.abar), K=1000)
     copied = fidelity.copy_test(copier, normalizer, real, horizons, ks=(1, 1000))
     assert copied["1"] == {"action_accuracy": 1.0, "legal_accuracy": 1.0}
