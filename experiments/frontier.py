@@ -151,9 +151,11 @@ class ScheduledAdam(torch.optim.Adam):
 
 
 def setting_name(config, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0):
-    """A run's label: its network, width, (agent-factored) mixing, learning rate, its schedule and loss weighting,
-    and its device unless the CPU."""
+    """A run's label: its network, width (and the levels' multipliers unless eaq.py's), (agent-factored) mixing,
+    learning rate, its schedule, loss weighting and f_theta's skip, and its device unless the CPU."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
+    if tuple(config.dim_mults) != eaq.DiffusionConfig.dim_mults:
+        mixing = f"-x{'x'.join(map(str, config.dim_mults))}" + mixing
     warmup, decay_steps, clip = schedule
     levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip))
     extra = "".join(f"-{name}{value:g}" for name, value in levers if value)

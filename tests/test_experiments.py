@@ -393,6 +393,7 @@ def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_t
     with pytest.raises(artifacts.InputError, match="give one of them"):
         frontier.lever_build(min_snr=5.0, skip=0.5)
     assert frontier.setting_name(eaq.DiffusionConfig(), skip=0.5) == "agents32-attention-lr0.001-skip0.5-s0"
+    assert frontier.setting_name(eaq.DiffusionConfig(dim_mults=(3, 3, 4))) == "agents32-x3x3x4-attention-lr0.001-s0"
 
 
 def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path):

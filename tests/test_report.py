@@ -170,6 +170,17 @@ def test_the_page_is_generated_from_the_records_and_again_byte_for_byte(records,
     assert "![3m-poor](figures/curves-3m-poor.png)" in text and (figures / "curves-3m-poor.png").exists()
     report.main(["--records", str(records), "--out", str(page), "--figures", str(figures)])
     assert page.read_text() == text
+    assert "one-level data" not in text                               # 3m-poor's shipped policies reached poor
+
+
+def test_a_cell_whose_policies_never_reached_their_level_is_named_one_level_data(records):
+    entries = [{"return_mean": r, "reached": False, "target_return": 4.69} for r in (3.0, 4.0)]
+    page = report.table1_page(report.read_records(str(records)), manifest={"3m": {"poor": entries}})
+    assert "**3m-poor is one-level data** (an ablation beside the paper's cell): its behaviour policies never " \
+           "reached OG-MARL's poor level (their picks average 3.50 against 4.69" in page
+    entries[0]["reached"] = True                                      # one policy reached it: not one-level data
+    assert "one-level data" not in report.table1_page(report.read_records(str(records)),
+                                                      manifest={"3m": {"poor": entries}})
 
 
 @pytest.mark.parametrize("damage, message", [
