@@ -370,16 +370,22 @@ def file_report(real, synthetic_path):
     return report
 
 
+def load_for_judging(path, real, device="cpu", build=diffusion.build):
+    """The model in checkpoint `path` (`build`: diffusion.load_checkpoint's) on torch `device`, after checking
+    that it was trained on D_real's layout, and D_real's episode windows as it trained on them (E,)."""
+    model = diffusion.load_checkpoint(path, build)
+    model.ema.to(device)
+    if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
+        raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")
+    return model, diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real.rewards.shape[1])
+
+
 def checkpoint_report(path, real, synthetic=None, n_episodes=1000, ddim_steps=20, ks=(1, 50), seed=0,
                       progress=True, device="cpu", build=diffusion.build):
     """The model in checkpoint `path` (trained on D_real, Episodes; `build`: diffusion.load_checkpoint's)
     judged on torch `device`: its D_syn file `synthetic`, or else `n_episodes` sampled from it with D_real's
     windows, beside D_real, and its copy test at steps `ks`."""
-    model = diffusion.load_checkpoint(path, build)
-    model.ema.to(device)
-    if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
-        raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")
-    horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real.rewards.shape[1])
+    model, horizons = load_for_judging(path, real, device, build)
     if synthetic:
         report = file_report(real, synthetic)
     else:

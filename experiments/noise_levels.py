@@ -22,7 +22,6 @@ and cannot invent it consistently: the bookkeeping is lost in generation.
 If they fail at k = 1 already, the network cannot even hand health back.
 """
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -77,11 +76,7 @@ def handed_back(ema, normalizer, real, horizons, k, how, ddim_steps=20, batch_si
 def noise_level_report(path, real, ks, ddim_steps=20, seed=0, device="cpu", build=diffusion.build):
     """The model in checkpoint `path` (trained on D_real; `build`: diffusion.load_checkpoint's) handed D_real
     back from each step of `ks`, both ways: {"real": D_real's summary, "levels": [{"k", "how", **summary}, ...]}."""
-    model = diffusion.load_checkpoint(path, build)
-    model.ema.to(device)
-    if model.config["layout"] != dataclasses.asdict(data.layout_of(real)):
-        raise artifacts.InputError(f"{path} was trained on another layout than --real's; pass its D_real")
-    horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real.rewards.shape[1])
+    model, horizons = fidelity.load_for_judging(path, real, device, build)
     r = data.layout_of(real).reward
     real_stats = fidelity.matrix_stats(real, (float(model.normalizer.lo[r]), float(model.normalizer.hi[r])))
     real_stats.add(diffusion.prepare(real, model.normalizer)[3])

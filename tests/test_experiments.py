@@ -282,19 +282,19 @@ def test_the_frontier_judges_a_setting_at_each_budget_and_tables_it(tiny_3m, tmp
              "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
              "--budgets", "0.01", "0.02", "--episodes", "4"]
     frontier.main(flags)
-    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-s0.json"))
     assert [j["budget_minutes"] for j in record["judgements"]] == [0.01, 0.02]
     first, second = record["judgements"]
     assert first["train_cpu_seconds"] >= 0.6 and second["train_cpu_seconds"] >= 1.2       # each budget reached
     assert first["model_steps"] % 100 == 0 and first["model_steps"] <= second["model_steps"]
     assert first["synthetic"]["episodes"] == 4 and set(first["copy"]) == {"1", "50"}
     frontier.main(flags + ["--resume"])                                 # both budgets judged: nothing to do
-    assert len(json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-s0.json"))["judgements"]) == 2
+    assert len(json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-s0.json"))["judgements"]) == 2
     capsys.readouterr()
     frontier.main(["--table", "--records", str(tmp_path / "records")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| dataset | setting | minutes | steps |") and len(lines) == 4
-    assert "| flat16-lr0.001-s0 | 0.01 |" in lines[2]
+    assert "| flat16-x1x2-lr0.001-s0 | 0.01 |" in lines[2]
     assert os.path.exists(tmp_path / "records" / "frontier.png")
 
 
@@ -303,7 +303,7 @@ def test_the_frontier_on_the_wall_clock_judges_by_training_wall_time_with_min_sn
     frontier.main(["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
                    "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
                    "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "7", "--min-snr", "5"])
-    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-minsnr5-s0.json"))
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-minsnr5-s0.json"))
     judged = record["judgements"][0]
     assert record["clock"] == "wall" and judged["train_seconds"] >= 0.6 and judged["model_steps"] % 7 == 0
     assert record["min_snr"] == 5.0
@@ -311,7 +311,7 @@ def test_the_frontier_on_the_wall_clock_judges_by_training_wall_time_with_min_sn
     assert (frontier.trained_seconds(model, "wall"), frontier.trained_seconds(model, "cpu")) == (5.0, 3.0)
     capsys.readouterr()
     frontier.main(["--table", "--records", str(tmp_path / "records")])
-    assert "| flat16-lr0.001-minsnr5-s0 | 0.01 wall |" in capsys.readouterr().out
+    assert "| flat16-x1x2-lr0.001-minsnr5-s0 | 0.01 wall |" in capsys.readouterr().out
 
 
 def test_the_value_test_trains_one_learner_on_d_syn_alone_and_on_d_real_alone(tmp_path, monkeypatch):
@@ -403,7 +403,7 @@ def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path
     frontier.main(["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
                    "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
                    "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "5", "--skip", "0.5"])
-    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-lr0.001-skip0.5-s0.json"))
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-skip0.5-s0.json"))
     assert record["skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
 
 
