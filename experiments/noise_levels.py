@@ -80,10 +80,9 @@ def noise_level_report(path, real, ks, ddim_steps=20, seed=0, device="cpu", buil
     r = data.layout_of(real).reward
     real_stats = fidelity.matrix_stats(real, (float(model.normalizer.lo[r]), float(model.normalizer.hi[r])))
     real_stats.add(diffusion.prepare(real, model.normalizer)[3])
-    levels = [{"k": min(k, model.ema.K), "how": how,
-               **handed_back(model.ema, model.normalizer, real, horizons, min(k, model.ema.K), how, ddim_steps,
-                             seed=seed)}
-              for k in sorted(set(ks)) for how in HOWS]
+    levels = [{"k": k, "how": how,
+               **handed_back(model.ema, model.normalizer, real, horizons, k, how, ddim_steps, seed=seed)}
+              for k in sorted({min(k, model.ema.K) for k in ks}) for how in HOWS]        # a step above K is read at K
     return {"checkpoint": path, "model_steps": model.step, "real": {**real_stats.summary(), "action_accuracy": 1.0},
             "levels": levels}
 

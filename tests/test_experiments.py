@@ -428,12 +428,12 @@ def test_noise_levels_hand_d_real_back_read_and_denoised(tiny_3m):
 
 def test_the_noise_levels_command_tables_each_step_both_ways(tiny_3m, tiny_models, tmp_path, capsys):
     noise_levels = bench("noise_levels")
-    noise_levels.main(["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ks", "1", "999",
+    noise_levels.main(["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ks", "1", "999", "50",
                        "--ddim-steps", "4", "--json", str(tmp_path / "r.json")])
     lines = capsys.readouterr().out.splitlines()
     report = json.load(open(tmp_path / "r.json"))
     assert [(level["k"], level["how"]) for level in report["levels"]] == [
-        (1, "read"), (1, "denoised"), (50, "read"), (50, "denoised")]          # 999 is read at the model's K = 50
+        (1, "read"), (1, "denoised"), (50, "read"), (50, "denoised")]          # 999 is read at the model's K = 50, once
     assert len(lines) == 7 and lines[2].startswith("| — | D_real | 1.000 |") and lines[5].startswith("| 50 | read |")
     noise_levels.main(["--table", str(tmp_path / "r.json")])
     assert capsys.readouterr().out.splitlines()[1:8] == lines                   # the record prints the same table
