@@ -235,6 +235,11 @@ def fidelity_misses(report):
     return misses
 
 
+def reward_range(normalizer, layout):
+    """The reward row's (lo, hi) in data units, as the normalizer fitted it: what decoding maps the row back into."""
+    return float(normalizer.lo[layout.reward]), float(normalizer.hi[layout.reward])
+
+
 def matrix_stats(real, reward_range):
     """An empty MatrixStats for matrices of D_real's layout (Episodes), reward range (lo, hi) and damage threshold."""
     return MatrixStats(data.layout_of(real), reward_range, real.attrs.get("backend", "smax"),
@@ -306,6 +311,15 @@ def action_and_legal(matrix, layout, valid):
     return rows[..., O:O + A], rows[..., O + A:]
 
 
+def window_batches(horizons, batch_size=256):
+    """D_real's episodes grouped by their window (`horizons`, (E,)), at most batch_size at a time:
+    yields (h, index of the batch's episodes)."""
+    for h in np.unique(horizons):
+        members = np.flatnonzero(horizons == h)
+        for start in range(0, len(members), batch_size):
+            yield int(h), members[start:start + batch_size]
+
+
 @torch.no_grad()
 def copy_test(ema, normalizer, real, horizons, ks=(1, 50), batch_size=256, seed=0):
     """D_real's episodes noised to each step k (Eq. 5's tau_k) and read back by the network: {str(k):
@@ -317,19 +331,16 @@ def copy_test(ema, normalizer, real, horizons, ks=(1, 50), batch_size=256, seed=
     tau0, valid, _, matrix = diffusion.prepare(real, normalizer)                     # (E, F, T), (E, T)
     g = torch.Generator().manual_seed(seed)
     right = {k: np.zeros(4) for k in ks}             # right actions, agent-steps, right legal entries, entries
-    for h in np.unique(horizons):
-        members = np.flatnonzero(horizons == h)
-        for start in range(0, len(members), batch_size):
-            index = members[start:start + batch_size]
-            x0, v = tau0[index, :, :h], valid[index, :h].numpy()                     # (b, F, h), (b, h)
-            act, legal = action_and_legal(matrix[index, :, :h], layout, v)
-            for k in ks:
-                steps = torch.full((len(index),), k, dtype=torch.long)
-                tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g))
-                pred = ema.predict_tau0(tau_k.to(device), steps.to(device)).cpu().numpy()
-                pred_act, pred_legal = action_and_legal(normalizer.unnormalize(pred), layout, v)
-                right[k] += [(pred_act.argmax(-1) == act.argmax(-1)).sum(), act.shape[0] * act.shape[1],
-                             ((pred_legal > 0.5) == (legal > 0.5)).sum(), legal.size]
+    for h, index in window_batches(horizons, batch_size):
+        x0, v = tau0[index, :, :h], valid[index, :h].numpy()                         # (b, F, h), (b, h)
+        act, legal = action_and_legal(matrix[index, :, :h], layout, v)
+        for k in ks:
+            steps = torch.full((len(index),), k, dtype=torch.long)
+            tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g))
+            pred = ema.predict_tau0(tau_k.to(device), steps.to(device)).cpu().numpy()
+            pred_act, pred_legal = action_and_legal(normalizer.unnormalize(pred), layout, v)
+            right[k] += [(pred_act.argmax(-1) == act.argmax(-1)).sum(), act.shape[0] * act.shape[1],
+                         ((pred_legal > 0.5) == (legal > 0.5)).sum(), legal.size]
     return {str(k): {"action_accuracy": r[0] / r[1], "legal_accuracy": r[2] / r[3]} for k, r in right.items()}
 
 
@@ -337,9 +348,7 @@ def sampled_report(model, real, real_matrix, windows, ddim_steps, batch_size=256
                    progress=True):
     """D_real beside len(windows) episodes sampled from a trained model (diffusion.Model) with these windows
     (n,): `synthetic_report`; each decoded batch (Episodes) also goes to `on_batch` (eaq.py writes D_syn)."""
-    r = data.layout_of(real).reward
-    reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
-    real_stats, syn_stats = stats_pair(real, real_matrix, reward_range)
+    real_stats, syn_stats = stats_pair(real, real_matrix, reward_range(model.normalizer, data.layout_of(real)))
     for matrix in diffusion.sample_batches(model.ema, model.normalizer, windows, real_matrix.shape[-1],
                                            real_matrix.shape[1], ddim_steps or None, batch_size, generator, progress):
         episodes = syn_stats.add(matrix)

@@ -49,9 +49,8 @@ def compare(checkpoint, real, n_episodes, ddim_steps=20, seed=0):
     model = diffusion.load_checkpoint(checkpoint)
     layout = data.layout_of(real)
     real_matrix = diffusion.prepare(real, model.normalizer)[3]
-    r = layout.reward
-    reward_range = (float(model.normalizer.lo[r]), float(model.normalizer.hi[r]))
-    pairs = {name: fidelity.stats_pair(real, real_matrix, reward_range) for name in ("generated", "from_observation")}
+    pairs = {name: fidelity.stats_pair(real, real_matrix, fidelity.reward_range(model.normalizer, layout))
+             for name in ("generated", "from_observation")}
     g = torch.Generator().manual_seed(seed)
     horizons = diffusion.episode_horizons(real.lengths, model.config["bucket_width"], real_matrix.shape[-1])
     windows = diffusion.synthetic_windows(horizons, n_episodes, g)

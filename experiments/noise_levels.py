@@ -42,34 +42,30 @@ COLUMNS = ("action_accuracy", "legal_before_repair", "attack_share", "damage_wit
            "health_disagreement", "reward_matches_damage", "win_share")
 
 
-def handed_back(ema, normalizer, real, horizons, k, how, ddim_steps=20, batch_size=256, seed=0):
-    """D_real noised to step k and handed back `how` ("read" or "denoised"): the MatrixStats summary of the
-    results, plus "action_accuracy" (share of D_real's valid agent-steps whose handed-back action is the one
-    taken). The noise depends only on `seed`, so "read" and "denoised" start from the same tau_k."""
+def handed_back(ema, normalizer, real, prepared, horizons, k, how, ddim_steps=20, batch_size=256, seed=0):
+    """D_real (`prepared`: diffusion.prepare's (tau0, valid, _, matrix) of it) noised to step k and handed back
+    `how` ("read" or "denoised"): the MatrixStats summary of the results, plus "action_accuracy" (share of D_real's
+    valid agent-steps whose handed-back action is the one taken). The noise depends only on `seed`, so "read" and
+    "denoised" start from the same tau_k."""
     layout, device = data.layout_of(real), ema.abar.device
-    tau0, valid, _, matrix = diffusion.prepare(real, normalizer)                     # (E, F, T), (E, T)
-    r = layout.reward
-    stats = fidelity.matrix_stats(real, (float(normalizer.lo[r]), float(normalizer.hi[r])))
+    tau0, valid, _, matrix = prepared                                                 # (E, F, T), (E, T)
+    stats = fidelity.matrix_stats(real, fidelity.reward_range(normalizer, layout))
     g = torch.Generator().manual_seed(seed)
     n_steps = max(1, round(ddim_steps * k / ema.K))             # DDIM-20's spacing from k down
     right = total = 0
     T = tau0.shape[-1]
-    for h in np.unique(horizons):
-        members = np.flatnonzero(horizons == h)
-        for start in range(0, len(members), batch_size):
-            index = members[start:start + batch_size]
-            x0, v = tau0[index, :, :h], valid[index, :h].numpy()                     # (b, F, h), (b, h)
-            steps = torch.full((len(index),), k, dtype=torch.long)
-            tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g)).to(device)
-            with torch.no_grad():
-                pred = (ema.predict_tau0(tau_k, steps.to(device)) if how == "read"
-                        else ema.ddim_from(tau_k, k, n_steps))
-            out = normalizer.unnormalize(pred.cpu().numpy())                          # (b, F, h) data units
-            act, _ = fidelity.action_and_legal(matrix[index, :, :h], layout, v)
-            pred_act, _ = fidelity.action_and_legal(out, layout, v)
-            right += int((pred_act.argmax(-1) == act.argmax(-1)).sum())
-            total += act.shape[0] * act.shape[1]
-            stats.add(np.pad(out, [(0, 0), (0, 0), (0, T - h)]))
+    for h, index in fidelity.window_batches(horizons, batch_size):
+        x0, v = tau0[index, :, :h], valid[index, :h].numpy()                         # (b, F, h), (b, h)
+        steps = torch.full((len(index),), k, dtype=torch.long)
+        tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g)).to(device)
+        with torch.no_grad():
+            pred = ema.predict_tau0(tau_k, steps.to(device)) if how == "read" else ema.ddim_from(tau_k, k, n_steps)
+        out = normalizer.unnormalize(pred.cpu().numpy())                              # (b, F, h) data units
+        act, _ = fidelity.action_and_legal(matrix[index, :, :h], layout, v)
+        pred_act, _ = fidelity.action_and_legal(out, layout, v)
+        right += int((pred_act.argmax(-1) == act.argmax(-1)).sum())
+        total += act.shape[0] * act.shape[1]
+        stats.add(np.pad(out, [(0, 0), (0, 0), (0, T - h)]))
     return {**stats.summary(), "action_accuracy": right / total}
 
 
@@ -77,11 +73,11 @@ def noise_level_report(path, real, ks, ddim_steps=20, seed=0, device="cpu", buil
     """The model in checkpoint `path` (trained on D_real; `build`: diffusion.load_checkpoint's) handed D_real
     back from each step of `ks`, both ways: {"real": D_real's summary, "levels": [{"k", "how", **summary}, ...]}."""
     model, horizons = fidelity.load_for_judging(path, real, device, build)
-    r = data.layout_of(real).reward
-    real_stats = fidelity.matrix_stats(real, (float(model.normalizer.lo[r]), float(model.normalizer.hi[r])))
-    real_stats.add(diffusion.prepare(real, model.normalizer)[3])
+    prepared = diffusion.prepare(real, model.normalizer)
+    real_stats = fidelity.matrix_stats(real, fidelity.reward_range(model.normalizer, data.layout_of(real)))
+    real_stats.add(prepared[3])
     levels = [{"k": k, "how": how,
-               **handed_back(model.ema, model.normalizer, real, horizons, k, how, ddim_steps, seed=seed)}
+               **handed_back(model.ema, model.normalizer, real, prepared, horizons, k, how, ddim_steps, seed=seed)}
               for k in sorted({min(k, model.ema.K) for k in ks}) for how in HOWS]        # a step above K is read at K
     return {"checkpoint": path, "model_steps": model.step, "real": {**real_stats.summary(), "action_accuracy": 1.0},
             "levels": levels}

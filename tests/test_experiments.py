@@ -413,16 +413,17 @@ def test_noise_levels_hand_d_real_back_read_and_denoised(tiny_3m):
     normalizer = data.Normalizer.fit(data.episodes_to_matrix(real))
     horizons = diffusion.episode_horizons(real.lengths, 8, real.rewards.shape[1])
     copier = diffusion.Diffusion(Unscale(diffusion.Diffusion(Zeros()).abar), K=1000)
-    report = {how: noise_levels.handed_back(copier, normalizer, real, horizons, 1, how) for how in noise_levels.HOWS}
+    prepared = diffusion.prepare(real, normalizer)
+    report = {how: noise_levels.handed_back(copier, normalizer, real, prepared, horizons, 1, how)
+              for how in noise_levels.HOWS}
     assert report["read"] == report["denoised"]                  # DDIM from k = 1 is one reading
-    r = data.layout_of(real).reward
-    real_stats = fidelity.matrix_stats(real, (float(normalizer.lo[r]), float(normalizer.hi[r])))
+    real_stats = fidelity.matrix_stats(real, fidelity.reward_range(normalizer, data.layout_of(real)))
     real_stats.add(data.episodes_to_matrix(real))
     truth = real_stats.summary()
     read = report["read"]
     assert read["action_accuracy"] == 1.0 and read["damage_with_shooter"] == truth["damage_with_shooter"] == 1.0
     assert read["health_gain_share"] == truth["health_gain_share"] == 0.0 and read["health_disagreement"] == 0.0
-    noisy = noise_levels.handed_back(copier, normalizer, real, horizons, 1000, "read")     # pure noise, blown up
+    noisy = noise_levels.handed_back(copier, normalizer, real, prepared, horizons, 1000, "read")     # pure noise
     assert noisy["action_accuracy"] < 0.5 and noisy["health_gain_share"] > 0.1
 
 
