@@ -269,14 +269,15 @@ def check_device(name):
 def build(model_config):
     """A Diffusion model and its EMA copy from a checkpoint's config dict: `network` ("flat":
     unet.TemporalUNet over the F rows; "agents": unet.AgentUNet over each agent's rows, with `mixing`),
-    `dim`, `dim_mults`, `K`, and the matrix's `n_features` and `layout` (data.FeatureLayout's fields)."""
+    `dim`, `dim_mults`, `head_width`, `K`, and the matrix's `n_features` and `layout` (data.FeatureLayout's
+    fields)."""
     dim, mults = model_config["dim"], tuple(model_config["dim_mults"])
     if model_config["network"] == "agents":
         layout = data.FeatureLayout(**model_config["layout"])
         net = unet.AgentUNet(layout.n_agents, layout.agent_width, layout.n_features - layout.reward, dim, mults,
-                             mixing=model_config["mixing"])
+                             mixing=model_config["mixing"], head_width=model_config["head_width"])
     else:
-        net = unet.TemporalUNet(model_config["n_features"], dim, mults)
+        net = unet.TemporalUNet(model_config["n_features"], dim, mults, head_width=model_config["head_width"])
     model = Diffusion(net, model_config["K"])
     return model, copy.deepcopy(model).requires_grad_(False)
 

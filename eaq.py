@@ -46,6 +46,9 @@ class DiffusionConfig:
     dim: int = option(32, "U-Net base width (per agent with --network agents), a multiple of 8 (paper: silent; "
                           "docs/fidelity.md)")
     dim_mults: tuple = option((1, 2, 4), "width multiplier per U-Net level (each extra level halves T)")
+    head_width: int = option(0, "channels of the U-Net's head, from which each step is written (per agent with "
+                                "--network agents); 0 = an agent's W rows rounded up to a multiple of 8, or --dim "
+                                "if wider (agents; docs/fidelity.md), or --dim (flat: diffuser's head)")
     bucket_width: int = option(8, "length-aware windows: each episode's length rounded up to a multiple of this "
                                   "(of 2^(levels-1)); 0 = the paper's fixed window, the longest episode")
     ema_decay: float = option(0.995, "EMA decay of the sampling weights")
@@ -79,6 +82,9 @@ def check_config(config, flags=None):
                                    f"{', '.join(unet.MIXINGS)}; got {config.network!r}, {config.mixing!r}")
     if config.dim % 8:
         raise artifacts.InputError(f"{flag['dim']} must be a multiple of 8 (GroupNorm uses 8 groups), got {config.dim}")
+    if config.head_width < 0 or config.head_width % 8:
+        raise artifacts.InputError(f"{flag['head_width']} must be 0 (the network's own) or a positive multiple of 8 "
+                                   f"(GroupNorm uses 8 groups), got {config.head_width}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise artifacts.InputError(f"{flag['ema_decay']} must be in [0, 1), got {config.ema_decay}")
     if not 0 <= config.ddim_steps <= config.K:

@@ -9,7 +9,8 @@ connections (`UNetTrunk`). The paper gives no width.
 
 * `TemporalUNet` (the paper's flat layout): the Eq. 4 matrix's F feature
   rows are the input channels, mixed into `dim` channels by the first
-  convolution; every generated step is an affine map of `dim` numbers.
+  convolution; every generated step is an affine map of the head's
+  `head_width` numbers (by default `dim`, diffuser's head).
 * `AgentUNet` (after MADiff, Zhu et al. 2023): the matrix is cut into each
   agent's rows (observation, action one-hot, legal actions) and the global
   rows (reward, Q_tot, done). One trunk, shared by the agents, runs on each
@@ -17,8 +18,12 @@ connections (`UNetTrunk`). The paper gives no width.
   channels per agent; after every block pair the agents exchange
   information at each time step (`mixing`: self-attention over the agent
   axis, the agents' mean through a 1x1 convolution, or none). Each agent's
-  head writes its own rows; the global rows come from the agents' pooled
-  features. The output is the (B, F, T) matrix again.
+  head writes its own W rows from `head_width` channels per step — by
+  default W rounded up to GroupNorm's multiple of 8 (or `dim`, if wider),
+  so that an agent-step is written from at least as many numbers as it
+  has rows (a head of `dim` = 32 channels cannot write SMAX's health
+  bookkeeping back; docs/fidelity.md). The global rows come from the
+  agents' pooled features. The output is the (B, F, T) matrix again.
 
 Shapes: tau_k and the prediction (B, F, T); k (B,); the step embedding (B, dim);
 inside AgentUNet the trunk runs on (B N, C, T).
@@ -130,13 +135,14 @@ def pad_time(x, levels):
 class TemporalUNet(nn.Module):
     """The flat Conv1D U-Net: features are channels, (B, F, T) -> (B, F, T); any T (odd included)."""
 
-    def __init__(self, n_features, dim=64, dim_mults=(1, 2, 4), kernel=5):
+    def __init__(self, n_features, dim=64, dim_mults=(1, 2, 4), kernel=5, head_width=0):
         super().__init__()
+        head = head_width or dim
         self.step_embedding = step_embedding(dim)
         self.inp = nn.Conv1d(n_features, dim, kernel, padding=kernel // 2)
         self.trunk = UNetTrunk(dim, dim_mults, kernel)
-        # diffuser's head: before the clip, every generated step is an affine function of these `dim` channels
-        self.out = nn.Sequential(conv_block(self.trunk.out_channels, dim, kernel), nn.Conv1d(dim, n_features, 1))
+        # diffuser's head: before the clip, every generated step is an affine function of these `head` channels
+        self.out = nn.Sequential(conv_block(self.trunk.out_channels, head, kernel), nn.Conv1d(head, n_features, 1))
 
     def forward(self, tau_k, k):
         """tau_k (B, F, T), k (B,) int -> predicted tau0 (B, F, T)."""
@@ -188,18 +194,27 @@ def agent_mixer(mixing, n_agents):
     raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
 
 
+def agent_head_width(dim, agent_width, head_width=0):
+    """The channels of AgentUNet's agents' head: `head_width`, or by default the narrowest width at or above
+    both `dim` and an agent's `agent_width` rows that GroupNorm's 8 groups divide."""
+    return head_width or max(dim, 8 * math.ceil(agent_width / 8))
+
+
 class AgentUNet(nn.Module):
-    """The agent-factored U-Net (module docstring): (B, F, T) -> (B, F, T) with F = N W + n_global."""
+    """The agent-factored U-Net (module docstring): (B, F, T) -> (B, F, T) with F = N W + n_global;
+    the agents' head `agent_head_width(dim, W, head_width)` channels wide."""
 
     def __init__(self, n_agents, agent_width, n_global=3, dim=64, dim_mults=(1, 2, 4), kernel=5,
-                 mixing="attention"):
+                 mixing="attention", head_width=0):
         super().__init__()
         self.n_agents, self.agent_width, self.n_global = n_agents, agent_width, n_global
+        head = agent_head_width(dim, agent_width, head_width)
         self.step_embedding = step_embedding(dim)
         self.inp = nn.Conv1d(agent_width + n_agents + n_global, dim, kernel, padding=kernel // 2)
         self.trunk = UNetTrunk(dim, dim_mults, kernel, agent_mixer(mixing, n_agents))
-        self.agent_out = nn.Sequential(conv_block(self.trunk.out_channels, dim, kernel),
-                                       nn.Conv1d(dim, agent_width, 1))
+        # each agent-step's W rows are an affine function of these `head` channels
+        self.agent_out = nn.Sequential(conv_block(self.trunk.out_channels, head, kernel),
+                                       nn.Conv1d(head, agent_width, 1))
         self.global_out = nn.Sequential(conv_block(self.trunk.out_channels, dim, kernel),
                                         nn.Conv1d(dim, n_global, 1))
 

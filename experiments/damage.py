@@ -29,6 +29,13 @@ principal directions: the closest D_real comes to an output confined to R
 directions per step, as the output of a network whose last layer is a
 linear map from R channels is (the U-Net's head: `--dim` channels). The
 done row is kept as recorded, so only the agents' rows are judged.
+
+`--agent-rank R ...` does the same for the agent-factored U-Net
+(`--network agents`), whose head is one linear map, shared by every agent,
+from `--dim` channels to an agent's W rows: each agent's W-row column of
+each step is projected onto the top R principal directions of all agents'
+columns pooled (one subspace for all agents, as the shared head writes),
+the global rows (reward, Q_tot, done: their own head) kept as recorded.
 """
 import argparse
 import collections
@@ -41,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
 import attacks  # noqa: E402
 import data  # noqa: E402
+import fidelity  # noqa: E402
 
 
 def file_shares(path, threshold):
@@ -52,27 +60,33 @@ def file_shares(path, threshold):
     return episodes, attacks.damage_shares(totals)
 
 
-def projections(real, ranks):
+def projections(real, ranks, per_agent=False):
     """For each R in `ranks`: (R, D_real with every valid step's normalised Eq. 4 column replaced by its
     projection onto the top R principal directions of those columns (done row kept), decoded back to
-    Episodes, the share of the columns' variance those directions keep). One SVD for all R."""
+    Episodes, the share of the columns' variance those directions keep). With `per_agent`, the columns are
+    each agent's W rows of each step, pooled over agents, and the global rows are kept. One SVD for all R."""
+    if not ranks:
+        return
     layout = data.layout_of(real)
     matrix = data.episodes_to_matrix(real)                                   # (E, F, T) data units
     normalizer = data.Normalizer.fit(matrix)
     x = normalizer.normalize(matrix).transpose(0, 2, 1)                      # (E, T, F) as the model sees it
     valid = data.valid_steps(real.lengths, matrix.shape[-1])                 # (E, T)
-    columns = x[valid]                                                       # (steps, F)
+    steps = x[valid]                                                         # (S, F)
+    rows = slice(0, layout.reward) if per_agent else slice(None)             # the agents' N W rows, or all F
+    width = layout.agent_width if per_agent else layout.n_features
+    columns = steps[:, rows].reshape(-1, width)                              # (S N, W) or (S, F)
     mean = columns.mean(axis=0)
-    _, singular, directions = np.linalg.svd(columns - mean, full_matrices=False)   # rows: directions (F, F)
+    _, singular, directions = np.linalg.svd(columns - mean, full_matrices=False)   # rows: directions
     variance = singular ** 2
-    r = layout.reward
-    reward_range = (float(normalizer.lo[r]), float(normalizer.hi[r]))
     for rank in ranks:
-        top = directions[:rank]                                              # (R, F)
-        x[valid] = mean + (columns - mean) @ top.T @ top
+        top = directions[:rank]                                              # (R, width)
+        projected = steps.copy()
+        projected[:, rows] = (mean + (columns - mean) @ top.T @ top).reshape(len(steps), -1)
+        x[valid] = projected
         out = normalizer.unnormalize(x.transpose(0, 2, 1))                   # (E, F, T)
         out[:, layout.done] = matrix[:, layout.done]
-        yield rank, data.matrix_to_episodes(out, layout, reward_range, real.attrs), \
+        yield rank, data.matrix_to_episodes(out, layout, fidelity.reward_range(normalizer, layout), real.attrs), \
             float(variance[:rank].sum() / variance.sum())
 
 
@@ -89,6 +103,9 @@ def main(argv=None):
     p.add_argument("--synthetic", nargs="+", default=[], help="[LABEL=]path of a synthetic.h5; several allowed")
     p.add_argument("--rank", type=int, nargs="+", default=[],
                    help="also D_real projected onto its top R principal directions per step, for each R")
+    p.add_argument("--agent-rank", type=int, nargs="+", default=[],
+                   help="also each agent's rows of D_real projected onto the top R principal directions of all "
+                        "agents' rows per step, for each R (the agent-factored U-Net's shared head)")
     args = p.parse_args(argv)
     with artifacts.one_line_errors():                       # a missing or malformed file: one line
         real = data.load_dataset(args.real)
@@ -96,15 +113,18 @@ def main(argv=None):
         if threshold != threshold:                          # NaN
             raise artifacts.InputError(f"{args.real}: no enemy health drop in SMAX's observation layout; "
                                        "this check needs SMAX data (backend smax)")
-        real_width = data.layout_of(real).n_features
-        bad = [r for r in args.rank if not 1 <= r <= real_width]
-        if bad:
-            p.error(f"--rank {bad[0]}: must be between 1 and the matrix's {real_width} rows")
+        layout = data.layout_of(real)
+        for flag, ranks, width, what in (("--rank", args.rank, layout.n_features, "the matrix's"),
+                                         ("--agent-rank", args.agent_rank, layout.agent_width, "an agent's")):
+            bad = [r for r in ranks if not 1 <= r <= width]
+            if bad:
+                p.error(f"{flag} {bad[0]}: must be between 1 and {what} {width} rows")
         lines = [table_line("D_real", real.n_episodes, attacks.damage_shares(attacks.damage_counts(real, threshold)))]
-        for rank, episodes, kept in projections(real, args.rank):
-            lines.append(table_line(f"D_real, top {rank} of {real_width} directions per step ({kept:.1%} of "
-                                    f"the variance)", real.n_episodes,
-                                    attacks.damage_shares(attacks.damage_counts(episodes, threshold))))
+        for ranks, per_agent, label in ((args.rank, False, f"of {layout.n_features} directions per step"),
+                                        (args.agent_rank, True, f"of {layout.agent_width} directions per agent-step")):
+            for rank, episodes, kept in projections(real, ranks, per_agent):
+                lines.append(table_line(f"D_real, top {rank} {label} ({kept:.1%} of the variance)", real.n_episodes,
+                                        attacks.damage_shares(attacks.damage_counts(episodes, threshold))))
         for i, entry in enumerate(args.synthetic):
             label, _, path = entry.rpartition("=")
             lines.append(table_line(label or f"D_syn {i + 1}", *file_shares(path, threshold)))

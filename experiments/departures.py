@@ -10,10 +10,10 @@ trains and samples like `eaq.py` (same flags, same files) with any of:
   done) get 3 / F of it (1.1 % on 3m). W multiplies those rows' squared
   error relative to the agents' rows, the weights scaled to mean 1 so the
   loss keeps its size against λ's hinge; W = 1 is Eq. 5 as written.
-* `--head-width H` — the U-Net ends, as diffuser's does, in a convolution to
-  `dim` channels and a 1x1 convolution from them to the F rows: every
-  generated step is an affine function of `dim` numbers. H widens that last
-  block to H channels (a multiple of 8); 0 keeps `dim`.
+* `--head-width H` (eaq.py's flag, on the flat U-Net here) — the U-Net
+  ends, as diffuser's does, in a convolution to `dim` channels and a 1x1
+  convolution from them to the F rows: every generated step is an affine
+  function of `dim` numbers. H widens that last block to H channels.
 * `--x0-skip` — keeps Eq. 5 and x0-prediction but builds f_theta from the
   best affine estimate of tau0 from tau_k, row by row, plus the U-Net's
   correction (Karras et al. 2022's preconditioning, with each row's mean:
@@ -58,8 +58,6 @@ class DepartureConfig(eaq.DiffusionConfig):
 
     global_row_weight: float = option(1.0, "weight of the reward, Q_tot and done rows' squared error against the "
                                            "agents' rows (1 = Eq. 5 as written)")
-    head_width: int = option(0, "channels of the U-Net's last block, read by its final 1x1 convolution; 0 = --dim "
-                                "(diffuser's head); a multiple of 8")
     x0_skip: bool = option(False, "f_theta = the rows' affine estimate of tau0 from tau_k plus c_out(k) U(tau_k, k)")
 
 
@@ -71,19 +69,6 @@ def check_config(config):
     if config.global_row_weight <= 0:
         raise artifacts.InputError(f"--global-row-weight must be > 0 (1 = Eq. 5's plain squared error), "
                                    f"got {config.global_row_weight}")
-    if config.head_width < 0 or config.head_width % 8:
-        raise artifacts.InputError(f"--head-width must be 0 (= --dim) or a positive multiple of 8 (GroupNorm uses 8 "
-                                   f"groups), got {config.head_width}")
-
-
-class WideHeadUNet(unet.TemporalUNet):
-    """The temporal U-Net whose last block has `head_width` channels instead of `dim`."""
-
-    def __init__(self, n_features, dim, dim_mults, head_width):
-        super().__init__(n_features, dim, dim_mults)
-        in_ch = self.out[0][0].in_channels
-        self.out = torch.nn.Sequential(unet.conv_block(in_ch, head_width, 5),
-                                       torch.nn.Conv1d(head_width, n_features, 1))
 
 
 class DepartureDiffusion(diffusion.Diffusion):
@@ -145,8 +130,7 @@ def build(model_config, moments=None):
     """A DepartureDiffusion and its EMA copy from a checkpoint's config (with the departures' fields);
     `moments`: D_real's row (mean, variance), for --x0-skip."""
     n, dim, mults = model_config["n_features"], model_config["dim"], tuple(model_config["dim_mults"])
-    net = (WideHeadUNet(n, dim, mults, model_config["head_width"]) if model_config["head_width"]
-           else unet.TemporalUNet(n, dim, mults))
+    net = unet.TemporalUNet(n, dim, mults, head_width=model_config["head_width"])
     model = DepartureDiffusion(net, model_config["K"], global_row_weights(n, model_config["global_row_weight"]),
                                model_config["x0_skip"])
     if moments is not None:

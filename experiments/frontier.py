@@ -50,6 +50,7 @@ import data  # noqa: E402
 import diffusion  # noqa: E402
 import eaq  # noqa: E402
 import fidelity  # noqa: E402
+import unet  # noqa: E402
 
 RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records-frontier")
 CHUNK = 100           # training steps between two looks at the CPU clock
@@ -150,12 +151,17 @@ class ScheduledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def setting_name(config, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0):
+def setting_name(config, agent_width, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0):
     """A run's label: its network, width (and the levels' multipliers unless eaq.py's), (agent-factored) mixing,
-    learning rate, its schedule, loss weighting and f_theta's skip, and its device unless the CPU."""
+    head width (unless `dim`; an agent's rows are `agent_width`), learning rate, its schedule, loss weighting and
+    f_theta's skip, and its device unless the CPU."""
     mixing = f"-{config.mixing}" if config.network == "agents" else ""
     if tuple(config.dim_mults) != eaq.DiffusionConfig.dim_mults:
         mixing = f"-x{'x'.join(map(str, config.dim_mults))}" + mixing
+    head = (unet.agent_head_width(config.dim, agent_width, config.head_width) if config.network == "agents"
+            else config.head_width or config.dim)
+    if head != config.dim:
+        mixing += f"-head{head}"
     warmup, decay_steps, clip = schedule
     levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip))
     extra = "".join(f"-{name}{value:g}" for name, value in levers if value)
@@ -183,8 +189,11 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
     at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam;
     `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it); `skip` > 0
-    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate)."""
+    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate).
+    The setting's checkpoints go to out/<setting_name>/."""
     real = data.load_dataset(dataset)
+    name = setting_name(config, data.layout_of(real).agent_width, schedule, min_snr, skip)
+    out = os.path.join(out, name)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
@@ -198,7 +207,6 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     model.config["horizon"] = int(tau0.shape[-1])
     horizons = diffusion.episode_horizons(real.lengths, config.bucket_width, model.config["horizon"])
     q_row = data.layout_of(real).q_tot
-    name = setting_name(config, schedule, min_snr, skip)
     path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
@@ -299,8 +307,7 @@ def main(argv=None):
         lever_build(args.min_snr, args.skip)
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
-        name = setting_name(config, schedule, args.min_snr, args.skip)
-        run(config, args.dataset, os.path.join(args.out, name), sorted(args.budgets), args.episodes, args.resume,
+        run(config, args.dataset, args.out, sorted(args.budgets), args.episodes, args.resume,
             schedule, args.records, args.clock, args.chunk, args.min_snr, args.skip)
 
 

@@ -10,7 +10,8 @@ B eaq.py's training batch, and its sampling batch for one denoising forward.
 Timed, on one thread, interleaved round by round (median of `--rounds`):
 one x0-prediction training step (forward, backward, Adam) and one
 denoising forward, for our default (eaq.DiffusionConfig: the agent-factored
-U-Net), our flat U-Net at width 40 (the paper's layout) and Unet1D at its
+U-Net), the same with a head of `dim` channels (the former default), our
+flat U-Net at width 40 (the paper's layout) and Unet1D at its
 default width 64 and at 32. Prints ms per call and the ratio peer / ours
 (> 1: ours is faster).
 """
@@ -57,12 +58,15 @@ def our_network(config, layout, dataset):
 
 
 def contestants(layout, horizon, dataset):
-    """{name: (network, T it is fed)}: our default, our flat width 40, Unet1D at 64 and 32."""
+    """{name: (network, T it is fed)}: our default, it with a head of `dim` (the former default), our flat width 40,
+    Unet1D at 64 and 32."""
     Unet1D = load_unet1d()
     levels = len(eaq.DiffusionConfig().dim_mults)
     T_peer = horizon + (-horizon) % 2 ** (levels - 1)
     default = eaq.DiffusionConfig()
     return {f"ours default ({default.network} {default.dim})": (our_network(default, layout, dataset), horizon),
+            f"ours {default.network} {default.dim}, head {default.dim}":
+                (our_network(dataclasses.replace(default, head_width=default.dim), layout, dataset), horizon),
             "ours flat 40": (our_network(dataclasses.replace(default, network="flat", dim=40), layout, dataset),
                              horizon),
             "Unet1D dim 64 (its default)": (Unet1D(dim=64, dim_mults=default.dim_mults, channels=layout.n_features),

@@ -66,7 +66,7 @@ def per_step_rank(net, n_features, T=16, batch=24):
 def test_the_head_width_bounds_the_rank_of_each_generated_step():
     n_features, dim = 100, 16
     assert per_step_rank(unet.TemporalUNet(n_features, dim, (1, 2)), n_features) == dim     # affine in 16 numbers
-    assert per_step_rank(departures.WideHeadUNet(n_features, dim, (1, 2), 96), n_features) == 96
+    assert per_step_rank(unet.TemporalUNet(n_features, dim, (1, 2), head_width=96), n_features) == 96
 
 
 def test_the_head_width_reaches_the_model_and_its_checkpoint_loads_back(tiny_3m, tmp_path):
@@ -165,4 +165,4 @@ def test_the_skip_reaches_training_and_its_moments_travel_in_the_checkpoint(tiny
 def test_a_head_width_groupnorm_cannot_split_is_refused(width, capsys):
     with pytest.raises(SystemExit):
         departures.main(["--dataset", "x.h5", "--out", "o", "--head-width", width])
-    assert "--head-width must be 0 (= --dim) or a positive multiple of 8" in capsys.readouterr().err
+    assert "--head-width must be 0 (the network's own) or a positive multiple of 8" in capsys.readouterr().err

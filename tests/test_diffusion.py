@@ -109,11 +109,15 @@ def test_agents_share_one_trunk_told_apart_by_their_id():
 def test_build_makes_the_network_the_config_names():
     layout = {"n_agents": 2, "obs_dim": 3, "n_actions": 4}
     config = {"n_features": 2 * 11 + 3, "dim": 8, "dim_mults": [1, 2], "K": 10, "layout": layout,
-              "mixing": "attention"}
+              "mixing": "attention", "head_width": 0}
     flat, _ = D.build({**config, "network": "flat"})
     agents, ema = D.build({**config, "network": "agents"})
     assert isinstance(flat.model, unet.TemporalUNet) and isinstance(agents.model, unet.AgentUNet)
     assert agents.model.agent_width == 11 and agents.model.n_global == 3
+    # the heads: the agents' as wide as an agent's 11 rows rounded up to 8, the flat one --dim (diffuser's)
+    assert agents.model.agent_out[-1].in_channels == 16 and flat.model.out[-1].in_channels == 8
+    for network, head in (("agents", "agent_out"), ("flat", "out")):
+        assert getattr(D.build({**config, "network": network, "head_width": 24})[0].model, head)[-1].in_channels == 24
     x = torch.randn(2, 25, 6)
     assert agents.f_theta(x, torch.tensor([1, 2])).shape == ema.f_theta(x, torch.tensor([1, 2])).shape == (2, 25, 6)
 
@@ -156,7 +160,7 @@ def test_minibatches_come_from_one_bucket_cut_to_its_window():
     spy = ShapeSpy()
     diff = D.Diffusion(spy, K=10)
     diff.abar.fill_(1.0)                                        # tau_k = tau0: the spy sees the episodes
-    ema = D.build({"network": "flat", "n_features": 2, "dim": 8, "dim_mults": [1], "K": 10})[1]
+    ema = D.build({"network": "flat", "n_features": 2, "dim": 8, "dim_mults": [1], "K": 10, "head_width": 0})[1]
     D.train(diff, ema, torch.optim.SGD(diff.parameters(), lr=0.0), tau0, torch.ones(E, T, dtype=torch.bool),
             1, 0.0, 600, horizons, batch_size=3, progress=False)
     windows = [w for w, _ in spy.seen]
@@ -167,7 +171,7 @@ def test_minibatches_come_from_one_bucket_cut_to_its_window():
 
 
 def test_hinge_active_steps_are_counted():
-    diff, ema = D.build({"network": "flat", "n_features": 3, "dim": 8, "dim_mults": [1], "K": 10})
+    diff, ema = D.build({"network": "flat", "n_features": 3, "dim": 8, "dim_mults": [1], "K": 10, "head_width": 0})
     tau0 = torch.zeros(4, 3, 5)
     tau0[:, 1] = torch.linspace(-1, 1, 4)[:, None]              # episodes' Q̄ differ: someone is below the max
     valid = torch.ones(4, 5, dtype=torch.bool)
@@ -206,7 +210,7 @@ def test_samplers_return_exactly_what_an_oracle_predicts(sampler):
 
 def test_nan_loss_stops_training():
     diff = D.Diffusion(unet.TemporalUNet(5, 8, (1,)), K=10)
-    ema = D.build({"network": "flat", "n_features": 5, "dim": 8, "dim_mults": [1], "K": 10})[1]
+    ema = D.build({"network": "flat", "n_features": 5, "dim": 8, "dim_mults": [1], "K": 10, "head_width": 0})[1]
     tau0 = torch.zeros(4, 5, 6)
     tau0[0, 0, 0] = float("nan")
     opt = torch.optim.Adam(diff.parameters())

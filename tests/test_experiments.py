@@ -21,6 +21,7 @@ import eaq
 import env as envlib
 import fidelity
 import train
+import unet
 from conftest import Unscale, Zeros
 from experiments import departures, heuristic_data
 
@@ -50,8 +51,9 @@ def test_damage_bench_reads_files_and_projects_d_real(tiny_3m, tmp_path, capsys)
     avail[..., 5:] = np.roll(real.avail[..., 5:], 1, axis=-1)
     data.save_dataset(dataclasses.replace(real, actions=moved, avail=avail), str(tmp_path / "moved.h5"))
     F = data.layout_of(real).n_features
+    W = data.layout_of(real).agent_width
     bench("damage").main(["--real", tiny_3m[0], "--synthetic", f"moved={tmp_path / 'moved.h5'}",
-                          "--rank", "2", str(F)])
+                          "--rank", "2", str(F), "--agent-rank", "2", str(W)])
     table = rows(capsys.readouterr().out)
     assert table["D_real"][1:] == (1.0, 0.0, 1.0, 0.0, 0.0)
     assert table["moved"][1] < 0.5 and table["moved"][3:] == (1.0, 0.0, 0.0)   # its rewards still match the damage
@@ -59,6 +61,10 @@ def test_damage_bench_reads_files_and_projects_d_real(tiny_3m, tmp_path, capsys)
     assert full == [table["D_real"]], "projecting onto every direction changes nothing"
     two = [v for k, v in table.items() if k.startswith(f"D_real, top 2 of {F}")]
     assert two and two[0][1] < 1.0, "two directions per step cannot keep which enemy was hit"
+    every = [v for k, v in table.items() if k.startswith(f"D_real, top {W} of {W} directions per agent-step")]
+    assert every == [table["D_real"]], "projecting each agent's rows onto all their directions changes nothing"
+    two = [v for k, v in table.items() if k.startswith(f"D_real, top 2 of {W} directions per agent-step")]
+    assert two and two[0][1] < 1.0, "two directions per agent-step cannot keep which enemy was hit"
 
 
 def test_damage_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
@@ -68,6 +74,10 @@ def test_damage_bench_refuses_bad_input_in_one_line(tiny_3m, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench("damage").main(["--real", tiny_3m[0], "--rank", "0"])
     assert "--rank 0: must be between 1 and" in capsys.readouterr().err
+    W = data.layout_of(data.load_dataset(tiny_3m[0])).agent_width
+    with pytest.raises(SystemExit):
+        bench("damage").main(["--real", tiny_3m[0], "--agent-rank", str(W + 1)])
+    assert f"--agent-rank {W + 1}: must be between 1 and an agent's {W} rows" in capsys.readouterr().err
 
 
 def denoise_table(text):
@@ -270,9 +280,9 @@ def test_the_scheduled_optimiser_warms_up_decays_and_clips():
         rates.append(opt.param_groups[0]["lr"])
         assert w.grad.norm().item() == pytest.approx(0.5)              # clipped before the step
     assert rates == pytest.approx([opt.rate(s) for s in range(6)])
-    assert frontier.setting_name(eaq.DiffusionConfig(network="agents", dim=64), (0, 8600, 1.0)) == \
-        "agents64-attention-lr0.001-cos8600-clip1-s0"
-    assert frontier.setting_name(eaq.DiffusionConfig(network="flat", dim=80, device="cuda:1")) == \
+    assert frontier.setting_name(eaq.DiffusionConfig(network="agents", dim=64), 91, (0, 8600, 1.0)) == \
+        "agents64-attention-head96-lr0.001-cos8600-clip1-s0"           # 3m's 91 rows per agent: a head of 96
+    assert frontier.setting_name(eaq.DiffusionConfig(network="flat", dim=80, device="cuda:1"), 91) == \
         "flat80-lr0.001-s0-cuda1"
 
 
@@ -370,7 +380,7 @@ def test_min_snr_weights_each_episodes_x0_term_by_its_capped_snr():
     assert float(plain[1]) == pytest.approx(1.0) and float(q_term) == pytest.approx(float(plain[2])) == 1.0
     assert float(total) == pytest.approx(float(diffusion_term) + 0.1 * float(q_term))
     config = eaq.DiffusionConfig(network="agents", dim=32)
-    assert frontier.setting_name(config, min_snr=5.0) == "agents32-attention-lr0.001-minsnr5-s0"
+    assert frontier.setting_name(config, 91, min_snr=5.0) == "agents32-attention-head96-lr0.001-minsnr5-s0"
 
 
 def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_the_network_at_large_k():
@@ -392,8 +402,9 @@ def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_t
         pytest.approx(float((sigma2 * 0.25 / (sigma2 + 0.25)).sqrt()))
     with pytest.raises(artifacts.InputError, match="give one of them"):
         frontier.lever_build(min_snr=5.0, skip=0.5)
-    assert frontier.setting_name(eaq.DiffusionConfig(), skip=0.5) == "agents32-attention-lr0.001-skip0.5-s0"
-    assert frontier.setting_name(eaq.DiffusionConfig(dim_mults=(3, 3, 4))) == "agents32-x3x3x4-attention-lr0.001-s0"
+    assert frontier.setting_name(eaq.DiffusionConfig(), 91, skip=0.5) == "agents32-attention-head96-lr0.001-skip0.5-s0"
+    assert frontier.setting_name(eaq.DiffusionConfig(dim_mults=(3, 3, 4), head_width=32), 91) == \
+        "agents32-x3x3x4-attention-lr0.001-s0"                          # a head of --dim: the name says nothing
 
 
 def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path):
@@ -405,6 +416,39 @@ def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path
                    "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "5", "--skip", "0.5"])
     record = json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-skip0.5-s0.json"))
     assert record["skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
+
+
+def agent_step_rank(net, n_agents, agent_width, T=16, batch=24):
+    """Numerical rank of an agent-factored network's agent rows as per-agent-step columns (batch T N, W)."""
+    torch.manual_seed(0)
+    n_features = n_agents * agent_width + 3
+    with torch.no_grad():
+        out = net(torch.randn(batch, n_features, T), torch.randint(1, 50, (batch,)))          # (B, F, T)
+    agents = out[:, :n_agents * agent_width].reshape(batch, n_agents, agent_width, T)
+    columns = agents.permute(0, 1, 3, 2).reshape(-1, agent_width).double()
+    return int(torch.linalg.matrix_rank(columns - columns.mean(0), rtol=1e-6))
+
+
+def test_the_head_width_bounds_the_rank_of_each_agent_step_and_the_frontier_judges_the_head_it_trained(
+        tiny_3m, tmp_path, capsys):
+    net = unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2), head_width=8)
+    assert agent_step_rank(net, 2, 40) == 8                                   # one shared head: 8 numbers per step
+    assert agent_step_rank(unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2)), 2, 40) == 40
+    assert [unet.agent_head_width(32, 91), unet.agent_head_width(8, 40), unet.agent_head_width(128, 91),
+            unet.agent_head_width(32, 91, 16)] == [96, 40, 128, 16]          # rows, or --dim if wider, or as given
+    frontier = bench("frontier")
+    flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+             "--K", "50", "--dim", "8", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01",
+             "--episodes", "4", "--clock", "wall", "--chunk", "5"]
+    frontier.main(flags + ["--head-width", "16"])
+    record = json.load(open(tmp_path / "records" / "3m-medium-agents8-x1x2-attention-head16-lr0.001-s0.json"))
+    assert record["config"]["head_width"] == 16 and record["judgements"][0]["synthetic"]["episodes"] == 4
+    judged = tmp_path / "runs" / "agents8-x1x2-attention-head16-lr0.001-s0" / "model-0.01min.pt"
+    assert diffusion.load_checkpoint(str(judged)).ema.model.agent_out[-1].in_channels == 16
+    for bad, message in ((["--head-width", "12"], "multiple of 8"), (["--head-width=-8"], "0 (the network's own)")):
+        with pytest.raises(SystemExit):
+            frontier.main(flags + bad)
+        assert message in capsys.readouterr().err
 
 
 def test_noise_levels_hand_d_real_back_read_and_denoised(tiny_3m):
