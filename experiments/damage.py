@@ -79,6 +79,7 @@ def projections(real, ranks, per_agent=False):
     mean = columns.mean(axis=0)
     _, singular, directions = np.linalg.svd(columns - mean, full_matrices=False)   # rows: directions
     variance = singular ** 2
+    reward_range = fidelity.reward_range(normalizer, layout)
     for rank in ranks:
         top = directions[:rank]                                              # (R, width)
         projected = steps.copy()
@@ -86,7 +87,7 @@ def projections(real, ranks, per_agent=False):
         x[valid] = projected
         out = normalizer.unnormalize(x.transpose(0, 2, 1))                   # (E, F, T)
         out[:, layout.done] = matrix[:, layout.done]
-        yield rank, data.matrix_to_episodes(out, layout, fidelity.reward_range(normalizer, layout), real.attrs), \
+        yield rank, data.matrix_to_episodes(out, layout, reward_range, real.attrs), \
             float(variance[:rank].sum() / variance.sum())
 
 

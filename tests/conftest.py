@@ -47,3 +47,19 @@ class Zeros(torch.nn.Module):
 
     def forward(self, tau_k, k):
         return torch.zeros_like(tau_k)
+
+
+def output_rank(net, n_features, agent_width=None, T=16, batch=24):
+    """Numerical rank of a network's outputs before any clip, as one column per step (batch T, F), or with
+    `agent_width`, one column per agent-step of the agents' rows (batch T N, W); the global rows are 3."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = net(torch.randn(batch, n_features, T), torch.randint(1, 50, (batch,)))          # (B, F, T)
+    if agent_width:
+        n_agents = (n_features - 3) // agent_width
+        agents = out[:, :n_agents * agent_width].reshape(batch, n_agents, agent_width, T)   # (B, N, W, T)
+        columns = agents.permute(0, 1, 3, 2).reshape(-1, agent_width)
+    else:
+        columns = out.permute(0, 2, 1).reshape(-1, n_features)
+    columns = columns.double()
+    return int(torch.linalg.matrix_rank(columns - columns.mean(0), rtol=1e-6))

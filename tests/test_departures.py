@@ -8,6 +8,7 @@ import data
 import diffusion as D
 import eaq
 import unet
+from conftest import output_rank
 from experiments import departures
 
 
@@ -54,19 +55,10 @@ def test_the_global_row_weight_reaches_training_and_its_checkpoint(tiny_3m, tmp_
         fit(tiny_3m[0], tmp_path / "10.0", steps=12, resume=True)
 
 
-def per_step_rank(net, n_features, T=16, batch=24):
-    """Numerical rank of the network's outputs as per-step columns: (batch T, F) before any clip."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        out = net(torch.randn(batch, n_features, T), torch.randint(1, 50, (batch,)))      # (B, F, T)
-    columns = out.permute(0, 2, 1).reshape(-1, n_features).double()
-    return int(torch.linalg.matrix_rank(columns - columns.mean(0), rtol=1e-6))
-
-
 def test_the_head_width_bounds_the_rank_of_each_generated_step():
     n_features, dim = 100, 16
-    assert per_step_rank(unet.TemporalUNet(n_features, dim, (1, 2)), n_features) == dim     # affine in 16 numbers
-    assert per_step_rank(unet.TemporalUNet(n_features, dim, (1, 2), head_width=96), n_features) == 96
+    assert output_rank(unet.TemporalUNet(n_features, dim, (1, 2)), n_features) == dim     # affine in 16 numbers
+    assert output_rank(unet.TemporalUNet(n_features, dim, (1, 2), head_width=96), n_features) == 96
 
 
 def test_the_head_width_reaches_the_model_and_its_checkpoint_loads_back(tiny_3m, tmp_path):

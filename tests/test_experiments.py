@@ -22,7 +22,7 @@ import env as envlib
 import fidelity
 import train
 import unet
-from conftest import Unscale, Zeros
+from conftest import Unscale, Zeros, output_rank
 from experiments import departures, heuristic_data
 
 
@@ -418,22 +418,11 @@ def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path
     assert record["skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
 
 
-def agent_step_rank(net, n_agents, agent_width, T=16, batch=24):
-    """Numerical rank of an agent-factored network's agent rows as per-agent-step columns (batch T N, W)."""
-    torch.manual_seed(0)
-    n_features = n_agents * agent_width + 3
-    with torch.no_grad():
-        out = net(torch.randn(batch, n_features, T), torch.randint(1, 50, (batch,)))          # (B, F, T)
-    agents = out[:, :n_agents * agent_width].reshape(batch, n_agents, agent_width, T)
-    columns = agents.permute(0, 1, 3, 2).reshape(-1, agent_width).double()
-    return int(torch.linalg.matrix_rank(columns - columns.mean(0), rtol=1e-6))
-
-
 def test_the_head_width_bounds_the_rank_of_each_agent_step_and_the_frontier_judges_the_head_it_trained(
         tiny_3m, tmp_path, capsys):
     net = unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2), head_width=8)
-    assert agent_step_rank(net, 2, 40) == 8                                   # one shared head: 8 numbers per step
-    assert agent_step_rank(unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2)), 2, 40) == 40
+    assert output_rank(net, 2 * 40 + 3, 40) == 8                                   # one shared head: 8 numbers per step
+    assert output_rank(unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2)), 2 * 40 + 3, 40) == 40
     assert [unet.agent_head_width(32, 91), unet.agent_head_width(8, 40), unet.agent_head_width(128, 91),
             unet.agent_head_width(32, 91, 16)] == [96, 40, 128, 16]          # rows, or --dim if wider, or as given
     frontier = bench("frontier")
