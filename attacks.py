@@ -88,6 +88,12 @@ def reward_excess(rewards, drop):
     return rewards[:, :drop.shape[1]] - paid
 
 
+def attacked_enemies(actions, n_enemies):
+    """(E, T, N) SMAX actions -> (E, T, K) bool: some agent attacks enemy k at step t."""
+    first = envlib.FIRST_ATTACK_ACTION["smax"]
+    return np.stack([(actions == first + k).any(axis=-1) for k in range(n_enemies)], axis=-1)
+
+
 def damage_counts(episodes, threshold):
     """The attack -> damage counts over steps t whose next observation lies inside the episode, per enemy k
     seen at t and t+1: {"seen", "attacked" (some agent attacks k at t), "attacked_hit" (and k's health
@@ -105,9 +111,7 @@ def damage_counts(episodes, threshold):
         return dict.fromkeys(DAMAGE_COUNT_KEYS, 0)
     drops = enemy_health_drops(episodes, views)
     drop, seen = drops
-    first = envlib.FIRST_ATTACK_ACTION["smax"]
-    attacked = np.stack([(episodes.actions == first + k).any(axis=-1)
-                         for k in range(drop.shape[-1])], axis=-1)                   # (E, T, K)
+    attacked = attacked_enemies(episodes.actions, drop.shape[-1])                   # (E, T, K)
     hit = seen & (drop > threshold)
     excess = reward_excess(episodes.rewards, np.where(seen, drop, 0.0))            # (E, T): unseen enemies pay 0
     all_seen, some_seen = excess[seen.all(axis=-1)], excess[seen.any(axis=-1)]    # (steps,) each

@@ -101,6 +101,21 @@ def check_config(config, flags=None):
 # ---------------------------------------------------------------------------
 # The model and its checkpoint
 # ---------------------------------------------------------------------------
+def generator_name(fields, agent_width):
+    """The network in a few characters, as D_syn's attrs and the frontier name it: network and width, the levels'
+    multipliers unless DiffusionConfig's, the agents' mixing, and the head unless it is `dim` wide
+    ("agents32-attention-head96"). `fields`: DiffusionConfig's network fields as a dict; `agent_width`: W."""
+    name = f"{fields['network']}{fields['dim']}"
+    if tuple(fields["dim_mults"]) != DiffusionConfig.dim_mults:
+        name += f"-x{'x'.join(map(str, fields['dim_mults']))}"
+    if fields["network"] == "agents":
+        name += f"-{fields['mixing']}"
+        head = unet.agent_head_width(fields["dim"], agent_width, fields["head_width"])
+    else:
+        head = fields["head_width"] or fields["dim"]
+    return name + (f"-head{head}" if head != fields["dim"] else "")
+
+
 # Fields that do not decide the trained weights (more `steps` continue a model; the rest only sample from it).
 SAMPLING_FIELDS = ("steps", "scale", "ddim_steps", "sample_batch", "device")
 
@@ -202,6 +217,7 @@ def sample_synthetic(model, config, real, dataset, out, real_matrix, horizons, p
     attrs = {**real.attrs, "synthetic": True, "lam": model.config["lam"], "diffusion_steps": model.step,
              "K": model.config["K"], "ddim_steps": config.ddim_steps, "scale": config.scale,
              "bucket_width": model.config["bucket_width"], "source_dataset": os.path.abspath(dataset),
+             "generator": generator_name(model.config, layout.agent_width),
              "format_version": data.FORMAT_VERSION}
     attrs.pop("win_rate", None)                    # a property of the real episodes only
     clock = artifacts.Clock()

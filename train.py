@@ -240,10 +240,12 @@ def run(args, out=None, make_buffer=learner.load_buffer, note=None):
     print("D_real " + datasets.describe(real_attrs))
     seconds["dataset"], cpu_seconds["dataset"] = clock.wall(), clock.cpu()
     paths, report, label = [real_path], None, "D_real" if args.aug == "none" else f"D_real, {args.aug}"
+    generator = None
     if args.aug == "eaq":
         clock = artifacts.Clock()
         syn_path, report = augment_with_eaq(args, real_path)
         paths.append(syn_path)
+        generator = data.read_attrs(syn_path).get("generator")          # the network that made D_syn
         label = f"D_real ∪ D_syn (EAQ λ={args.lam:g})"
         # the model's whole cost (training over every session, sampling), also when reused from the cache
         seconds["diffusion"] = clock.wall()
@@ -261,7 +263,8 @@ def run(args, out=None, make_buffer=learner.load_buffer, note=None):
                "aug": f"eaq (λ={args.lam:g})" if args.aug == "eaq" else args.aug,
                "dataset": {"path": real_path, "episodes": n_real,
                            **{k: real_attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
-               "augmentation_report": report, **result, "seconds": seconds, "cpu_seconds": cpu_seconds}
+               "augmentation_report": report, "generator": generator, **result,
+               "seconds": seconds, "cpu_seconds": cpu_seconds}
     artifacts.write_json(results_path, results)
     return results
 

@@ -32,6 +32,8 @@ estimate as EDM's preconditioned denoiser does (Karras et al. 2022, with
 sigma_data = S): the noisy input rescaled, c_skip(k) tau_k / sqrt(abar_k),
 plus c_out(k) times the U-Net, so at small k the U-Net writes only the
 correction to what it is shown; Eq. 5's x0 term is still on f_theta.
+`--learned-skip S` lets each feature row learn that curve for itself,
+starting from EDM's at sigma_data = S (`LearnedSkipDiffusion`).
 """
 import copy
 import dataclasses
@@ -50,7 +52,6 @@ import data  # noqa: E402
 import diffusion  # noqa: E402
 import eaq  # noqa: E402
 import fidelity  # noqa: E402
-import unet  # noqa: E402
 
 RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records-frontier")
 CHUNK = 100           # training steps between two looks at the CPU clock
@@ -117,10 +118,45 @@ def skip_build(sigma_data):
     return build
 
 
-def lever_build(min_snr=0.0, skip=0.0):
-    """The build of a setting: min-SNR-gamma's loss or the skip's f_theta (not both), else diffusion.build."""
-    if min_snr and skip:
-        raise artifacts.InputError("--min-snr and --skip are levers of their own: give one of them")
+class LearnedSkipDiffusion(diffusion.Diffusion):
+    """f_theta(tau_k, k) = g(k) x + U(tau_k, k), x = tau_k / sqrt(abar_k), with a gate per feature row learnt
+    with the network: g_f(k) = sigmoid(a_f - s_f log sigma_k). EDM's c_skip is this curve with s = 2 and
+    a = 2 log sigma_data, one sigma_data for every row (SkipDiffusion); here each row learns how far to trust
+    its own noisy input at each noise level, starting from EDM's curve at `sigma_data`. The U-Net's output is
+    added unscaled, so at g = 0 this is the plain network."""
+
+    def __init__(self, model, K, n_features, sigma_data):
+        super().__init__(model, K)
+        self.gate_a = torch.nn.Parameter(torch.full((n_features,), 2.0 * math.log(sigma_data)))    # (F,)
+        self.gate_s = torch.nn.Parameter(torch.full((n_features,), 2.0))                          # (F,)
+
+    def gate(self, k):
+        """(B, F, 1): each row's share of the rescaled input at steps k (B,)."""
+        abar = self.abar[k - 1]
+        log_sigma = 0.5 * torch.log((1.0 - abar) / abar)                                    # (B,)
+        return torch.sigmoid(self.gate_a[None] - self.gate_s[None] * log_sigma[:, None])[..., None]
+
+    def f_theta(self, tau_k, k):
+        abar = self.abar[k - 1][:, None, None]                                       # (B, 1, 1)
+        return self.gate(k) * tau_k / abar.sqrt() + self.model(tau_k, k)
+
+
+def learned_skip_build(sigma_data):
+    """diffusion.build, with f_theta as LearnedSkipDiffusion writes it (the EMA copy too: it samples)."""
+    def build(model_config):
+        net, _ = diffusion.build(model_config)
+        model = LearnedSkipDiffusion(net.model, model_config["K"], model_config["n_features"], sigma_data)
+        return model, copy.deepcopy(model).requires_grad_(False)
+    return build
+
+
+def lever_build(min_snr=0.0, skip=0.0, learned_skip=0.0):
+    """The build of a setting: min-SNR-gamma's loss, the skip's f_theta or the learned skip's (one of them),
+    else diffusion.build."""
+    if sum(bool(x) for x in (min_snr, skip, learned_skip)) > 1:
+        raise artifacts.InputError("--min-snr, --skip and --learned-skip are levers of their own: give one of them")
+    if learned_skip:
+        return learned_skip_build(learned_skip)
     return min_snr_build(min_snr) if min_snr else skip_build(skip) if skip else diffusion.build
 
 
@@ -151,22 +187,16 @@ class ScheduledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def setting_name(config, agent_width, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0):
-    """A run's label: its network, width (and the levels' multipliers unless eaq.py's), (agent-factored) mixing,
-    head width (unless `dim`; an agent's rows are `agent_width`), learning rate, its schedule, loss weighting and
-    f_theta's skip, and its device unless the CPU."""
-    mixing = f"-{config.mixing}" if config.network == "agents" else ""
-    if tuple(config.dim_mults) != eaq.DiffusionConfig.dim_mults:
-        mixing = f"-x{'x'.join(map(str, config.dim_mults))}" + mixing
-    head = (unet.agent_head_width(config.dim, agent_width, config.head_width) if config.network == "agents"
-            else config.head_width or config.dim)
-    if head != config.dim:
-        mixing += f"-head{head}"
+def setting_name(config, agent_width, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0, learned_skip=0.0):
+    """A run's label: its network (`eaq.generator_name`; an agent's rows are `agent_width`), learning rate, its
+    schedule, loss weighting and f_theta's skip, and its device unless the CPU."""
     warmup, decay_steps, clip = schedule
-    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip))
+    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip),
+              ("lskip", learned_skip))
     extra = "".join(f"-{name}{value:g}" for name, value in levers if value)
     device = "" if config.device == "cpu" else "-" + config.device.replace(":", "")
-    return f"{config.network}{config.dim}{mixing}-lr{config.lr:g}{extra}-s{config.seed}{device}"
+    network = eaq.generator_name(dataclasses.asdict(config), agent_width)
+    return f"{network}-lr{config.lr:g}{extra}-s{config.seed}{device}"
 
 
 def dataset_label(dataset):
@@ -185,19 +215,20 @@ def trained_seconds(model, clock):
 
 
 def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS, clock="cpu",
-        chunk=CHUNK, min_snr=0.0, skip=0.0):
+        chunk=CHUNK, min_snr=0.0, skip=0.0, learned_skip=0.0):
     """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
     at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam;
     `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it); `skip` > 0
-    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate).
+    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate);
+    `learned_skip` > 0 gates f_theta's input per row, learnt from that sigma_data's curve (LearnedSkipDiffusion).
     The setting's checkpoints go to out/<setting_name>/."""
     real = data.load_dataset(dataset)
-    name = setting_name(config, data.layout_of(real).agent_width, schedule, min_snr, skip)
+    name = setting_name(config, data.layout_of(real).agent_width, schedule, min_snr, skip, learned_skip)
     out = os.path.join(out, name)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
-    build = lever_build(min_snr, skip)
+    build = lever_build(min_snr, skip, learned_skip)
     model = eaq.prepare_model(config, real, dataset, ckpt, resume, build)
     if any(schedule):
         state = model.optimizer.state_dict()
@@ -211,7 +242,7 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
                     "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "min_snr": min_snr,
-                    "skip": skip, "clock": clock,
+                    "skip": skip, "learned_skip": learned_skip, "clock": clock,
                     "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
@@ -286,6 +317,8 @@ def main(argv=None):
                    help="weight the x0 term by min(SNR_k, this) (min-SNR-γ; 0: Eq. 5 as written)")
     p.add_argument("--skip", type=float, default=0.0,
                    help="precondition f_theta as EDM's denoiser with this sigma_data (0: none, as eaq.py)")
+    p.add_argument("--learned-skip", type=float, default=0.0,
+                   help="gate f_theta's input per row, learnt from EDM's curve at this sigma_data (0: none)")
     p.add_argument("--records", default=RECORDS, help="the folder of the records")
     p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
     args = p.parse_args(argv)
@@ -300,15 +333,16 @@ def main(argv=None):
         if not (args.dataset and args.out):
             raise artifacts.InputError("--dataset and --out are needed to train (or use --table)")
         artifacts.require_flags(at_least_one={"--chunk": args.chunk, "--episodes": args.episodes},
-                                finite={"--min-snr": args.min_snr, "--skip": args.skip})
-        for flag, value in (("--min-snr", args.min_snr), ("--skip", args.skip)):
+                                finite={"--min-snr": args.min_snr, "--skip": args.skip,
+                                        "--learned-skip": args.learned_skip})
+        for flag, value in (("--min-snr", args.min_snr), ("--skip", args.skip), ("--learned-skip", args.learned_skip)):
             if value < 0:
                 raise artifacts.InputError(f"{flag} must be >= 0 (0: none), got {value}")
-        lever_build(args.min_snr, args.skip)
+        lever_build(args.min_snr, args.skip, args.learned_skip)
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
         run(config, args.dataset, args.out, sorted(args.budgets), args.episodes, args.resume,
-            schedule, args.records, args.clock, args.chunk, args.min_snr, args.skip)
+            schedule, args.records, args.clock, args.chunk, args.min_snr, args.skip, args.learned_skip)
 
 
 if __name__ == "__main__":

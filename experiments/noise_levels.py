@@ -42,25 +42,34 @@ COLUMNS = ("action_accuracy", "legal_before_repair", "attack_share", "damage_wit
            "health_disagreement", "reward_matches_damage", "win_share")
 
 
-def handed_back(ema, normalizer, real, prepared, horizons, k, how, ddim_steps=20, batch_size=256, seed=0):
+def handed_back_batches(ema, normalizer, prepared, horizons, k, how, ddim_steps=20, batch_size=256, seed=0):
     """D_real (`prepared`: diffusion.prepare's (tau0, valid, _, matrix) of it) noised to step k and handed back
-    `how` ("read" or "denoised"): the MatrixStats summary of the results, plus "action_accuracy" (share of D_real's
-    valid agent-steps whose handed-back action is the one taken). The noise depends only on `seed`, so "read" and
-    "denoised" start from the same tau_k."""
-    layout, device = data.layout_of(real), ema.abar.device
-    tau0, valid, _, matrix = prepared                                                 # (E, F, T), (E, T)
-    stats = fidelity.matrix_stats(real, fidelity.reward_range(normalizer, layout))
+    `how` ("read" or "denoised"), batch by batch: yields (index of the batch's episodes, the handed-back matrix
+    (b, F, h) in data units). The noise depends only on `seed`, so "read" and "denoised" start from the same
+    tau_k."""
+    tau0, device = prepared[0], ema.abar.device                                       # (E, F, T)
     g = torch.Generator().manual_seed(seed)
     n_steps = max(1, round(ddim_steps * k / ema.K))             # DDIM-20's spacing from k down
-    right = total = 0
-    T = tau0.shape[-1]
     for h, index in fidelity.window_batches(horizons, batch_size):
-        x0, v = tau0[index, :, :h], valid[index, :h].numpy()                         # (b, F, h), (b, h)
+        x0 = tau0[index, :, :h]                                                       # (b, F, h)
         steps = torch.full((len(index),), k, dtype=torch.long)
         tau_k = ema.q_sample(x0, steps, torch.randn(x0.shape, generator=g)).to(device)
         with torch.no_grad():
             pred = ema.predict_tau0(tau_k, steps.to(device)) if how == "read" else ema.ddim_from(tau_k, k, n_steps)
-        out = normalizer.unnormalize(pred.cpu().numpy())                              # (b, F, h) data units
+        yield index, normalizer.unnormalize(pred.cpu().numpy())
+
+
+def handed_back(ema, normalizer, real, prepared, horizons, k, how, ddim_steps=20, batch_size=256, seed=0):
+    """`handed_back_batches` judged: the MatrixStats summary of the handed-back episodes, plus "action_accuracy"
+    (share of D_real's valid agent-steps whose handed-back action is the one taken)."""
+    layout = data.layout_of(real)
+    _, valid, _, matrix = prepared                                                    # (E, T), (E, F, T)
+    stats = fidelity.matrix_stats(real, fidelity.reward_range(normalizer, layout))
+    right = total = 0
+    T = matrix.shape[-1]
+    for index, out in handed_back_batches(ema, normalizer, prepared, horizons, k, how, ddim_steps, batch_size,
+                                          seed):
+        h, v = out.shape[-1], valid[index, :out.shape[-1]].numpy()                   # (b, h)
         act, _ = fidelity.action_and_legal(matrix[index, :, :h], layout, v)
         pred_act, _ = fidelity.action_and_legal(out, layout, v)
         right += int((pred_act.argmax(-1) == act.argmax(-1)).sum())
@@ -101,6 +110,15 @@ def format_table(report):
     return "\n".join(lines)
 
 
+def add_f_theta_flags(p):
+    """--skip and --learned-skip: how the checkpoint's f_theta was written (frontier.py's levers of the network)."""
+    p.add_argument("--skip", type=float, default=0.0,
+                   help="the checkpoint's f_theta is preconditioned with this sigma_data (frontier.py --skip)")
+    p.add_argument("--learned-skip", type=float, default=0.0,
+                   help="the checkpoint's f_theta has the learned skip started at this sigma_data "
+                        "(frontier.py --learned-skip)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Where along the noise axis a model loses the health bookkeeping.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -109,8 +127,7 @@ def main(argv=None):
     p.add_argument("--ks", type=int, nargs="+", default=[1, 50, 100, 200, 400, 700, 1000],
                    help="the diffusion steps D_real is noised to")
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps over all K (the spacing of 'denoised')")
-    p.add_argument("--skip", type=float, default=0.0,
-                   help="the checkpoint's f_theta is preconditioned with this sigma_data (frontier.py --skip)")
+    add_f_theta_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--json", help="also write the report here")
     p.add_argument("--table", nargs="+", metavar="RECORD", help="print the tables of these --json records and stop")
@@ -126,7 +143,7 @@ def main(argv=None):
             raise artifacts.InputError("give --real R.h5 and --checkpoint model.pt (or --table records)")
         artifacts.require_flags(at_least_one={"--ks": min(args.ks), "--ddim-steps": args.ddim_steps},
                                 seeds={"--seed": args.seed})
-        build = frontier.lever_build(skip=args.skip)
+        build = frontier.lever_build(skip=args.skip, learned_skip=args.learned_skip)
     with artifacts.one_line_errors():
         report = noise_level_report(args.checkpoint, data.load_dataset(args.real), args.ks, args.ddim_steps,
                                     args.seed, build=build)

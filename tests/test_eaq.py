@@ -1,4 +1,5 @@
 """eaq.py: Algorithm 1 on a dataset file — training, checkpoints and resuming, D_syn and its report, the flags."""
+import dataclasses
 import re
 import shutil
 import time
@@ -36,6 +37,7 @@ def test_tiny_model_learns_how_long_episodes_last(trained, tiny_3m):
     syn = data.load_dataset(str(out / "synthetic.h5"))           # passes the schema checks
     assert syn.n_episodes == 24 and syn.attrs["synthetic"] and syn.attrs["lam"] == 0.1
     assert syn.attrs["diffusion_steps"] == report["model_steps"] == 300
+    assert syn.attrs["generator"] == "agents16-x1x2-attention-head96"   # 3m: an agent's 91 rows, rounded up to 8
     stats, real_stats = report["synthetic"], report["real"]
     # A 300-step width-16 model places the terminal step roughly, not sharply (its done peaks are
     # often below 0.5): lengths come out within about a third of D_real's, never beyond the window.
@@ -205,3 +207,14 @@ def test_a_truncated_checkpoint_is_refused_in_the_projects_own_words(trained, tm
         D.load_checkpoint(str(cut))
     assert str(refused.value) == (f"{cut}: not a readable EAQ checkpoint (refused: a damaged or truncated torch file); "
                                   f"delete it to train again")
+
+
+def test_a_generator_is_named_by_its_network_levels_mixing_and_head():
+    def name(**over):
+        return eaq.generator_name(dataclasses.asdict(eaq.DiffusionConfig(**over)), 91)
+    assert name() == "agents32-attention-head96"
+    assert name(head_width=32) == "agents32-attention"
+    assert name(dim=128, mixing="mean") == "agents128-mean", "a trunk wider than an agent's rows is its own head"
+    assert name(dim=96, dim_mults=(1, 1, 1)) == "agents96-x1x1x1-attention"
+    assert name(network="flat", dim=40) == "flat40"
+    assert name(network="flat", dim=40, head_width=280) == "flat40-head280"

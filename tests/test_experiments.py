@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import artifacts
+import attacks
 import bcq
 import data
 import datasets
@@ -418,6 +419,30 @@ def test_the_frontier_judges_a_skip_model_with_its_own_f_theta(tiny_3m, tmp_path
     assert record["skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
 
 
+def test_the_learned_skip_starts_on_edms_curve_and_learns_each_rows_gate(tiny_3m, tmp_path):
+    frontier = bench("frontier")
+    learned = frontier.LearnedSkipDiffusion(Zeros(), K=1000, n_features=3, sigma_data=0.5)
+    fixed = frontier.SkipDiffusion(Zeros(), K=1000, sigma_data=0.5)
+    tau_k, steps = torch.randn(4, 3, 8), torch.tensor([1, 50, 500, 1000])
+    assert torch.allclose(learned.f_theta(tau_k, steps), fixed.f_theta(tau_k, steps), atol=1e-5)   # EDM's c_skip
+    with torch.no_grad():
+        learned.gate_a[1] = -50.0                                              # row 1 shut: the network's alone
+    out = learned.f_theta(tau_k, steps)
+    assert out[:, 1].abs().max() < 1e-12 and torch.allclose(out[:, 0], fixed.f_theta(tau_k, steps)[:, 0], atol=1e-5)
+    with pytest.raises(artifacts.InputError, match="give one of them"):
+        frontier.lever_build(skip=0.5, learned_skip=0.5)
+    flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+             "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
+             "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "5", "--learned-skip", "0.5"]
+    frontier.main(flags)
+    record = json.load(open(tmp_path / "records" / "3m-medium-flat16-x1x2-lr0.001-lskip0.5-s0.json"))
+    assert record["learned_skip"] == 0.5 and record["judgements"][0]["copy"]["1"]["action_accuracy"] >= 0.99
+    judged = diffusion.load_checkpoint(str(tmp_path / "runs" / "flat16-x1x2-lr0.001-lskip0.5-s0" / "model-0.01min.pt"),
+                                       frontier.learned_skip_build(0.5))
+    start = torch.full_like(judged.diffusion.gate_a, 2 * np.log(0.5))
+    assert not torch.allclose(judged.diffusion.gate_a, start), "the gates trained with the network"
+
+
 def test_the_head_width_bounds_the_rank_of_each_agent_step_and_the_frontier_judges_the_head_it_trained(
         tiny_3m, tmp_path, capsys):
     net = unet.AgentUNet(n_agents=2, agent_width=40, dim=8, dim_mults=(1, 2), head_width=8)
@@ -479,3 +504,38 @@ def test_the_noise_levels_command_tables_each_step_both_ways(tiny_3m, tiny_model
             noise_levels.main(argv)
         err = capsys.readouterr().err.strip()
         assert message in err.splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_drop_causes_names_why_a_handed_back_drop_has_no_shooter(tiny_3m, capsys):
+    causes = bench("drop_causes")
+    real = data.load_dataset(tiny_3m[0])
+    threshold = attacks.damage_threshold(real)
+    same = causes.drop_causes(real, real, threshold)
+    assert same["hits"] > 0 and same["unattacked"] == same["readings_off"] == same["reading_error_sum"] == 0
+    unarmed = dataclasses.replace(real, actions=np.where(real.actions >= 5, 1, real.actions))    # every attack lost
+    lost = causes.drop_causes(real, unarmed, threshold)
+    assert lost["unattacked"] == lost["hits"] == lost["D_real's drop, its attack lost"] == same["hits"]
+    # one enemy all its viewers read 0.4 too high at a step t where D_real's health holds and nobody attacks it
+    views = attacks.enemy_health_views(real)                                      # (E, T+1, N, K)
+    health = np.fmax.reduce(views, axis=2)
+    attacked = attacks.attacked_enemies(real.actions, 3)
+    inside = data.valid_steps(real.lengths - 1, attacked.shape[1])
+    quiet = (inside[..., None] & ~attacked & (health[:, :-1] == health[:, 1:]) & (health[:, :-1] <= 0.6)
+             & (~np.isnan(views[:, :-1])).all(axis=2))
+    e, t, k = map(int, np.argwhere(quiet)[0])
+    starts, _ = envlib.smax_enemy_blocks(3, 3, real.obs_dim)
+    obs = real.obs.copy()
+    obs[e, t, :, starts[k]] += 0.4
+    high = causes.drop_causes(real, dataclasses.replace(real, obs=obs), threshold)
+    assert high["unattacked"] == high["health at t read too high"] >= 1
+    assert high["health at t read too high, one viewer off"] == 0 and high["readings_off"] == 3
+    one = real.obs.copy()
+    one[e, t, 0, starts[k]] += 0.4                                                # one viewer alone
+    alone = causes.drop_causes(real, dataclasses.replace(real, obs=one), threshold)
+    assert alone["health at t read too high, one viewer off"] == alone["unattacked"] >= 1
+    with pytest.raises(SystemExit):
+        causes.main(["--real", tiny_3m[0], "--checkpoint", "missing.pt", "--examples", "-1"])
+    assert "--examples must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        causes.main(["--real", tiny_3m[0], "--checkpoint", "missing.pt", "--skip", "0.5", "--learned-skip", "0.5"])
+    assert "give one of them" in capsys.readouterr().err

@@ -288,35 +288,42 @@ def test_the_peer_refuses_a_folder_that_is_not_their_checkout(tmp_path):
 
 
 def test_a_peer_run_is_named_by_its_data_and_says_what_augmented_it(tiny_3m, tmp_path):
-    assert peer_run.augmentation_of(None) == ("none", 0.0)
+    assert peer_run.augmentation_of(None) == ("none", 0.0, None)
     syn = tmp_path / "synthetic.h5"
     shutil.copyfile(tiny_3m[0], syn)
     with h5py.File(syn, "a") as f:
         f.attrs["lam"] = 0.1
-    assert peer_run.augmentation_of(str(syn)) == ("eaq", 0.1)
+    assert peer_run.augmentation_of(str(syn)) == ("eaq", 0.1, None), "a D_syn from before its attrs named it"
+    with h5py.File(syn, "a") as f:
+        f.attrs["generator"] = "agents32-attention-head96"
+    assert peer_run.augmentation_of(str(syn)) == ("eaq", 0.1, "agents32-attention-head96")
     assert peer_run.run_name(tiny_3m[0], "bcq", None, 15000, 2) == "3m-medium-ogmarl-bcq-none-it15000-s2"
     assert peer_run.run_name(tiny_3m[0], "cql", str(syn), 10, 0).startswith("3m-medium-ogmarl-cql-syn-")
 
 
 def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
-    def results(learner, aug, ret):
+    def results(learner, aug, ret, generator=None):
         config = {"scenario": "3m", "quality": "poor", "algo": "cql", "aug": aug, "lam": 0.1 if aug == "eaq" else 0.0,
                   "seed": 0, **({"learner": learner} if learner else {})}
         return {"config": config, "aug": "none" if aug == "none" else "eaq (λ=0.1)", "dataset": {"return_mean": 4.0},
+                **({"generator": generator} if generator else {}),
                 "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.25, "normalised_return": ret / 20},
                 "heldout": {"return_mean": 2.5},
                 **({"iterations_per_cpu_second": 20.0} if learner else {})}
     for name, r in {"theirs": results("og-marl", "none", 2.0), "ours": results(None, "none", 6.0),
-                    "theirs-eaq": results("og-marl", "eaq", 3.0)}.items():
+                    "theirs-eaq": results("og-marl", "eaq", 3.0),
+                    "theirs-eaq-head96": results("og-marl", "eaq", 5.0, "agents32-attention-head96")}.items():
         (tmp_path / name).mkdir()
         artifacts.write_json(str(tmp_path / name / "results.json"), r)
     (tmp_path / "unfinished").mkdir()
     peer_run.main(["--table", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6
     assert lines[2] == "| 3m-poor | ours | cql | none | 0 | 6.00 ± 1.00 | 0.25 | 4.00 | 1.50 | 2.50 |  |"
     assert lines[3] == "| 3m-poor | OG-MARL | cql | none | 0 | 2.00 ± 1.00 | 0.25 | 4.00 | 0.50 | 2.50 | 20.0 |"
-    assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1) |")
+    # each D_syn named by the network that made it; one from before D_syn's attrs named it: the former default's
+    assert lines[4].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1), agents32-attention | 0 | 3.00 ")
+    assert lines[5].startswith("| 3m-poor | OG-MARL | cql | eaq (λ=0.1), agents32-attention-head96 | 0 | 5.00 ")
     assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "greedy"}) == "ours (greedy execution)"
     assert peer_run.learner_label({"algo": "bcq", "bcq_execution": "filtered", "last_action": True,
                                    "grad_clip": 10.0}) == "ours"

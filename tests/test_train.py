@@ -38,6 +38,7 @@ def test_tiny_end_to_end_run_trains_on_real_and_synthetic_episodes(tiny_run):
     assert results["augmentation_report"]["synthetic"]["episodes"] == 48   # S = 2
     assert results["training_episodes"] == (1 + 2) * 24, "the learner sees D_real ∪ D_syn, (1 + S) |D_real|"
     assert results["final"]["iteration"] == 10 and "return_mean" in results["heldout"]
+    assert results["generator"] == "agents8-attention-head96", "the network that made D_syn, from its attrs"
     assert os.path.exists(os.path.join(run_dir(tiny_run), "metrics.csv"))
     report, cpu = results["augmentation_report"], results["cpu_seconds"]
     assert set(cpu) == set(results["seconds"]) == {"dataset", "diffusion", "learner"}

@@ -126,10 +126,12 @@ def run_name(real_path, algo, synthetic, iters, seed):
 
 
 def augmentation_of(synthetic):
-    """(aug, lam) as train.py's config names them: 'none', or 'eaq' with D_syn's λ (its attrs)."""
+    """(aug, lam, generator) as train.py names them: 'none', or 'eaq' with D_syn's λ and the network that made it
+    (its attrs)."""
     if synthetic is None:
-        return "none", 0.0
-    return "eaq", float(data.read_attrs(synthetic)["lam"])
+        return "none", 0.0, None
+    attrs = data.read_attrs(synthetic)
+    return "eaq", float(attrs["lam"]), attrs.get("generator")
 
 
 def train_and_evaluate(system, buffer, iters, eval_every, envs, clock):
@@ -178,7 +180,7 @@ def run(args):
     envs = qmix.make_eval_envs(attrs["scenario"], "smax", args.eval_episodes, args.seed)
     artifacts.prepare_output_dir(out)
     rows, heldout, train_seconds = train_and_evaluate(system, buffer, args.iters, args.eval_every, envs, clock)
-    aug, lam = augmentation_of(args.synthetic)
+    aug, lam, generator = augmentation_of(args.synthetic)
     results = {"config": {"scenario": attrs["scenario"], "quality": attrs["quality"], "algo": args.algo, "aug": aug,
                           "lam": lam, "seed": args.seed, "iters": args.iters, "eval_episodes": args.eval_episodes,
                           "learner": "og-marl", "og_marl_commit": checkout_commit(args.og_marl),
@@ -186,7 +188,8 @@ def run(args):
                "algo": args.algo, "aug": aug if aug == "none" else f"eaq (λ={lam:g})",
                "dataset": {"path": real_path, "episodes": data.load_dataset(real_path).n_episodes,
                            **{k: attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
-               "augmentation_report": None, "final": rows[-1], "heldout": heldout, "training_episodes": episodes,
+               "augmentation_report": None, "generator": generator, "final": rows[-1], "heldout": heldout,
+               "training_episodes": episodes,
                "vault_rows": vault_rows, "train_cpu_seconds": train_seconds,
                "iterations_per_cpu_second": args.iters / train_seconds,
                "seconds": {"learner": clock.wall()}, "cpu_seconds": {"learner": clock.cpu()}}
@@ -210,6 +213,17 @@ def learner_label(config):
     return "ours" + (f" ({', '.join(ways)})" if ways else "")
 
 
+# every D_syn made before D_syn's attrs named their generator came from this one (the 32-channel head)
+FORMER_GENERATOR = "agents32-attention"
+
+
+def augmentation_label(results):
+    """A run's augmentation as the table shows it: "none", or "eaq (λ=0.1), <the network that made D_syn>"."""
+    if results["config"]["aug"] != "eaq":
+        return results["aug"]
+    return f"{results['aug']}, {results.get('generator') or FORMER_GENERATOR}"
+
+
 def table(records):
     """The markdown table of finished runs, {name: results.json dict}, ours (train.py) and theirs side by side."""
     lines = ["| data | learner | algo | augmentation | seed | return ± std | win rate | D_real mean | "
@@ -218,13 +232,14 @@ def table(records):
     def key(item):
         c = item[1]["config"]
         lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0          # train.py keeps --lam's value for every run
-        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], lam, c["seed"],
-                c.get("learner") == "og-marl", learner_label(c), item[0])
+        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], lam,
+                augmentation_label(item[1]), c["seed"], c.get("learner") == "og-marl", learner_label(c), item[0])
     for name, r in sorted(records.items(), key=key):
         c, final, mean = r["config"], r["final"], r["dataset"]["return_mean"]
         speed = r.get("iterations_per_cpu_second")
         lines.append(f"| {c['scenario']}-{c['quality']} | {learner_label(c)} | "
-                     f"{c['algo']} | {r['aug']} | {c['seed']} | {final['return_mean']:.2f} ± {final['return_std']:.2f} "
+                     f"{c['algo']} | {augmentation_label(r)} | {c['seed']} | "
+                     f"{final['return_mean']:.2f} ± {final['return_std']:.2f} "
                      f"| {final['win_rate']:.2f} | {mean:.2f} | {final['return_mean'] / mean:.2f} | "
                      f"{r['heldout']['return_mean']:.2f} | {'' if speed is None else f'{speed:.1f}'} |")
     return "\n".join(lines)
