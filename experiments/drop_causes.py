@@ -17,9 +17,9 @@ cause of `CAUSES` that fits:
   (half a shot), or its health at t+1 below;
 * neither alone: smaller errors on both steps.
 
-For the two "read" causes it also counts how often one viewer alone is off:
-the agents that see the enemy at that step disagree by more than the
-threshold (D_real: never); and how often the drop is D_real's, a step
+For the two "read" causes it also counts how often the agents that see the
+enemy at that step disagree by more than the threshold ("one viewer off";
+D_real: never); and how often the drop is D_real's, a step
 early or late: D_real's enemy loses that health a step after (too low at
 t+1) or before (too high at t). A network that copies health exactly shows
 none of these. Over all the agents' readings of an enemy's health that both
@@ -48,21 +48,29 @@ SHIFTED = {2: "health at t read too high, D_real's drop a step before",
            3: "health at t+1 read too low, D_real's drop a step after"}
 
 
-def drop_causes(real, back, threshold):
+def health_views(real, back):
+    """(D_real's, the read-back's) `attacks.enemy_health_views`, D_real's cut to the read-back's window:
+    (E, T+1, N, K) each."""
+    T = back.actions.shape[1]
+    return attacks.enemy_health_views(real)[:, :T + 1], attacks.enemy_health_views(back)
+
+
+def drop_causes(real, back, threshold, views=None):
     """real, back: Episodes of the same episodes, D_real's and handed back (back's T may be shorter than real's:
     the windows); threshold: attacks.damage_threshold(D_real). -> Counter {"hits": drops in the read-back over
     the steps t whose t+1 lies inside both episodes, "unattacked": those nobody attacks, cause: count (CAUSES),
     ONE_VIEWER's and SHIFTED's: count, "readings": the agents' readings of an enemy's health both see,
-    "readings_off": those off by more than the threshold, "reading_error_sum": their summed absolute error}."""
+    "readings_off": those off by more than the threshold, "reading_error_sum": their summed absolute error}.
+    `views`: `health_views(real, back)`, when the caller has them already."""
     T = back.actions.shape[1]
-    views_r = attacks.enemy_health_views(real)[:, :T + 1]                           # (E, T+1, N, K)
-    views_b = attacks.enemy_health_views(back)
+    views_r, views_b = views or health_views(real, back)                           # (E, T+1, N, K) each
     drop, seen = attacks.enemy_health_drops(back, views_b)                          # (E, T, K) each
-    inside = data.valid_steps(np.minimum(real.lengths, back.lengths) - 1, T)[..., None]
+    lengths = np.minimum(real.lengths, back.lengths)                                # (E,) inside both
+    inside = data.valid_steps(lengths - 1, T)[..., None]
     hits = seen & inside & (drop > threshold)
     unattacked = hits & ~attacks.attacked_enemies(back.actions, drop.shape[-1])
     h_r, h_b = np.fmax.reduce(views_r, axis=2), np.fmax.reduce(views_b, axis=2)    # (E, T+1, K)
-    spread = np.nan_to_num(np.fmax.reduce(views_b, axis=2) - np.fmin.reduce(views_b, axis=2))
+    spread = np.nan_to_num(h_b - np.fmin.reduce(views_b, axis=2))                  # the viewers' disagreement
     with np.errstate(invalid="ignore"):                                            # NaN: not seen, compares False
         real_drop = h_r[:, :-1] - h_r[:, 1:] > threshold                            # (E, T, K)
         conditions = [np.isnan(h_r[:, :-1]) | np.isnan(h_r[:, 1:]), real_drop,
@@ -74,7 +82,7 @@ def drop_causes(real, back, threshold):
     shifted = {2: np.concatenate([no_step, real_drop[:, :-1]], axis=1)[unattacked],      # D_real's drop at t-1
                3: np.concatenate([real_drop[:, 1:], no_step], axis=1)[unattacked]}       # D_real's drop at t+1
     # every reading both see, inside both episodes: how far the read-back's is from D_real's
-    seen_both = data.valid_steps(np.minimum(real.lengths, back.lengths), T + 1)[..., None, None] \
+    seen_both = data.valid_steps(lengths, T + 1)[..., None, None] \
         & ~np.isnan(views_r) & ~np.isnan(views_b)                                  # (E, T+1, N, K)
     error = np.abs(views_b - views_r)[seen_both]
     counts = collections.Counter({"hits": int(hits.sum()), "unattacked": int(unattacked.sum()),
@@ -86,14 +94,14 @@ def drop_causes(real, back, threshold):
     return counts
 
 
-def health_examples(real, back, index, threshold, n):
+def health_examples(real, back, index, threshold, n, views=None):
     """Up to n episodes of the batch (`index`: their numbers in D_real) whose read-back misreads an enemy that loses
     health in D_real: [{"episode", "enemy", "agent", "real", "back"}], the enemy's health as that agent reads it in
-    each, step by step (None where it is not seen), for the first such (enemy, viewer) of each episode."""
+    each, step by step (None where it is not seen), for the first such (enemy, viewer) of each episode; `views` as
+    in `drop_causes`."""
     if n <= 0:
         return []
-    T = back.actions.shape[1]
-    views_r, views_b = attacks.enemy_health_views(real)[:, :T + 1], attacks.enemy_health_views(back)
+    views_r, views_b = views or health_views(real, back)
     examples = []
     for e in range(len(index)):
         end = min(real.lengths[e], back.lengths[e]) + 1
@@ -120,8 +128,9 @@ def causes_report(path, real, k=1, how="read", seed=0, examples=0, build=diffusi
     for index, out in noise_levels.handed_back_batches(model.ema, model.normalizer, prepared, horizons, k, how,
                                                        seed=seed):
         back, batch = data.matrix_to_episodes(out, layout, reward_range, attrs=real.attrs), real.select(index)
-        counts.update(drop_causes(batch, back, threshold))
-        shown += health_examples(batch, back, index, threshold, examples - len(shown))
+        views = health_views(batch, back)                                           # read once for both
+        counts.update(drop_causes(batch, back, threshold, views))
+        shown += health_examples(batch, back, index, threshold, examples - len(shown), views)
     return {"checkpoint": path, "model_steps": model.step, "k": k, "how": how, "counts": dict(counts),
             "examples": shown}
 
