@@ -218,17 +218,26 @@ class AgentUNet(nn.Module):
         self.global_out = nn.Sequential(conv_block(self.trunk.out_channels, dim, kernel),
                                         nn.Conv1d(dim, n_global, 1))
 
-    def forward(self, tau_k, k):
-        """tau_k (B, F, T), k (B,) int -> predicted tau0 (B, F, T)."""
-        B, _, T = tau_k.shape
-        N, W = self.n_agents, self.agent_width
+    def agent_inputs(self, tau_k):
+        """tau_k (B, F, T) -> each agent's input (B N, W + N + n_global, T'): its rows, its id, the global rows;
+        T' = T padded for the trunk's levels."""
+        B, N, W = tau_k.shape[0], self.n_agents, self.agent_width
         x = pad_time(tau_k, self.trunk.levels)                             # (B, F, T')
         agents = x[:, :N * W].reshape(B, N, W, -1)                         # (B, N, W, T')
         ids = torch.eye(N, device=x.device)[None, :, :, None].expand(B, N, N, x.shape[-1])
         glob = x[:, N * W:, None].transpose(1, 2).expand(B, N, self.n_global, x.shape[-1])
-        h = torch.cat([agents, ids, glob], dim=2).reshape(B * N, -1, x.shape[-1])      # (B N, W + N + 3, T')
+        return torch.cat([agents, ids, glob], dim=2).reshape(B * N, -1, x.shape[-1])
+
+    def write(self, h, k, T):
+        """The first convolution's output h (B N, dim, T'), steps k (B,) -> predicted tau0 (B, F, T)."""
+        N = self.n_agents
+        B = h.shape[0] // N
         emb = self.step_embedding(k).repeat_interleave(N, dim=0)          # (B N, dim)
-        h = self.trunk(self.inp(h), emb)                                   # (B N, C, T')
-        rows = self.agent_out(h).reshape(B, N * W, -1)                     # (B, N W, T')
+        h = self.trunk(h, emb)                                             # (B N, C, T')
+        rows = self.agent_out(h).reshape(B, N * self.agent_width, -1)     # (B, N W, T')
         pooled = h.view(B, N, h.shape[1], -1).mean(dim=1)                  # (B, C, T')
         return torch.cat([rows, self.global_out(pooled)], dim=1)[..., :T]
+
+    def forward(self, tau_k, k):
+        """tau_k (B, F, T), k (B,) int -> predicted tau0 (B, F, T)."""
+        return self.write(self.inp(self.agent_inputs(tau_k)), k, tau_k.shape[-1])

@@ -194,7 +194,7 @@ def main(argv=None):
         artifacts.require_flags(at_least_one={"--k": args.k}, seeds={"--seed": args.seed})
         if args.examples < 0:
             raise artifacts.InputError(f"--examples must be >= 0, got {args.examples}")
-        build = frontier.lever_build(skip=args.skip, learned_skip=args.learned_skip)
+        build = frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
     with artifacts.one_line_errors():
         report = causes_report(args.checkpoint, data.load_dataset(args.real), args.k, args.how, args.seed,
                                args.examples, build)

@@ -33,7 +33,8 @@ sigma_data = S): the noisy input rescaled, c_skip(k) tau_k / sqrt(abar_k),
 plus c_out(k) times the U-Net, so at small k the U-Net writes only the
 correction to what it is shown; Eq. 5's x0 term is still on f_theta.
 `--learned-skip S` lets each feature row learn that curve for itself,
-starting from EDM's at sigma_data = S (`LearnedSkipDiffusion`).
+starting from EDM's at sigma_data = S (`LearnedSkipDiffusion`); `--self-cond`
+hands the network its own previous estimate of tau0 (self_conditioning.py).
 """
 import copy
 import dataclasses
@@ -52,6 +53,7 @@ import data  # noqa: E402
 import diffusion  # noqa: E402
 import eaq  # noqa: E402
 import fidelity  # noqa: E402
+from experiments import self_conditioning  # noqa: E402
 
 RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records-frontier")
 CHUNK = 100           # training steps between two looks at the CPU clock
@@ -150,14 +152,30 @@ def learned_skip_build(sigma_data):
     return build
 
 
-def lever_build(min_snr=0.0, skip=0.0, learned_skip=0.0):
-    """The build of a setting: min-SNR-gamma's loss, the skip's f_theta or the learned skip's (one of them),
-    else diffusion.build."""
-    if sum(bool(x) for x in (min_snr, skip, learned_skip)) > 1:
-        raise artifacts.InputError("--min-snr, --skip and --learned-skip are levers of their own: give one of them")
-    if learned_skip:
-        return learned_skip_build(learned_skip)
-    return min_snr_build(min_snr) if min_snr else skip_build(skip) if skip else diffusion.build
+@dataclasses.dataclass(frozen=True)
+class Levers:
+    """The levers of Eq. 5's weighting and of f_theta a setting trains with (at most one; none: eaq.py's model)."""
+    min_snr: float = 0.0          # > 0: the x0 term weighted by min(SNR_k, min_snr) (MinSNRDiffusion)
+    skip: float = 0.0             # > 0: f_theta preconditioned with this sigma_data (SkipDiffusion)
+    learned_skip: float = 0.0     # > 0: a per-row skip learnt from this sigma_data's curve (LearnedSkipDiffusion)
+    self_cond: bool = False       # f_theta handed its previous estimate (self_conditioning.py)
+
+    def build(self):
+        """The build of the setting's model, else diffusion.build; two levers at once are refused in one line."""
+        if sum(bool(x) for x in dataclasses.astuple(self)) > 1:
+            raise artifacts.InputError("--min-snr, --skip, --learned-skip and --self-cond are levers of their own: "
+                                       "give one of them")
+        if self.self_cond:
+            return self_conditioning.self_cond_build
+        if self.learned_skip:
+            return learned_skip_build(self.learned_skip)
+        return (min_snr_build(self.min_snr) if self.min_snr else skip_build(self.skip) if self.skip
+                else diffusion.build)
+
+    def suffix(self):
+        """The levers' part of a setting's name: -minsnr5, -skip0.5, -lskip0.05, -selfcond, or nothing."""
+        named = (("minsnr", self.min_snr), ("skip", self.skip), ("lskip", self.learned_skip))
+        return "".join(f"-{name}{value:g}" for name, value in named if value) + ("-selfcond" if self.self_cond else "")
 
 
 class ScheduledAdam(torch.optim.Adam):
@@ -187,13 +205,12 @@ class ScheduledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def setting_name(config, agent_width, schedule=(0, 0, 0.0), min_snr=0.0, skip=0.0, learned_skip=0.0):
+def setting_name(config, agent_width, schedule=(0, 0, 0.0), levers=Levers()):
     """A run's label: its network (`eaq.generator_name`; an agent's rows are `agent_width`), learning rate, its
-    schedule, loss weighting and f_theta's skip, and its device unless the CPU."""
+    schedule, its `levers`, and its device unless the CPU."""
     warmup, decay_steps, clip = schedule
-    levers = (("warm", warmup), ("cos", decay_steps), ("clip", clip), ("minsnr", min_snr), ("skip", skip),
-              ("lskip", learned_skip))
-    extra = "".join(f"-{name}{value:g}" for name, value in levers if value)
+    named = (("warm", warmup), ("cos", decay_steps), ("clip", clip))
+    extra = "".join(f"-{name}{value:g}" for name, value in named if value) + levers.suffix()
     device = "" if config.device == "cpu" else "-" + config.device.replace(":", "")
     network = eaq.generator_name(dataclasses.asdict(config), agent_width)
     return f"{network}-lr{config.lr:g}{extra}-s{config.seed}{device}"
@@ -215,20 +232,18 @@ def trained_seconds(model, clock):
 
 
 def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), records=RECORDS, clock="cpu",
-        chunk=CHUNK, min_snr=0.0, skip=0.0, learned_skip=0.0):
+        chunk=CHUNK, levers=Levers()):
     """Train `config` on `dataset` up to each budget (minutes of training by `clock`) in turn, judging the model
     at each; `schedule` = (warm-up steps, cosine decay steps, gradient clip), all 0: eaq.py's constant-rate Adam;
-    `min_snr` > 0 weights the x0 term by min-SNR-gamma (0: Eq. 5 as the paper writes it); `skip` > 0
-    preconditions f_theta with that sigma_data (SkipDiffusion; 0: the U-Net's output is the estimate);
-    `learned_skip` > 0 gates f_theta's input per row, learnt from that sigma_data's curve (LearnedSkipDiffusion).
+    `levers` (none: Eq. 5 and f_theta as eaq.py trains them) picks min-SNR's weighting or a lever of f_theta.
     The setting's checkpoints go to out/<setting_name>/."""
     real = data.load_dataset(dataset)
-    name = setting_name(config, data.layout_of(real).agent_width, schedule, min_snr, skip, learned_skip)
+    name = setting_name(config, data.layout_of(real).agent_width, schedule, levers)
     out = os.path.join(out, name)
     artifacts.prepare_output_dir(out)
     eaq.use_diffusion_threads()
     ckpt = os.path.join(out, "model.pt")
-    build = lever_build(min_snr, skip, learned_skip)
+    build = levers.build()
     model = eaq.prepare_model(config, real, dataset, ckpt, resume, build)
     if any(schedule):
         state = model.optimizer.state_dict()
@@ -241,9 +256,8 @@ def run(config, dataset, out, budgets, episodes, resume, schedule=(0, 0, 0.0), r
     path = record_path(records, dataset, name)
     record = (json.load(open(path)) if resume and os.path.exists(path)
               else {"dataset": os.path.basename(dataset), "setting": name, "config": dataclasses.asdict(config),
-                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), "min_snr": min_snr,
-                    "skip": skip, "learned_skip": learned_skip, "clock": clock,
-                    "judgements": []})
+                    "schedule": dict(zip(("warmup", "decay_steps", "clip"), schedule)), **dataclasses.asdict(levers),
+                    "clock": clock, "judgements": []})
     done = {j["budget_minutes"] for j in record["judgements"]}
     for budget in budgets:
         if budget in done:
@@ -319,6 +333,8 @@ def main(argv=None):
                    help="precondition f_theta as EDM's denoiser with this sigma_data (0: none, as eaq.py)")
     p.add_argument("--learned-skip", type=float, default=0.0,
                    help="gate f_theta's input per row, learnt from EDM's curve at this sigma_data (0: none)")
+    p.add_argument("--self-cond", action="store_true",
+                   help="hand f_theta its previous estimate of tau0 (self-conditioning; agents only)")
     p.add_argument("--records", default=RECORDS, help="the folder of the records")
     p.add_argument("--table", action="store_true", help="print the table of every record and write the plot")
     args = p.parse_args(argv)
@@ -338,11 +354,14 @@ def main(argv=None):
         for flag, value in (("--min-snr", args.min_snr), ("--skip", args.skip), ("--learned-skip", args.learned_skip)):
             if value < 0:
                 raise artifacts.InputError(f"{flag} must be >= 0 (0: none), got {value}")
-        lever_build(args.min_snr, args.skip, args.learned_skip)
+        levers = Levers(args.min_snr, args.skip, args.learned_skip, args.self_cond)
+        levers.build()
+        if args.self_cond:
+            self_conditioning.check_network(config.network)
     with artifacts.one_line_errors():
         schedule = (args.warmup, args.decay_steps, args.clip)
         run(config, args.dataset, args.out, sorted(args.budgets), args.episodes, args.resume,
-            schedule, args.records, args.clock, args.chunk, args.min_snr, args.skip, args.learned_skip)
+            schedule, args.records, args.clock, args.chunk, levers)
 
 
 if __name__ == "__main__":

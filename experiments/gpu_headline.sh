@@ -7,8 +7,9 @@
 #    runs/datasets/): the diffusion model trains and samples on the GPU, the learner runs on the CPU (THREADS torch
 #    threads) and evaluates in SMAX (JAX on the CPU). If SMAX cannot be loaded, eaq.py runs the diffusion stage alone.
 # 2. Once D_syn is written, while the learner runs: experiments/frontier.py on the GPU (budgets in wall-clock
-#    minutes) for the agent-factored U-Net at width 128 and the flat one at width 80, then, if time is left, a
-#    profile of the default's training step (experiments/diffusion_speed.py --profile).
+#    minutes) for the agent-factored U-Net 96 wide at every level (the faithful setting), at width 128, and the
+#    flat one at width 80, then, if time is left, a profile of the default's training step
+#    (experiments/diffusion_speed.py --profile).
 # Whatever is still running DEADLINE seconds after the start is stopped, and the records are packed.
 # Environment: DEV (cuda; cpu rehearses), DEADLINE (540), THREADS (8), BUDGETS ("1 2"), EPISODES (1000),
 # HEADLINE_FLAGS and FRONTIER_FLAGS (extra flags of train.py and frontier.py, for a rehearsal), W (scratch folder).
@@ -50,6 +51,7 @@ frontier() {   # frontier NAME FLAGS...: one setting on the GPU, budgets in wall
         --episodes "$EPISODES" "$@" $FRONTIER_FLAGS >> "$O/frontier.log" 2>&1
     say "frontier $name: exit $?"
 }
+frontier agents96 --network agents --dim 96 --dim-mults 1 1 1
 frontier agents128 --network agents --dim 128
 frontier flat80 --network flat --dim 80
 if [ "$(left)" -gt 45 ]; then

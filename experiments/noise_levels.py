@@ -111,12 +111,15 @@ def format_table(report):
 
 
 def add_f_theta_flags(p):
-    """--skip and --learned-skip: how the checkpoint's f_theta was written (frontier.py's levers of the network)."""
+    """--skip, --learned-skip and --self-cond: how the checkpoint's f_theta was written (frontier.py's levers of
+    the network)."""
     p.add_argument("--skip", type=float, default=0.0,
                    help="the checkpoint's f_theta is preconditioned with this sigma_data (frontier.py --skip)")
     p.add_argument("--learned-skip", type=float, default=0.0,
                    help="the checkpoint's f_theta has the learned skip started at this sigma_data "
                         "(frontier.py --learned-skip)")
+    p.add_argument("--self-cond", action="store_true",
+                   help="the checkpoint's f_theta is self-conditioned (frontier.py --self-cond)")
 
 
 def main(argv=None):
@@ -143,7 +146,7 @@ def main(argv=None):
             raise artifacts.InputError("give --real R.h5 and --checkpoint model.pt (or --table records)")
         artifacts.require_flags(at_least_one={"--ks": min(args.ks), "--ddim-steps": args.ddim_steps},
                                 seeds={"--seed": args.seed})
-        build = frontier.lever_build(skip=args.skip, learned_skip=args.learned_skip)
+        build = frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
     with artifacts.one_line_errors():
         report = noise_level_report(args.checkpoint, data.load_dataset(args.real), args.ks, args.ddim_steps,
                                     args.seed, build=build)

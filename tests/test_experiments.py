@@ -381,7 +381,8 @@ def test_min_snr_weights_each_episodes_x0_term_by_its_capped_snr():
     assert float(plain[1]) == pytest.approx(1.0) and float(q_term) == pytest.approx(float(plain[2])) == 1.0
     assert float(total) == pytest.approx(float(diffusion_term) + 0.1 * float(q_term))
     config = eaq.DiffusionConfig(network="agents", dim=32)
-    assert frontier.setting_name(config, 91, min_snr=5.0) == "agents32-attention-head96-lr0.001-minsnr5-s0"
+    assert frontier.setting_name(config, 91, levers=frontier.Levers(min_snr=5.0)) == \
+        "agents32-attention-head96-lr0.001-minsnr5-s0"
 
 
 def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_the_network_at_large_k():
@@ -402,8 +403,9 @@ def test_the_skip_lever_writes_the_estimate_from_the_input_at_small_k_and_from_t
     assert float(frontier.SkipDiffusion(Ones(), 1000, 0.5).f_theta(torch.zeros(1, 1, 1), torch.tensor([500]))) == \
         pytest.approx(float((sigma2 * 0.25 / (sigma2 + 0.25)).sqrt()))
     with pytest.raises(artifacts.InputError, match="give one of them"):
-        frontier.lever_build(min_snr=5.0, skip=0.5)
-    assert frontier.setting_name(eaq.DiffusionConfig(), 91, skip=0.5) == "agents32-attention-head96-lr0.001-skip0.5-s0"
+        frontier.Levers(min_snr=5.0, skip=0.5).build()
+    assert frontier.setting_name(eaq.DiffusionConfig(), 91, levers=frontier.Levers(skip=0.5)) == \
+        "agents32-attention-head96-lr0.001-skip0.5-s0"
     assert frontier.setting_name(eaq.DiffusionConfig(dim_mults=(3, 3, 4), head_width=32), 91) == \
         "agents32-x3x3x4-attention-lr0.001-s0"                          # a head of --dim: the name says nothing
 
@@ -430,7 +432,7 @@ def test_the_learned_skip_starts_on_edms_curve_and_learns_each_rows_gate(tiny_3m
     out = learned.f_theta(tau_k, steps)
     assert out[:, 1].abs().max() < 1e-12 and torch.allclose(out[:, 0], fixed.f_theta(tau_k, steps)[:, 0], atol=1e-5)
     with pytest.raises(artifacts.InputError, match="give one of them"):
-        frontier.lever_build(skip=0.5, learned_skip=0.5)
+        frontier.Levers(skip=0.5, learned_skip=0.5).build()
     flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
              "--network", "flat", "--K", "50", "--dim", "16", "--dim-mults", "1", "2", "--batch-size", "4",
              "--budgets", "0.01", "--episodes", "4", "--clock", "wall", "--chunk", "5", "--learned-skip", "0.5"]
@@ -441,6 +443,62 @@ def test_the_learned_skip_starts_on_edms_curve_and_learns_each_rows_gate(tiny_3m
                                        frontier.learned_skip_build(0.5))
     start = torch.full_like(judged.diffusion.gate_a, 2 * np.log(0.5))
     assert not torch.allclose(judged.diffusion.gate_a, start), "the gates trained with the network"
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in network for self-conditioning: records each estimate it is handed and answers 0.1 x its call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, tau_k, k, estimate):
+        self.seen.append(estimate.clone())
+        return torch.full_like(tau_k, 0.1 * len(self.seen))
+
+
+def test_self_conditioning_starts_as_the_plain_network_and_hands_each_step_the_estimate_before(tiny_3m, tmp_path):
+    self_conditioning = bench("self_conditioning")
+    torch.manual_seed(0)
+    net = unet.AgentUNet(n_agents=2, agent_width=5, dim=8, dim_mults=(1, 2))
+    wrapped = self_conditioning.SelfConditioned(net)
+    tau_k, e, k = torch.randn(3, 13, 6), torch.randn(3, 13, 6), torch.tensor([1, 10, 100])
+    assert torch.allclose(wrapped(tau_k, k, e), net(tau_k, k))                # the estimate's convolution starts at 0
+    with torch.no_grad():
+        wrapped.inp_e.weight.normal_()
+    assert not torch.allclose(wrapped(tau_k, k, e), net(tau_k, k))
+
+    model = self_conditioning.SelfCondDiffusion(Recorder(), K=10)
+    model.ddim_from(torch.zeros(2, 3, 4), 10, 3)                                 # three DDIM steps
+    handed = [float(s.flatten()[0]) for s in model.model.seen]
+    assert handed == pytest.approx([0.0, 0.1, 0.2, 0.3])     # first step: its own first estimate; then the step before
+    assert model.chain is None
+    model.model.seen.clear()
+    model.predict_tau0(torch.zeros(2, 3, 4), torch.tensor([5, 5]))               # outside a chain: two calls
+    assert [float(s.flatten()[0]) for s in model.model.seen] == pytest.approx([0.0, 0.1])
+
+    model.model.seen.clear()
+    tau0 = torch.zeros(2, 3, 4)
+    model.loss(tau0, torch.ones(2, 4, dtype=torch.bool), 1, 0.0, torch.tensor([3, 4]), torch.randn(2, 3, 4))
+    first, second = model.model.seen
+    assert first.shape[0] == 1 and float(first.abs().max()) == 0.0               # the even-k episode's own first read
+    assert float(second[0].abs().max()) == 0.0 and torch.allclose(second[1], torch.full((3, 4), 0.1))
+
+    frontier = bench("frontier")
+    with pytest.raises(artifacts.InputError, match="give one of them"):
+        frontier.Levers(min_snr=5.0, self_cond=True).build()
+    flags = ["--dataset", tiny_3m[0], "--out", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+             "--K", "50", "--dim", "8", "--dim-mults", "1", "2", "--batch-size", "4", "--budgets", "0.01",
+             "--episodes", "4", "--clock", "wall", "--chunk", "5", "--self-cond"]
+    with pytest.raises(SystemExit):
+        frontier.main(flags + ["--network", "flat"])                            # refused in one line
+    frontier.main(flags)
+    name = "agents8-x1x2-attention-head96-lr0.001-selfcond-s0"
+    record = json.load(open(tmp_path / "records" / f"3m-medium-{name}.json"))
+    assert record["self_cond"] and record["judgements"][0]["synthetic"]["episodes"] == 4
+    judged = diffusion.load_checkpoint(str(tmp_path / "runs" / name / "model-0.01min.pt"),
+                                       self_conditioning.self_cond_build)
+    assert float(judged.diffusion.model.inp_e.weight.detach().abs().max()) > 0, "the estimate's convolution trained"
 
 
 def test_the_head_width_bounds_the_rank_of_each_agent_step_and_the_frontier_judges_the_head_it_trained(
