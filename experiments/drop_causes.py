@@ -186,7 +186,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.table:
         with artifacts.one_line_errors():
-            print(summary_table([noise_levels.read_record(path) for path in args.table]))
+            print(summary_table([noise_levels.read_record(path, "drop-cause") for path in args.table]))
         return
     with artifacts.parser_errors(p):
         if not (args.real and args.checkpoint):

@@ -92,12 +92,13 @@ def noise_level_report(path, real, ks, ddim_steps=20, seed=0, device="cpu", buil
             "levels": levels}
 
 
-def read_record(path):
+def read_record(path, what="noise-level"):
+    """A --json record of this script (or of `what` other script), refused in one line if unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise artifacts.InputError(f"{path}: not a readable noise-level record ({err}); write one with --json")
+        raise artifacts.InputError(f"{path}: not a readable {what} record ({err}); write one with --json")
 
 
 def format_table(report):

@@ -564,6 +564,32 @@ def test_the_noise_levels_command_tables_each_step_both_ways(tiny_3m, tiny_model
         assert message in err.splitlines()[-1] and "Traceback" not in err, err
 
 
+def test_the_samplers_command_judges_each_sampler_as_the_fidelity_suite_does(tiny_3m, tiny_models, tmp_path, capsys):
+    samplers = bench("samplers")
+    samplers.main(["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ddim-steps", "1", "0",
+                   "--episodes", "6", "--json", str(tmp_path / "s.json")])
+    lines = capsys.readouterr().out.splitlines()
+    record = json.load(open(tmp_path / "s.json"))
+    assert [s["ddim_steps"] for s in record["samplers"]] == [1, 0] and record["model_steps"] == 5
+    real = data.load_dataset(tiny_3m[0])
+    for s in record["samplers"]:                 # each sampler's report is the suite's own on the same episodes
+        alone = fidelity.checkpoint_report(tiny_models["plain"], real, n_episodes=6, ddim_steps=s["ddim_steps"],
+                                           progress=False)
+        assert s["report"]["synthetic"] == json.loads(json.dumps(alone["synthetic"]))
+    assert record["samplers"][0]["report"]["synthetic"] != record["samplers"][1]["report"]["synthetic"]
+    assert len(lines) == 4 and "| DDIM-1 |" in lines[2] and "| DDPM (all K) |" in lines[3]
+    samplers.main(["--table", str(tmp_path / "s.json")])
+    assert capsys.readouterr().out.splitlines() == lines                        # the record prints the same table
+    for argv, message in ((["--real", tiny_3m[0], "--checkpoint", tiny_models["plain"], "--ddim-steps", "-1"],
+                           "--ddim-steps must be >= 0"),
+                          (["--real", tiny_3m[0]], "--real and --checkpoint are needed"),
+                          (["--table", str(tmp_path / "none.json")], "none.json: not a readable sampler record")):
+        with pytest.raises(SystemExit):
+            samplers.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert message in err.splitlines()[-1] and "Traceback" not in err, err
+
+
 def test_drop_causes_names_why_a_handed_back_drop_has_no_shooter(tiny_3m, capsys):
     causes = bench("drop_causes")
     real = data.load_dataset(tiny_3m[0])
