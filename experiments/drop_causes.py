@@ -26,7 +26,6 @@ none of these. Over all the agents' readings of an enemy's health that both
 the read-back and D_real see, it reports the share off by more than the
 threshold and the mean absolute error (D_real: 0).
 """
-import argparse
 import collections
 import os
 import sys
@@ -172,14 +171,10 @@ def summary_table(reports):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--real", help="D_real: the HDF5 dataset the model was trained on")
-    p.add_argument("--checkpoint", help="a model.pt (eaq.py's or experiments/frontier.py's)")
+    p = noise_levels.checkpoint_parser(__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=1, help="the diffusion step D_real is noised to")
     p.add_argument("--how", default="read", choices=noise_levels.HOWS, help="handed back in one call or by DDIM")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    noise_levels.add_f_theta_flags(p)
     p.add_argument("--examples", type=int, default=0, help="print this many misread enemies' health, step by step")
     p.add_argument("--json", help="also write the report here")
     p.add_argument("--table", nargs="+", metavar="RECORD", help="print one row per --json record and stop")

@@ -123,15 +123,21 @@ def add_f_theta_flags(p):
                    help="the checkpoint's f_theta is self-conditioned (frontier.py --self-cond)")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Where along the noise axis a model loses the health bookkeeping.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def checkpoint_parser(description):
+    """The parser of a script that judges one trained model: --real and --checkpoint, and how its f_theta was
+    written (`add_f_theta_flags`)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--real", help="D_real: the HDF5 dataset the model was trained on")
     p.add_argument("--checkpoint", help="a model.pt (eaq.py's or experiments/frontier.py's)")
+    add_f_theta_flags(p)
+    return p
+
+
+def main(argv=None):
+    p = checkpoint_parser("Where along the noise axis a model loses the health bookkeeping.")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 50, 100, 200, 400, 700, 1000],
                    help="the diffusion steps D_real is noised to")
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps over all K (the spacing of 'denoised')")
-    add_f_theta_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--json", help="also write the report here")
     p.add_argument("--table", nargs="+", metavar="RECORD", help="print the tables of these --json records and stop")

@@ -12,7 +12,6 @@ the CPU time its sampling and judging took. It asks whether the health bookkeepi
 lost to the sampler's coarse steps (DDIM-20 makes its last estimate before
 k = 1 at k = 54) or is the network's.
 """
-import argparse
 import os
 import sys
 
@@ -58,15 +57,11 @@ def format_table(records):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--real", help="D_real: the HDF5 dataset the model was trained on")
-    p.add_argument("--checkpoint", help="a model.pt (eaq.py's or experiments/frontier.py's)")
+    p = noise_levels.checkpoint_parser(__doc__.splitlines()[0])
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[10, 20, 50, 100],
                    help="the samplers: DDIM steps over all K; 0 = ancestral DDPM, all K")
     p.add_argument("--episodes", type=int, default=1000, help="episodes drawn with each sampler")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the copy test's noise")
-    noise_levels.add_f_theta_flags(p)
     p.add_argument("--json", help="write the record here, after each sampler")
     p.add_argument("--table", nargs="+", metavar="RECORD", help="print one row per sampler of these records and stop")
     args = p.parse_args(argv)
