@@ -5,12 +5,12 @@
     python experiments/samplers.py --table experiments/records-samplers/*.json     # one row per sampler
 
 Training is untouched: the same network draws the same number of episodes
-(D_real's windows, one seed) with each sampler in turn — DDIM (eta = 0) on
-n evenly spaced steps of 1..K, or with 0 ancestral DDPM over all K steps,
-the paper's — and each D_syn is judged by `fidelity.checkpoint_report`, with
-the CPU time its sampling and judging took. It asks whether the health bookkeeping is
-lost to the sampler's coarse steps (DDIM-20 makes its last estimate before
-k = 1 at k = 54) or is the network's.
+(D_real's windows, one seed) with each sampler in turn — DDIM (eta = 0) on n
+evenly spaced steps of 1..K, or with 0 ancestral DDPM over all K steps, the
+paper's — and each D_syn is judged by `fidelity.checkpoint_report`, with the
+CPU time its sampling and judging took. It asks whether the health
+bookkeeping is lost to the sampler's coarse steps (DDIM-20 makes its last
+estimate before k = 1 at k = 54) or is the network's.
 """
 import os
 import sys
