@@ -38,7 +38,7 @@ import attacks  # noqa: E402
 import data  # noqa: E402
 import diffusion  # noqa: E402
 import fidelity  # noqa: E402
-from experiments import frontier, noise_levels  # noqa: E402
+from experiments import noise_levels  # noqa: E402
 
 CAUSES = ("not seen in D_real at t or t+1", "D_real's drop, its attack lost", "health at t read too high",
           "health at t+1 read too low", "smaller errors at t and t+1")
@@ -176,8 +176,6 @@ def main(argv=None):
     p.add_argument("--how", default="read", choices=noise_levels.HOWS, help="handed back in one call or by DDIM")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--examples", type=int, default=0, help="print this many misread enemies' health, step by step")
-    p.add_argument("--json", help="also write the report here")
-    p.add_argument("--table", nargs="+", metavar="RECORD", help="print one row per --json record and stop")
     args = p.parse_args(argv)
     if args.table:
         with artifacts.one_line_errors():
@@ -189,7 +187,7 @@ def main(argv=None):
         artifacts.require_flags(at_least_one={"--k": args.k}, seeds={"--seed": args.seed})
         if args.examples < 0:
             raise artifacts.InputError(f"--examples must be >= 0, got {args.examples}")
-        build = frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
+        build = noise_levels.f_theta_build(args)
     with artifacts.one_line_errors():
         report = causes_report(args.checkpoint, data.load_dataset(args.real), args.k, args.how, args.seed,
                                args.examples, build)

@@ -111,13 +111,19 @@ class SkipDiffusion(diffusion.Diffusion):
         return c_skip * tau_k / abar.sqrt() + c_out * self.model(tau_k, k)
 
 
-def skip_build(sigma_data):
-    """diffusion.build, with f_theta preconditioned as SkipDiffusion writes it (the EMA copy too: it samples)."""
+def variant_build(make):
+    """diffusion.build with f_theta written by another Diffusion, `make(network, model_config)`, the EMA copy
+    too (it samples)."""
     def build(model_config):
         net, _ = diffusion.build(model_config)
-        model = SkipDiffusion(net.model, model_config["K"], sigma_data)
+        model = make(net.model, model_config)
         return model, copy.deepcopy(model).requires_grad_(False)
     return build
+
+
+def skip_build(sigma_data):
+    """diffusion.build, with f_theta preconditioned as SkipDiffusion writes it."""
+    return variant_build(lambda net, config: SkipDiffusion(net, config["K"], sigma_data))
 
 
 class LearnedSkipDiffusion(diffusion.Diffusion):
@@ -144,12 +150,15 @@ class LearnedSkipDiffusion(diffusion.Diffusion):
 
 
 def learned_skip_build(sigma_data):
-    """diffusion.build, with f_theta as LearnedSkipDiffusion writes it (the EMA copy too: it samples)."""
-    def build(model_config):
-        net, _ = diffusion.build(model_config)
-        model = LearnedSkipDiffusion(net.model, model_config["K"], model_config["n_features"], sigma_data)
-        return model, copy.deepcopy(model).requires_grad_(False)
-    return build
+    """diffusion.build, with f_theta as LearnedSkipDiffusion writes it."""
+    return variant_build(lambda net, config: LearnedSkipDiffusion(net, config["K"], config["n_features"], sigma_data))
+
+
+def self_cond_build(model_config):
+    """diffusion.build, with f_theta self-conditioned (self_conditioning.py; the agent-factored U-Net only)."""
+    self_conditioning.check_network(model_config["network"])
+    return variant_build(lambda net, config: self_conditioning.SelfCondDiffusion(
+        self_conditioning.SelfConditioned(net), config["K"]))(model_config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +175,7 @@ class Levers:
             raise artifacts.InputError("--min-snr, --skip, --learned-skip and --self-cond are levers of their own: "
                                        "give one of them")
         if self.self_cond:
-            return self_conditioning.self_cond_build
+            return self_cond_build
         if self.learned_skip:
             return learned_skip_build(self.learned_skip)
         return (min_snr_build(self.min_snr) if self.min_snr else skip_build(self.skip) if self.skip

@@ -123,13 +123,20 @@ def add_f_theta_flags(p):
                    help="the checkpoint's f_theta is self-conditioned (frontier.py --self-cond)")
 
 
+def f_theta_build(args):
+    """The build that loads the checkpoint with the f_theta its `add_f_theta_flags` name."""
+    return frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
+
+
 def checkpoint_parser(description):
-    """The parser of a script that judges one trained model: --real and --checkpoint, and how its f_theta was
-    written (`add_f_theta_flags`)."""
+    """The parser of a script that judges one trained model: --real and --checkpoint, how its f_theta was
+    written (`add_f_theta_flags`), --json to keep the record and --table to print records back."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--real", help="D_real: the HDF5 dataset the model was trained on")
     p.add_argument("--checkpoint", help="a model.pt (eaq.py's or experiments/frontier.py's)")
     add_f_theta_flags(p)
+    p.add_argument("--json", help="also write the record here")
+    p.add_argument("--table", nargs="+", metavar="RECORD", help="print these --json records as tables and stop")
     return p
 
 
@@ -139,8 +146,6 @@ def main(argv=None):
                    help="the diffusion steps D_real is noised to")
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps over all K (the spacing of 'denoised')")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--json", help="also write the report here")
-    p.add_argument("--table", nargs="+", metavar="RECORD", help="print the tables of these --json records and stop")
     args = p.parse_args(argv)
     if args.table:
         with artifacts.one_line_errors():
@@ -153,7 +158,7 @@ def main(argv=None):
             raise artifacts.InputError("give --real R.h5 and --checkpoint model.pt (or --table records)")
         artifacts.require_flags(at_least_one={"--ks": min(args.ks), "--ddim-steps": args.ddim_steps},
                                 seeds={"--seed": args.seed})
-        build = frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
+        build = f_theta_build(args)
     with artifacts.one_line_errors():
         report = noise_level_report(args.checkpoint, data.load_dataset(args.real), args.ks, args.ddim_steps,
                                     args.seed, build=build)

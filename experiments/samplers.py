@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import artifacts  # noqa: E402
 import data  # noqa: E402
+import diffusion  # noqa: E402
 import fidelity  # noqa: E402
 from experiments import frontier, noise_levels  # noqa: E402
 
@@ -27,14 +28,15 @@ def sampler_name(ddim_steps):
     return f"DDIM-{ddim_steps}" if ddim_steps else "DDPM (all K)"
 
 
-def judge_samplers(checkpoint, real, ddim_steps, episodes, seed=0, build=None, on_judged=None):
+def judge_samplers(checkpoint, real, ddim_steps, episodes, seed=0, build=diffusion.build, on_judged=None):
     """{checkpoint, model_steps, samplers: [{ddim_steps, cpu_seconds, report}, ...]}, one per entry of
-    `ddim_steps` (0: DDPM; cpu_seconds: its sampling and judging); `on_judged(record)` after each."""
+    `ddim_steps` (0: DDPM; cpu_seconds: its sampling and judging), the checkpoint loaded with `build`;
+    `on_judged(record)` after each (the record so far)."""
     record = {"checkpoint": checkpoint, "episodes": episodes, "seed": seed, "samplers": []}
     for n in ddim_steps:
         clock = artifacts.Clock()
         report = fidelity.checkpoint_report(checkpoint, real, n_episodes=episodes, ddim_steps=n, seed=seed,
-                                            progress=False, build=build or frontier.Levers().build())
+                                            progress=False, build=build)
         record["model_steps"] = report["model_steps"]
         record["samplers"].append({"ddim_steps": n, "cpu_seconds": clock.cpu(), "report": report})
         if on_judged:
@@ -62,8 +64,6 @@ def main(argv=None):
                    help="the samplers: DDIM steps over all K; 0 = ancestral DDPM, all K")
     p.add_argument("--episodes", type=int, default=1000, help="episodes drawn with each sampler")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the copy test's noise")
-    p.add_argument("--json", help="write the record here, after each sampler")
-    p.add_argument("--table", nargs="+", metavar="RECORD", help="print one row per sampler of these records and stop")
     args = p.parse_args(argv)
     with artifacts.parser_errors(p):
         if args.table:
@@ -74,7 +74,7 @@ def main(argv=None):
             artifacts.require_flags(at_least_one={"--episodes": args.episodes})
             if any(n < 0 for n in args.ddim_steps):
                 raise artifacts.InputError(f"--ddim-steps must be >= 0 (0: DDPM), got {args.ddim_steps}")
-            build = frontier.Levers(skip=args.skip, learned_skip=args.learned_skip, self_cond=args.self_cond).build()
+            build = noise_levels.f_theta_build(args)
     if args.table:
         print(format_table(records))
         return

@@ -23,7 +23,6 @@ training starts from the plain network).
 The flat U-Net is not given this lever (`--network agents` only).
 """
 import contextlib
-import copy
 import os
 import sys
 
@@ -103,11 +102,3 @@ def check_network(network):
     """Refuse, in one line, a network other than the agent-factored U-Net."""
     if network != "agents":
         raise artifacts.InputError("self-conditioning is built for the agent-factored U-Net: use --network agents")
-
-
-def self_cond_build(model_config):
-    """diffusion.build with f_theta self-conditioned (SelfCondDiffusion; the EMA copy too: it samples)."""
-    check_network(model_config["network"])
-    net, _ = diffusion.build(model_config)
-    model = SelfCondDiffusion(SelfConditioned(net.model), model_config["K"])
-    return model, copy.deepcopy(model).requires_grad_(False)

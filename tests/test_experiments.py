@@ -497,7 +497,7 @@ def test_self_conditioning_starts_as_the_plain_network_and_hands_each_step_the_e
     record = json.load(open(tmp_path / "records" / f"3m-medium-{name}.json"))
     assert record["self_cond"] and record["judgements"][0]["synthetic"]["episodes"] == 4
     judged = diffusion.load_checkpoint(str(tmp_path / "runs" / name / "model-0.01min.pt"),
-                                       self_conditioning.self_cond_build)
+                                       frontier.Levers(self_cond=True).build())
     assert float(judged.diffusion.model.inp_e.weight.detach().abs().max()) > 0, "the estimate's convolution trained"
 
 
