@@ -337,6 +337,34 @@ def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
     assert (row["method"], row["lam"], row["return_mean"], row["heldout_return"]) == ("EAQ", 0.1, 3.0, 2.5)
 
 
+def test_the_peer_grid_sets_each_seed_beside_each_kind_of_data(tmp_path, capsys):
+    """--grid: a row per learner, algo and seed, a mean row over the seeds each column holds; runs of ours with
+    OG-MARL's ways are left to --table; two records of one cell are refused in one line."""
+    def results(learner, aug, seed, ret, held, **config):
+        config = {"scenario": "3m", "quality": "poor", "algo": "bcq", "aug": aug, "lam": 0.1 if aug == "eaq" else 0.0,
+                  "seed": seed, **({"learner": learner} if learner else {}), **config}
+        return {"config": config, "aug": "none" if aug == "none" else "eaq (λ=0.1)", "dataset": {"return_mean": 4.0},
+                "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.0}, "heldout": {"return_mean": held}}
+    runs = {"t0": results("og-marl", "none", 0, 2.0, 1.0), "t1": results("og-marl", "none", 1, 4.0, 2.0),
+            "t0-eaq": results("og-marl", "eaq", 0, 6.0, 5.0), "o2": results(None, "none", 2, 7.0, 6.5),
+            "o2-greedy": results(None, "none", 2, 1.0, 1.0, bcq_execution="greedy")}
+    for name, r in runs.items():
+        (tmp_path / name).mkdir()
+        artifacts.write_json(str(tmp_path / name / "results.json"), r)
+    peer_run.main(["--grid", str(tmp_path)])
+    assert capsys.readouterr().out.splitlines() == [
+        "| 3m-poor | seed | D_real | ∪ D_syn: eaq (λ=0.1), agents32-attention |", "|---|---|---|---|",
+        "| OG-MARL BCQ | 0 | 2.00 (1.00) | 6.00 (5.00) |",
+        "| OG-MARL BCQ | 1 | 4.00 (2.00) |  |",
+        "| OG-MARL BCQ | mean | **3.00 (1.50)**, 2 seeds |  |",
+        "| ours BCQ | 2 | 7.00 (6.50) |  |"]
+    (tmp_path / "t1-again").mkdir()
+    artifacts.write_json(str(tmp_path / "t1-again" / "results.json"), runs["t1"])
+    with pytest.raises(SystemExit):
+        peer_run.main(["--grid", str(tmp_path)])
+    assert "two records of ('bcq', 'OG-MARL', 1, 'none')" in capsys.readouterr().err
+
+
 def test_window_minibatches_are_stretches_of_one_episode_drawn_by_step():
     """experiments/windows.py by hand: two episodes of 20 and 2 steps whose observations carry (episode, step);
     each window is at most 5 steps of one episode, with a done only where the episode ends, and starts at a step

@@ -245,6 +245,60 @@ def table(records):
     return "\n".join(lines)
 
 
+def column_key(results):
+    """Where a kind of data stands among the grid's columns: D_real, then each generator's D_syn (the former
+    default's first), λ = 0.1 before λ = 0."""
+    c = results["config"]
+    lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0
+    return (c["aug"] != "none", c["aug"], results.get("generator") or "", -lam)
+
+
+def grid_cells(runs):
+    """{(algo, learner, seed, augmentation): (return, held-out)} of one map and quality's runs, one run a cell."""
+    cells = {}
+    for r in runs:
+        c = r["config"]
+        key = (c["algo"], learner_label(c), c["seed"], augmentation_label(r))
+        if key in cells:
+            raise artifacts.InputError(f"two records of {key}: keep one of them in the records folder")
+        cells[key] = (r["final"]["return_mean"], r["heldout"]["return_mean"])
+    return cells
+
+
+def grid_rows(cells, algo, who, columns):
+    """One learner's rows: a row per seed, then (with two seeds or more) its means over the seeds each column holds."""
+    seeds = sorted({k[2] for k in cells if k[:2] == (algo, who)})
+    rows = [[str(seed)] + ["" if (algo, who, seed, col) not in cells else "%.2f (%.2f)" % cells[(algo, who, seed, col)]
+                           for col in columns] for seed in seeds]
+    if len(seeds) > 1:
+        means = ["mean"]
+        for col in columns:
+            vs = np.array([cells[(algo, who, s, col)] for s in seeds if (algo, who, s, col) in cells]).reshape(-1, 2)
+            means.append("" if len(vs) < 2 else f"**{vs[:, 0].mean():.2f} ({vs[:, 1].mean():.2f})**, {len(vs)} seeds")
+        rows.append(means)
+    return [f"| {who} {algo.upper()} | " + " | ".join(row) + " |" for row in rows]
+
+
+def grid(records):
+    """Per map and quality, the markdown table of the plain learners (theirs, and ours without OG-MARL's ways):
+    a row per learner, algo and seed, and a row of each learner's means over the seeds shown; a column per kind
+    of data (D_real, each D_syn); each cell "return (held-out)", a mean cell with its seed count."""
+    runs = [r for r in records.values() if learner_label(r["config"]) in ("OG-MARL", "ours")]
+    blocks = []
+    for where in sorted({(r["config"]["scenario"], r["config"]["quality"]) for r in runs}):
+        here = [r for r in runs if (r["config"]["scenario"], r["config"]["quality"]) == where]
+        columns = [label for label, _ in sorted({augmentation_label(r): column_key(r) for r in here}.items(),
+                                                key=lambda kv: kv[1])]
+        heads = ["D_real" if col == "none" else f"∪ D_syn: {col}" for col in columns]
+        lines = [f"| {where[0]}-{where[1]} | seed | " + " | ".join(heads) + " |", "|---" * (len(columns) + 2) + "|"]
+        cells = grid_cells(here)
+        for algo in sorted({k[0] for k in cells}):
+            for who in ("OG-MARL", "ours"):
+                lines += grid_rows(cells, algo, who, columns)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def read_records(folder):
     """{run name: results.json} of every run folder in `folder`."""
     records = {}
@@ -260,6 +314,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--table", nargs="?", const=RECORDS, help="print the table of the runs in this folder and stop")
+    p.add_argument("--grid", nargs="?", const=RECORDS,
+                   help="print, per map and quality, each plain learner's return on each kind of data, a row per "
+                        "seed, of the runs in this folder, and stop")
     p.add_argument("--og-marl", help="a checkout of instadeepai/og-marl (their source; needed to train)")
     p.add_argument("--scenario", default="3m", help="map")
     p.add_argument("--quality", default="poor", choices=data.QUALITIES, help="behaviour policy quality")
@@ -275,6 +332,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.table:
         print(table(read_records(args.table)))
+        return
+    if args.grid:
+        with artifacts.one_line_errors():
+            print(grid(read_records(args.grid)))
         return
     if not args.og_marl:
         p.error("--og-marl PATH is needed to train (a checkout of instadeepai/og-marl)")
