@@ -224,6 +224,11 @@ def augmentation_label(results):
     return f"{results['aug']}, {results.get('generator') or FORMER_GENERATOR}"
 
 
+def run_lam(config):
+    """The λ a run's D_syn was made with (train.py keeps --lam's value for every run: 0 unless --aug eaq)."""
+    return float(config["lam"]) if config["aug"] == "eaq" else 0.0
+
+
 def table(records):
     """The markdown table of finished runs, {name: results.json dict}, ours (train.py) and theirs side by side."""
     lines = ["| data | learner | algo | augmentation | seed | return ± std | win rate | D_real mean | "
@@ -231,8 +236,7 @@ def table(records):
 
     def key(item):
         c = item[1]["config"]
-        lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0          # train.py keeps --lam's value for every run
-        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], lam,
+        return (c["scenario"], c["quality"], c["algo"], c["aug"] != "none", c["aug"], run_lam(c),
                 augmentation_label(item[1]), c["seed"], c.get("learner") == "og-marl", learner_label(c), item[0])
     for name, r in sorted(records.items(), key=key):
         c, final, mean = r["config"], r["final"], r["dataset"]["return_mean"]
@@ -249,8 +253,7 @@ def column_key(results):
     """Where a kind of data stands among the grid's columns: D_real, then each generator's D_syn (the former
     default's first), λ = 0.1 before λ = 0."""
     c = results["config"]
-    lam = float(c["lam"]) if c["aug"] == "eaq" else 0.0
-    return (c["aug"] != "none", c["aug"], results.get("generator") or "", -lam)
+    return (c["aug"] != "none", c["aug"], results.get("generator") or "", -run_lam(c))
 
 
 def grid_cells(runs):
