@@ -282,6 +282,37 @@ def test_their_training_loop_counts_steps_and_is_evaluated_as_ours():
     assert heldout["return_mean"] == 2.0 and envs["heldout"].resets == 1 and seconds >= 0
 
 
+def test_rad_scales_their_minibatch_observations_and_the_state_made_of_them():
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(0.1, 1.0, size=(4, 20, 3, 5)).astype(np.float32)      # (B, T, N, O), their sample's layout
+    obs[0, 5:, 1] = 0.0                                                     # a dead agent's rows
+    experience = {"observations": obs, "actions": rng.integers(0, 9, (4, 20, 3)),
+                  "infos": {"state": obs.reshape(4, 20, -1), "legals": np.ones((4, 20, 3, 9), np.float32)}}
+    buffer = type("Buffer", (), {"sample": lambda self: experience})()
+    scaled = peer_run.RadSamples(buffer, "rad-s", seed=0).sample()
+    z = scaled["observations"][obs > 0] / obs[obs > 0]
+    assert 0.8 <= z.min() < z.max() <= 1.2
+    ratio = np.where(obs > 0, scaled["observations"] / np.where(obs > 0, obs, 1.0), np.nan)
+    assert np.allclose(np.nanmin(ratio, -1)[obs[..., 0] > 0], np.nanmax(ratio, -1)[obs[..., 0] > 0]), \
+        "RAD-s: one factor per agent's observation vector"
+    assert np.all(scaled["observations"][0, 5:, 1] == 0.0), "zeros stay zeros"
+    assert np.array_equal(scaled["infos"]["state"], scaled["observations"].reshape(4, 20, -1)), \
+        "the mixer's state is the scaled joint observation"
+    assert scaled["actions"] is experience["actions"] and scaled["infos"]["legals"] is experience["infos"]["legals"]
+    assert np.array_equal(experience["infos"]["state"], obs.reshape(4, 20, -1)), "the buffer's batch is untouched"
+    multi = peer_run.RadSamples(buffer, "rad-m", seed=0)
+    first, second = multi.sample()["observations"], multi.sample()["observations"]
+    assert not np.allclose(np.nanmin(first / obs, -1), np.nanmax(first / obs, -1)), "RAD-m: a factor per feature"
+    assert not np.allclose(first, second), "fresh factors for every minibatch"
+    assert np.array_equal(first, peer_run.RadSamples(buffer, "rad-m", seed=0).sample()["observations"]), "seeded"
+
+
+def test_the_peer_refuses_two_augmentations_at_once(capsys):
+    with pytest.raises(SystemExit):
+        peer_run.main(["--og-marl", "x", "--synthetic", "syn.h5", "--rad", "rad-s"])
+    assert "--synthetic and --rad are two augmentations" in capsys.readouterr().err
+
+
 def test_the_peer_refuses_a_folder_that_is_not_their_checkout(tmp_path):
     with pytest.raises(artifacts.InputError, match="not a checkout of instadeepai/og-marl"):
         peer_run.import_system(str(tmp_path), "cql")
@@ -299,6 +330,8 @@ def test_a_peer_run_is_named_by_its_data_and_says_what_augmented_it(tiny_3m, tmp
     assert peer_run.augmentation_of(str(syn)) == ("eaq", 0.1, "agents32-attention-head96")
     assert peer_run.run_name(tiny_3m[0], "bcq", None, 15000, 2) == "3m-medium-ogmarl-bcq-none-it15000-s2"
     assert peer_run.run_name(tiny_3m[0], "cql", str(syn), 10, 0).startswith("3m-medium-ogmarl-cql-syn-")
+    assert peer_run.augmentation_of(None, "rad-m") == ("rad-m", 0.0, None)
+    assert peer_run.run_name(tiny_3m[0], "bcq", None, 15000, 2, "rad-s") == "3m-medium-ogmarl-bcq-rad-s-it15000-s2"
 
 
 def test_the_peer_table_sets_each_learner_beside_its_data(tmp_path, capsys):
@@ -343,21 +376,23 @@ def test_the_peer_grid_sets_each_seed_beside_each_kind_of_data(tmp_path, capsys)
     def results(learner, aug, seed, ret, held, **config):
         config = {"scenario": "3m", "quality": "poor", "algo": "bcq", "aug": aug, "lam": 0.1 if aug == "eaq" else 0.0,
                   "seed": seed, **({"learner": learner} if learner else {}), **config}
-        return {"config": config, "aug": "none" if aug == "none" else "eaq (λ=0.1)", "dataset": {"return_mean": 4.0},
+        return {"config": config, "aug": "eaq (λ=0.1)" if aug == "eaq" else aug, "dataset": {"return_mean": 4.0},
                 "final": {"return_mean": ret, "return_std": 1.0, "win_rate": 0.0}, "heldout": {"return_mean": held}}
     runs = {"t0": results("og-marl", "none", 0, 2.0, 1.0), "t1": results("og-marl", "none", 1, 4.0, 2.0),
-            "t0-eaq": results("og-marl", "eaq", 0, 6.0, 5.0), "o2": results(None, "none", 2, 7.0, 6.5),
+            "t0-eaq": results("og-marl", "eaq", 0, 6.0, 5.0), "t0-rad": results("og-marl", "rad-s", 0, 3.0, 2.5),
+            "o2": results(None, "none", 2, 7.0, 6.5),
             "o2-greedy": results(None, "none", 2, 1.0, 1.0, bcq_execution="greedy")}
     for name, r in runs.items():
         (tmp_path / name).mkdir()
         artifacts.write_json(str(tmp_path / name / "results.json"), r)
     peer_run.main(["--grid", str(tmp_path)])
     assert capsys.readouterr().out.splitlines() == [
-        "| 3m-poor | seed | D_real | ∪ D_syn: eaq (λ=0.1), agents32-attention |", "|---|---|---|---|",
-        "| OG-MARL BCQ | 0 | 2.00 (1.00) | 6.00 (5.00) |",
-        "| OG-MARL BCQ | 1 | 4.00 (2.00) |  |",
-        "| OG-MARL BCQ | mean | **3.00 (1.50)**, 2 seeds |  |",
-        "| ours BCQ | 2 | 7.00 (6.50) |  |"]
+        "| 3m-poor | seed | D_real | ∪ D_syn: eaq (λ=0.1), agents32-attention | D_real, rad-s |",
+        "|---|---|---|---|---|",
+        "| OG-MARL BCQ | 0 | 2.00 (1.00) | 6.00 (5.00) | 3.00 (2.50) |",
+        "| OG-MARL BCQ | 1 | 4.00 (2.00) |  |  |",
+        "| OG-MARL BCQ | mean | **3.00 (1.50)**, 2 seeds |  |  |",
+        "| ours BCQ | 2 | 7.00 (6.50) |  |  |"]
     (tmp_path / "t1-again").mkdir()
     artifacts.write_json(str(tmp_path / "t1-again" / "results.json"), runs["t1"])
     with pytest.raises(SystemExit):

@@ -1,7 +1,7 @@
 """OG-MARL's own QMIX+CQL / QMIX+BCQ on our data, evaluated by our protocol (docs/ogmarl-peer.md).
 
     python experiments/peer_ogmarl/run.py --scenario 3m --quality poor --algo cql --seed 0 --og-marl PATH \
-        [--synthetic runs/eaq/<run>/synthetic.h5] [--iters 15000]
+        [--synthetic runs/eaq/<run>/synthetic.h5 | --rad rad-s] [--iters 15000]
 
 Runs in its own virtual environment (experiments/peer_ogmarl/requirements.txt),
 never the project's: the paper's learners are TensorFlow 2 + Sonnet systems
@@ -15,7 +15,8 @@ in a checkout of instadeepai/og-marl (PATH), imported from there, not copied.
    system is built with the defaults of its own config file
    (og_marl/baselines/tf2_systems/offline/configs/qmix_{cql,bcq}.yaml).
 3. Training is their `BaseOfflineSystem.train` loop (sample, `train_step`,
-   count) for `--iters` steps, evaluated every `--eval-every` and at the end
+   count) for `--iters` steps (with `--rad`, each sample scaled by RAD first:
+   `RadSamples`), evaluated every `--eval-every` and at the end
    as ours is: their `select_actions` plays our SMAX batch of 32 games
    (`qmix.evaluate_policy`, the same seeded streams as a learner of ours
    with this `--seed`), one game's hidden state at a time.
@@ -37,6 +38,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
@@ -45,6 +47,7 @@ import data  # noqa: E402
 import datasets  # noqa: E402
 import learner as ourlearner  # noqa: E402
 import qmix  # noqa: E402
+import rad  # noqa: E402
 from experiments.peer_ogmarl import export  # noqa: E402
 
 RECORDS = os.path.join(HERE, "records")          # finished runs, theirs and ours, as results.json (+ metrics.csv)
@@ -119,19 +122,36 @@ class NullLogger:
         return None
 
 
-def run_name(real_path, algo, synthetic, iters, seed):
+def run_name(real_path, algo, synthetic, iters, seed, rad_mode="none"):
     stem = os.path.splitext(os.path.basename(real_path))[0]
-    data_label = "none" if synthetic is None else "syn-" + artifacts.file_digest(synthetic)[:8]
+    data_label = rad_mode if synthetic is None else "syn-" + artifacts.file_digest(synthetic)[:8]
     return f"{stem}-ogmarl-{algo}-{data_label}-it{iters}-s{seed}"
 
 
-def augmentation_of(synthetic):
-    """(aug, lam, generator) as train.py names them: 'none', or 'eaq' with D_syn's λ and the network that made it
-    (its attrs)."""
+def augmentation_of(synthetic, rad_mode="none"):
+    """(aug, lam, generator) as train.py names them: 'none' or RAD's mode, or 'eaq' with D_syn's λ and the
+    network that made it (its attrs)."""
     if synthetic is None:
-        return "none", 0.0, None
+        return rad_mode, 0.0, None
     attrs = data.read_attrs(synthetic)
     return "eaq", float(attrs["lam"]), attrs.get("generator")
+
+
+class RadSamples:
+    """Their buffer with RAD on every minibatch it hands out, fresh factors each time, as our learner's (rad.py):
+    the agents' observations scaled, and the mixer's state with them — export.py writes the state as the agents'
+    joint observation, which is what our mixer reads."""
+
+    def __init__(self, buffer, mode, seed):
+        self.buffer, self.mode = buffer, mode
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self):
+        experience = self.buffer.sample()
+        obs = np.asarray(experience["observations"])                                     # (B, T, N, O)
+        obs = obs * rad.rad_factors(obs.shape, self.mode, self.generator).numpy()
+        infos = {**experience["infos"], "state": obs.reshape(*obs.shape[:2], -1)}        # (B, T, N * O)
+        return {**experience, "observations": obs, "infos": infos}
 
 
 def train_and_evaluate(system, buffer, iters, eval_every, envs, clock):
@@ -156,7 +176,8 @@ def run(args):
     real_path = args.dataset or datasets.ensure_dataset(args.scenario, args.quality, args.fraction, 0,  # train.py's
                                                         root=os.path.join(args.out, "datasets"))      # data seed
     attrs = data.read_attrs(real_path)
-    out = os.path.join(args.out, "ogmarl", run_name(real_path, args.algo, args.synthetic, args.iters, args.seed))
+    out = os.path.join(args.out, "ogmarl", run_name(real_path, args.algo, args.synthetic, args.iters, args.seed,
+                                                    args.rad))
     results_path = os.path.join(out, "results.json")
     if os.path.exists(results_path):
         print(f"reusing {results_path}")
@@ -175,17 +196,19 @@ def run(args):
     buffer = FlashbaxReplayBuffer(sequence_length=config["replay"]["sequence_length"],
                                   sample_period=config["replay"]["sample_period"], seed=args.seed)
     buffer.populate_from_vault(VAULT_SOURCE, VAULT_ENV, args.scenario, uid, rel_dir=os.path.join(args.out, "vaults"))
+    if args.rad != "none":
+        buffer = RadSamples(buffer, args.rad, args.seed)
     tf.random.set_seed(args.seed)
     system = system_cls(Shape(attrs["n_agents"], attrs["n_actions"]), NullLogger(), **config["system"])
     envs = qmix.make_eval_envs(attrs["scenario"], "smax", args.eval_episodes, args.seed)
     artifacts.prepare_output_dir(out)
     rows, heldout, train_seconds = train_and_evaluate(system, buffer, args.iters, args.eval_every, envs, clock)
-    aug, lam, generator = augmentation_of(args.synthetic)
+    aug, lam, generator = augmentation_of(args.synthetic, args.rad)
     results = {"config": {"scenario": attrs["scenario"], "quality": attrs["quality"], "algo": args.algo, "aug": aug,
                           "lam": lam, "seed": args.seed, "iters": args.iters, "eval_episodes": args.eval_episodes,
                           "learner": "og-marl", "og_marl_commit": checkout_commit(args.og_marl),
                           "og_marl_config": config, "datasets": paths},
-               "algo": args.algo, "aug": aug if aug == "none" else f"eaq (λ={lam:g})",
+               "algo": args.algo, "aug": f"eaq (λ={lam:g})" if aug == "eaq" else aug,
                "dataset": {"path": real_path, "episodes": data.load_dataset(real_path).n_episodes,
                            **{k: attrs[k] for k in ("return_mean", "return_std", "behaviour", "epsilon")}},
                "augmentation_report": None, "generator": generator, "final": rows[-1], "heldout": heldout,
@@ -251,7 +274,7 @@ def table(records):
 
 def column_key(results):
     """Where a kind of data stands among the grid's columns: D_real, then each generator's D_syn (the former
-    default's first), λ = 0.1 before λ = 0."""
+    default's first), λ = 0.1 before λ = 0, then D_real with RAD's scaling."""
     c = results["config"]
     return (c["aug"] != "none", c["aug"], results.get("generator") or "", -run_lam(c))
 
@@ -292,7 +315,8 @@ def grid(records):
         here = [r for r in runs if (r["config"]["scenario"], r["config"]["quality"]) == where]
         columns = [label for label, _ in sorted({augmentation_label(r): column_key(r) for r in here}.items(),
                                                 key=lambda kv: kv[1])]
-        heads = ["D_real" if col == "none" else f"∪ D_syn: {col}" for col in columns]
+        heads = ["D_real" if col == "none" else f"D_real, {col}" if col in rad.AUGMENTATIONS else f"∪ D_syn: {col}"
+                 for col in columns]
         lines = [f"| {where[0]}-{where[1]} | seed | " + " | ".join(heads) + " |", "|---" * (len(columns) + 2) + "|"]
         cells = grid_cells(here)
         for algo in sorted({k[0] for k in cells}):
@@ -326,6 +350,8 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.03, help="D_real as a share of OG-MARL's episode count")
     p.add_argument("--dataset", default=None, help="this HDF5 file as D_real instead of our 3 %% set")
     p.add_argument("--synthetic", default=None, help="a D_syn file (runs/eaq/<run>/synthetic.h5) added to D_real")
+    p.add_argument("--rad", default="none", choices=rad.AUGMENTATIONS,
+                   help="RAD's scaling of each of their minibatches (rad.py; the paper's RAD-s / RAD-m baselines)")
     p.add_argument("--algo", default="cql", choices=sorted(SYSTEMS), help="their QMIX+CQL or QMIX+BCQ")
     p.add_argument("--iters", type=int, default=15000, help="training steps (paper: 15 000; their config: 1e5)")
     p.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations (as ours)")
@@ -340,6 +366,8 @@ def main(argv=None):
         with artifacts.one_line_errors():
             print(grid(read_records(args.grid)))
         return
+    if args.synthetic and args.rad != "none":
+        p.error("--synthetic and --rad are two augmentations; give one of them (Table 1 runs each alone)")
     if not args.og_marl:
         p.error("--og-marl PATH is needed to train (a checkout of instadeepai/og-marl)")
     with artifacts.one_line_errors():
